@@ -2,7 +2,9 @@
 
 from .analysis import ActivationBatch, Analysis, AnalysisResult, NoConfig, RunContext
 from .hookspecs import hookimpl
+from .loading import load_model_for_sae, load_sae
 from .releases import Release
+from .runner import RunOutput, run
 
 __version__ = "0.1.0"
 
@@ -13,6 +15,19 @@ __all__ = [
     "NoConfig",
     "Release",
     "RunContext",
+    "RunOutput",
     "hookimpl",
+    "load_model_for_sae",
+    "load_sae",
+    "push_to_hub",
+    "run",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    if name == "push_to_hub":
+        from .hub import push_to_hub
+
+        return push_to_hub
+    raise AttributeError(f"module 'sae_lens_ext' has no attribute {name!r}")

@@ -1,0 +1,165 @@
+"""The host's own analysis: sparsity, reconstruction and CE loss of an SAE.
+
+It runs in every ``sae-lens-ext run`` (disable with ``-p no:base``), so a run
+is useful before any plugin is installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from .analysis import ActivationBatch, Analysis, AnalysisResult
+
+
+@dataclass
+class BaseConfig:
+    """Options of the base analysis."""
+
+    dense_threshold: float = field(
+        default=0.1, metadata={"help": "firing frequency above which a latent is dense"}
+    )
+    ce_batches: int = field(
+        default=2,
+        metadata={"help": "batches spliced with the SAE to measure CE loss (0: skip)"},
+    )
+
+
+class BaseAnalysis(Analysis):
+    """L0, explained variance, MSE, dead/dense latents and spliced CE loss."""
+
+    name = "base"
+    title = "Base metrics"
+    description = "L0, variance explained, MSE, dead/dense latents, CE loss recovered"
+    config_class = BaseConfig
+    needs = frozenset({"activations", "model"})
+
+    def __init__(self, config: BaseConfig, context):
+        super().__init__(config, context)
+        d_sae = context.sae.cfg.d_sae
+        self.fire_count = torch.zeros(d_sae, dtype=torch.float64)
+        self.act_sum = torch.zeros(d_sae, dtype=torch.float64)
+        self.act_max = torch.zeros(d_sae)
+        self.n = 0
+        self.l0_sum = 0.0
+        self.sq_err = 0.0
+        self.x_sum: torch.Tensor | None = None
+        self.x_sq = 0.0
+        self.contexts: list[torch.Tensor] = []
+
+    def update(self, batch: ActivationBatch) -> None:
+        """Accumulate firing counts, errors and the first batches' contexts."""
+        acts = batch.feature_acts.float()
+        active = acts != 0
+        self.fire_count += active.sum(0, dtype=torch.float64)
+        self.act_sum += acts.sum(0, dtype=torch.float64)
+        self.act_max = torch.maximum(self.act_max, acts.max(0).values)
+        self.l0_sum += active.sum().item()
+        x = batch.sae_in.double()
+        self.sq_err += (x - batch.sae_out.double()).pow(2).sum().item()
+        self.x_sum = x.sum(0) if self.x_sum is None else self.x_sum + x.sum(0)
+        self.x_sq += x.pow(2).sum().item()
+        self.n += batch.n
+        if len(self.contexts) < self.config.ce_batches:
+            self.contexts.append(batch.token_context)
+
+    def finish(self) -> AnalysisResult:
+        """Summarise the pass into metrics, a per-latent table and a plot."""
+        sae = self.context.sae
+        n, d_in = self.n, sae.cfg.d_in
+        total_var = self.x_sq - (self.x_sum.pow(2).sum().item() / n)
+        freq = (self.fire_count / n).float()
+        metrics = {
+            "n_tokens": n,
+            "d_in": d_in,
+            "d_sae": sae.cfg.d_sae,
+            "l0": self.l0_sum / n,
+            "mse": self.sq_err / (n * d_in),
+            "explained_variance": 1.0 - self.sq_err / total_var,
+            "dead_fraction": (freq == 0).float().mean().item(),
+            "dense_fraction": (freq > self.config.dense_threshold)
+            .float()
+            .mean()
+            .item(),
+        }
+        if self.contexts and self.context.model is not None:
+            metrics.update(ce_metrics(self.context, torch.cat(self.contexts)))
+        log_freq = torch.log10(freq.clamp_min(1e-10))
+        table = pd.DataFrame(
+            {
+                "latent": range(sae.cfg.d_sae),
+                "firing_frequency": freq.numpy(),
+                "mean_activation": (
+                    self.act_sum / self.fire_count.clamp_min(1)
+                ).numpy(),
+                "max_activation": self.act_max.numpy(),
+            }
+        )
+        return AnalysisResult(
+            metrics=metrics,
+            tables={"latents": table},
+            tensors={"log_feature_density": log_freq},
+            plots={"feature_density": density_plot(log_freq, metrics)},
+            card=card_text(metrics),
+        )
+
+
+def ce_metrics(context, tokens: torch.Tensor) -> dict[str, float]:
+    """Clean, SAE-spliced and zero-ablated CE loss on ``tokens``."""
+    model, sae, hook = context.model, context.sae, context.hook_name
+
+    def splice(acts, hook):
+        return sae(acts.to(sae.W_dec.dtype)).to(acts.dtype)
+
+    def zero(acts, hook):
+        return torch.zeros_like(acts)
+
+    with torch.no_grad():
+        clean = model(tokens, return_type="loss").item()
+        spliced = model.run_with_hooks(
+            tokens, return_type="loss", fwd_hooks=[(hook, splice)]
+        ).item()
+        zeroed = model.run_with_hooks(
+            tokens, return_type="loss", fwd_hooks=[(hook, zero)]
+        ).item()
+    recovered = (
+        (zeroed - spliced) / (zeroed - clean) if zeroed != clean else float("nan")
+    )
+    return {
+        "ce_loss_clean": clean,
+        "ce_loss_spliced": spliced,
+        "ce_loss_zero_ablated": zeroed,
+        "ce_loss_recovered": recovered,
+    }
+
+
+def density_plot(log_freq: torch.Tensor, metrics: dict):
+    """Histogram of log10 firing frequency, the SAE researcher's first look."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    ax.hist(log_freq.numpy(), bins=60, color="#3b6ea5")
+    ax.set_xlabel("log10 firing frequency (dead latents at -10)")
+    ax.set_ylabel("latents")
+    ax.set_title(
+        f"L0 {metrics['l0']:.1f}, variance explained {metrics['explained_variance']:.3f}"
+    )
+    fig.tight_layout()
+    return fig
+
+
+def card_text(metrics: dict) -> str:
+    """The base analysis's model-card section."""
+    rows = "\n".join(
+        f"| {key} | {value:.4g} |"
+        if isinstance(value, float)
+        else f"| {key} | {value} |"
+        for key, value in metrics.items()
+    )
+    return (
+        "Sparsity and reconstruction measured on the run's tokens (BOS excluded).\n\n"
+        "| metric | value |\n|---|---|\n" + rows + "\n"
+    )
