@@ -57,15 +57,21 @@ def test_base_metrics_match_a_direct_computation(tiny_model, tiny_tokens, tmp_pa
     sae = make_sae()
     output = tiny_run(tiny_model, tiny_tokens, tmp_path, sae=sae, n_tokens=10_000)
     metrics = output.summary["analyses"]["base"]["metrics"]
-    _, cache = tiny_model.run_with_cache(tiny_tokens, names_filter="blocks.0.hook_resid_post")
+    _, cache = tiny_model.run_with_cache(
+        tiny_tokens, names_filter="blocks.0.hook_resid_post"
+    )
     x = cache["blocks.0.hook_resid_post"][:, 1:].reshape(-1, 16)
     with torch.no_grad():
         feats = sae.encode(x)
         err = (x - sae.decode(feats)).pow(2).sum()
     assert metrics["n_tokens"] == x.shape[0]
-    assert metrics["l0"] == pytest.approx((feats != 0).sum(-1).float().mean().item(), rel=1e-5)
+    assert metrics["l0"] == pytest.approx(
+        (feats != 0).sum(-1).float().mean().item(), rel=1e-5
+    )
     total = (x - x.mean(0)).pow(2).sum()
-    assert metrics["explained_variance"] == pytest.approx(1 - (err / total).item(), rel=1e-4)
+    assert metrics["explained_variance"] == pytest.approx(
+        1 - (err / total).item(), rel=1e-4
+    )
     assert metrics["ce_loss_clean"] < metrics["ce_loss_zero_ablated"] + 5
 
 

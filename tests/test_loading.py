@@ -88,10 +88,7 @@ def test_from_pretrained_through_a_prefilled_offline_cache(tmp_path):
 
 
 def test_offline_miss_names_the_repo_and_the_fix(tmp_path, monkeypatch):
-    script = (
-        "from sae_lens_ext import load_sae\n"
-        "load_sae('someone/absent', 'layer0')\n"
-    )
+    script = "from sae_lens_ext import load_sae\nload_sae('someone/absent', 'layer0')\n"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True
