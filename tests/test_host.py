@@ -235,3 +235,31 @@ def test_third_party_plugin_is_found_listed_and_run(
     assert metrics["mean_norm"] > 0
     assert output.summary["analyses"]["norm"]["plugin"] == "norm"
     assert "Activation norm" in (output.run_dir / "README.md").read_text()
+
+
+def test_missing_extra_names_the_install_command():
+    from sae_lens_ext.extras import MissingExtraError, require
+
+    with pytest.raises(MissingExtraError, match=r"pip install 'sae-lens-ext\[llc\]'"):
+        require("no_such_module_xyz", "llc", "Comparing against devinterp")
+    assert require("json", "llc", "JSON").dumps([1]) == "[1]"
+
+
+def test_a_broken_plugin_is_listed_not_fatal(tmp_path, monkeypatch, fresh_registry):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "broken_plugin.py").write_text("raise ImportError('needs frobnicate')\n")
+    dist = site / "broken_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n"
+    )
+    (dist / "entry_points.txt").write_text("[sae_lens_ext]\nbroken = broken_plugin\n")
+    monkeypatch.syspath_prepend(str(site))
+    result = CliRunner().invoke(build_cli(), ["plugins"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "broken 1.0 (broken-plugin): FAILED to load: ImportError: needs frobnicate"
+        in result.output
+    )
+    assert "mdl" in result.output
