@@ -1,0 +1,1 @@
+"""sae-lens-ext plugin: absorption."""

@@ -1,0 +1,265 @@
+"""Description length of an SAE's latent code (Ayonrinde, Pearce, Sharkey 2024).
+
+For each candidate precision ``p`` (a ladder ``p0 * 2**j``) one streaming pass
+accumulates, per latent, the histogram of its quantised activations and the
+squared reconstruction error when every latent is quantised at ``p``.  Then
+
+    DL(p) = sum_i H(q_p(a_i))          bits per token
+
+and the chosen precision is the coarsest one whose relative MSE increase over
+the unquantised SAE stays within ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from .histograms import QuantisedHistograms
+
+NON_NEGATIVE_ARCHITECTURES = {
+    "standard",
+    "topk",
+    "jumprelu",
+    "batchtopk",
+    "gated",
+    "matryoshka_batchtopk",
+}
+
+
+@dataclass
+class MDLConfig:
+    """Options of the MDL analysis."""
+
+    precision: float | None = field(
+        default=None,
+        metadata={"help": "fixed bin width; default: search the precision ladder"},
+    )
+    finest_precision: float = field(
+        default=2**-7, metadata={"help": "finest bin width of the search ladder"}
+    )
+    n_precisions: int = field(
+        default=10, metadata={"help": "ladder length: finest * 2**j, j < n"}
+    )
+    tolerance: float = field(
+        default=0.05,
+        metadata={
+            "help": "allowed loss increase: relative MSE (loss=mse) or nats (loss=ce)"
+        },
+    )
+    loss: str = field(default="mse", metadata={"help": "mse or ce"})
+    ce_batches: int = field(
+        default=2, metadata={"help": "batches spliced per precision when loss=ce"}
+    )
+
+
+@dataclass
+class DescriptionLength:
+    """The result of ``description_length``."""
+
+    bits_per_token: float
+    precision: float
+    loss: float
+    loss_kind: str
+    tolerance_met: bool
+    unquantised_loss: float
+    l0: float
+    naive_bound_bits: float
+    latents: pd.DataFrame
+    precisions: pd.DataFrame
+
+    def metrics(self) -> dict:
+        """Headline numbers for summaries."""
+        return {
+            "bits_per_token": self.bits_per_token,
+            "precision": self.precision,
+            f"{self.loss_kind}_at_precision": self.loss,
+            f"{self.loss_kind}_unquantised": self.unquantised_loss,
+            "tolerance_met": self.tolerance_met,
+            "l0": self.l0,
+            "naive_bound_bits": self.naive_bound_bits,
+            "dead_latents": int((self.latents["firing_frequency"] == 0).sum()),
+        }
+
+
+class MDLAccumulator:
+    """One pass over activations: histograms and quantised errors per precision."""
+
+    def __init__(self, sae, config: MDLConfig, model=None, hook_name=None):
+        check_config(config)
+        self.sae, self.config = sae, config
+        self.model, self.hook_name = model, hook_name
+        d_sae = sae.cfg.d_sae
+        ladder = (
+            [config.precision]
+            if config.precision is not None
+            else [config.finest_precision * 2**j for j in range(config.n_precisions)]
+        )
+        self.histograms = [QuantisedHistograms(d_sae, p) for p in ladder]
+        self.sq_err = torch.zeros(len(ladder), dtype=torch.float64)
+        self.sq_err_clean = 0.0
+        self.n = 0
+        self.nonzero = 0
+        self.max_abs = 0.0
+        self.ce = torch.zeros(len(ladder) + 1, dtype=torch.float64)
+        self.ce_batches_done = 0
+        self.non_negative = sae.cfg.architecture() in NON_NEGATIVE_ARCHITECTURES
+
+    def update(
+        self, sae_in: torch.Tensor, feature_acts: torch.Tensor, token_context=None
+    ):
+        """Add one batch of hook activations and their SAE encoding."""
+        rows, latents = feature_acts.nonzero(as_tuple=True)
+        values = feature_acts[rows, latents]
+        if self.non_negative and values.numel() and values.min() < 0:
+            raise ValueError(
+                f"{self.sae.cfg.architecture()} SAEs have non-negative activations, "
+                f"but got {values.min().item():.3g}; check that feature_acts come from "
+                "sae.encode of this SAE"
+            )
+        n = feature_acts.shape[0]
+        self.n += n
+        self.nonzero += values.numel()
+        if values.numel():
+            self.max_abs = max(self.max_abs, values.abs().max().item())
+        x = sae_in.double()
+        with torch.no_grad():
+            self.sq_err_clean += (
+                (x - self.sae.decode(feature_acts).double()).pow(2).sum().item()
+            )
+            for j, hist in enumerate(self.histograms):
+                hist.add(latents, values, n)
+                quantised = torch.zeros_like(feature_acts)
+                quantised[rows, latents] = hist.dequantise(values)
+                recon = self.sae.decode(quantised).double()
+                self.sq_err[j] += (x - recon).pow(2).sum().item()
+        if self.config.loss == "ce" and token_context is not None:
+            self._add_ce(token_context)
+
+    def _add_ce(self, tokens: torch.Tensor) -> None:
+        if self.model is None:
+            raise ValueError("loss='ce' needs the model; use loss='mse' without one")
+        if self.ce_batches_done >= self.config.ce_batches:
+            return
+        sae = self.sae
+
+        def splice(quantise):
+            def hook(acts, hook):
+                feats = sae.encode(acts.to(sae.W_dec.dtype))
+                if quantise is not None:
+                    nz = feats != 0
+                    feats = torch.where(nz, quantise.dequantise(feats), feats)
+                return sae.decode(feats).to(acts.dtype)
+
+            return hook
+
+        with torch.no_grad():
+            for j, quantise in enumerate([None, *self.histograms]):
+                self.ce[j] += self.model.run_with_hooks(
+                    tokens,
+                    return_type="loss",
+                    fwd_hooks=[(self.hook_name, splice(quantise))],
+                ).item()
+        self.ce_batches_done += 1
+
+    def result(self) -> DescriptionLength:
+        """Entropies, losses per precision, and the chosen precision."""
+        if self.n == 0:
+            raise ValueError("no activations were seen; give a non-empty source")
+        if self.nonzero == 0:
+            raise ValueError(
+                "every latent is dead on these activations (all zero): the code "
+                "carries no information; check the SAE and its hook"
+            )
+        d_in = self.sae.cfg.d_in
+        mse = (self.sq_err / (self.n * d_in)).tolist()
+        mse_clean = self.sq_err_clean / (self.n * d_in)
+        bits = [h.entropy().sum().item() for h in self.histograms]
+        table = pd.DataFrame(
+            {
+                "precision": [h.precision for h in self.histograms],
+                "bits_per_token": bits,
+                "mse": mse,
+                "relative_mse_increase": [(m - mse_clean) / mse_clean for m in mse],
+            }
+        )
+        if self.config.loss == "ce":
+            ce = (self.ce / max(self.ce_batches_done, 1)).tolist()
+            table["ce_loss"] = ce[1:]
+            table["ce_increase"] = [c - ce[0] for c in ce[1:]]
+            within = table["ce_increase"] <= self.config.tolerance
+            clean_loss, losses = ce[0], table["ce_loss"]
+        else:
+            within = table["relative_mse_increase"] <= self.config.tolerance
+            clean_loss, losses = mse_clean, table["mse"]
+        met = bool(within.any())
+        choice = int(table.index[within].max()) if met else 0
+        hist = self.histograms[choice]
+        counts = hist.full_counts()
+        l0 = self.nonzero / self.n
+        latents = pd.DataFrame(
+            {
+                "latent": range(self.sae.cfg.d_sae),
+                "firing_frequency": (1 - counts[:, 0] / self.n).numpy(),
+                "entropy_bits": hist.entropy().numpy(),
+                "bins_used": hist.bins_used().numpy(),
+            }
+        )
+        values_bits = math.log2(max(2.0, 2 * self.max_abs / hist.precision))
+        return DescriptionLength(
+            bits_per_token=bits[choice],
+            precision=hist.precision,
+            loss=float(losses[choice]),
+            loss_kind=self.config.loss,
+            tolerance_met=met,
+            unquantised_loss=clean_loss,
+            l0=l0,
+            naive_bound_bits=l0 * (math.log2(self.sae.cfg.d_sae) + values_bits),
+            latents=latents,
+            precisions=table,
+        )
+
+
+def check_config(config: MDLConfig) -> None:
+    """Raise ValueError for settings that cannot work."""
+    if config.precision is not None and not config.precision > 0:
+        raise ValueError(f"precision must be > 0, got {config.precision}")
+    if not config.finest_precision > 0:
+        raise ValueError(f"finest_precision must be > 0, got {config.finest_precision}")
+    if config.n_precisions < 1:
+        raise ValueError("n_precisions must be at least 1")
+    if config.loss not in ("mse", "ce"):
+        raise ValueError(f"loss must be 'mse' or 'ce', got {config.loss!r}")
+    if config.tolerance < 0:
+        raise ValueError("tolerance must be >= 0")
+
+
+def description_length(
+    sae,
+    activations_source: Iterable[torch.Tensor],
+    *,
+    precision: float | None = None,
+    tolerance: float = 0.05,
+    loss: str = "mse",
+    **options,
+) -> DescriptionLength:
+    """Description length (bits per token) of ``sae``'s code on activations.
+
+    ``activations_source`` yields hook activations ``[n, d_in]``; each batch
+    is encoded with the SAE once.  ``loss="ce"`` needs ``model=`` and
+    ``hook_name=`` and a source yielding ``(activations, token_context)``.
+    """
+    model = options.pop("model", None)
+    hook_name = options.pop("hook_name", None)
+    config = MDLConfig(precision=precision, tolerance=tolerance, loss=loss, **options)
+    accumulator = MDLAccumulator(sae, config, model=model, hook_name=hook_name)
+    for item in activations_source:
+        sae_in, tokens = item if isinstance(item, tuple) else (item, None)
+        with torch.no_grad():
+            feats = sae.encode(sae_in.to(sae.W_dec.dtype))
+        accumulator.update(sae_in, feats, tokens)
+    return accumulator.result()
