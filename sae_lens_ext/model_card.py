@@ -1,12 +1,33 @@
-"""The run's ``README.md``: YAML metadata for the Hub, then one section per analysis."""
+"""The run's ``README.md``: YAML metadata for the Hub, then one section per analysis.
+
+The card is rendered when a run finishes, before anyone knows where it
+will be published, so its load-back snippets name the repo as
+``<repo_id>``.  ``push_to_hub`` fills that placeholder (and the run's
+folder prefix in the repo) with :func:`fill_repo_id` on the copy it
+uploads; the file in the run directory is left as written.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 
 REPO_PLACEHOLDER = "<repo_id>"
+DEFAULT_LICENSE = "mit"
+BASE_TAGS = ("sae-lens", "sae-lens-ext", "sparse-autoencoder")
 _HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Canonical models that moved under an organisation on the Hub.
+_MOVED_MODELS = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+}
+_LOAD_LINE = re.compile(
+    r'(SAE\.from_pretrained|load_sae)\("' + re.escape(REPO_PLACEHOLDER) + r'", "'
+)
 
 
 def render_model_card(
@@ -14,29 +35,118 @@ def render_model_card(
 ) -> str:
     """Markdown model card for a run, with Hub-readable YAML front matter.
 
-    ``repo_id`` fills the load-back snippets; before publishing they show
-    ``<repo_id>`` and ``push_to_hub`` renders the card again with the real id.
+    ``summary`` is the run's ``summary.json`` content; ``sections`` are
+    ``(title, markdown)`` pairs, one ``##`` section each.  ``repo_id`` fills
+    the load-back snippets; without it they show ``<repo_id>`` and
+    ``push_to_hub`` fills them in the uploaded copy.
     """
     repo = repo_id or REPO_PLACEHOLDER
     analyses = summary.get("analyses", {})
     lines = ["---", *front_matter(summary), "---", ""]
-    title = f"{summary.get('release')} / {summary.get('sae_id')}"
-    lines += [
-        f"# sae-lens-ext analyses of {title}",
-        "",
-        f"Model `{summary.get('model_name')}`, hook `{summary.get('hook_name')}`, "
-        f"{summary.get('n_tokens', 0):,} tokens of `{summary.get('dataset')}`, "
-        f"seed {summary.get('seed')}. Made with sae-lens-ext "
-        f"{summary.get('sae_lens_ext_version')} (SAE-Lens "
-        f"{summary.get('versions', {}).get('sae-lens')}).",
-        "",
-    ]
+    lines += [f"# sae-lens-ext analyses of {source_label(summary)}", ""]
+    lines += [describe_run(summary), ""]
     sae_folders = [f for entry in analyses.values() for f in entry.get("saes", [])]
     if sae_folders:
-        lines += ["## Load the SAEs", "", "```python", "from sae_lens import SAE", ""]
-        lines += [f'sae = SAE.from_pretrained("{repo}", "{f}")' for f in sae_folders]
-        lines += ["```", ""]
+        lines += load_block(repo, sae_folders)
+    lines += metrics_table(analyses)
+    lines += contents_table(analyses)
+    for heading, body in sections:
+        lines += [f"## {heading}", "", body.strip(), ""]
+    return "\n".join(lines)
+
+
+def fill_repo_id(card: str, repo_id: str, prefix: str = "") -> str:
+    """Put the real repo id (and the run's folder in the repo) into the load snippets."""
+    folder = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    return _LOAD_LINE.sub(lambda m: f'{m.group(1)}("{repo_id}", "{folder}', card)
+
+
+def front_matter(summary: dict) -> list[str]:
+    """YAML metadata lines (JSON-quoted values are valid YAML)."""
+    tags = [*BASE_TAGS, *(f"sae-lens-ext-{n}" for n in summary.get("analyses", {}))]
+    lines = [
+        "library_name: saelens",
+        f"license: {json.dumps(summary.get('license') or DEFAULT_LICENSE)}",
+        "tags:",
+        *(f"- {json.dumps(tag)}" for tag in tags),
+    ]
+    base_model = hub_model_id(summary.get("model_name"))
+    if base_model:
+        lines.append(f"base_model: {json.dumps(base_model)}")
+    lines.append("sae_lens_ext:")
+    for key in ("release", "sae_id", "model_name", "hook_name", "dataset", "n_tokens"):
+        lines.append(f"  {key}: {json.dumps(summary.get(key))}")
+    lines.append("  metrics:")
+    metrics = [
+        (f"{name}.{key}", value)
+        for name, entry in summary.get("analyses", {}).items()
+        for key, value in headline(entry.get("metrics", {})).items()
+    ]
+    lines += [f"    {json.dumps(key)}: {json.dumps(value)}" for key, value in metrics]
+    if not metrics:
+        lines[-1] = "  metrics: {}"
+    return lines
+
+
+def hub_model_id(model_name: str | None) -> str | None:
+    """The Hub id of the model an SAE was trained on, or None if it has none.
+
+    Hub ids (``owner/name``) pass through; TransformerLens aliases such as
+    ``gpt2-small`` are mapped to their official Hub name when TransformerLens
+    is already loaded (the run loaded it to compute activations).
+    """
+    if not model_name:
+        return None
+    if _HUB_MODEL_ID.match(model_name):
+        return model_name
+    official = _MOVED_MODELS.get(model_name)
+    if official is None and "transformer_lens" in sys.modules:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        try:
+            official = get_official_model_name(model_name)
+        except ValueError:
+            return None
+    official = _MOVED_MODELS.get(official, official)
+    return official if official and _HUB_MODEL_ID.match(official) else None
+
+
+def source_label(summary: dict) -> str:
+    """``release / sae_id`` of the analysed SAE."""
+    return f"{summary.get('release')} / {summary.get('sae_id')}"
+
+
+def describe_run(summary: dict) -> str:
+    """One paragraph: model, hook, tokens, seed and versions."""
+    n_tokens = summary.get("n_tokens") or 0
+    versions = summary.get("versions", {})
+    sae_lens = versions.get("sae-lens") or versions.get("sae_lens")
+    return (
+        f"Model `{summary.get('model_name')}`, hook `{summary.get('hook_name')}`, "
+        f"{n_tokens:,} tokens of `{summary.get('dataset')}`, seed "
+        f"{summary.get('seed')}. Made with sae-lens-ext "
+        f"{summary.get('sae_lens_ext_version')} (SAE-Lens {sae_lens})."
+    )
+
+
+def load_block(repo: str, sae_folders: list[str]) -> list[str]:
+    """The "how to load" section: one ``SAE.from_pretrained`` line per SAE folder."""
+    lines = ["## Load the SAEs", "", "```python", "from sae_lens import SAE", ""]
+    lines += [f'sae = SAE.from_pretrained("{repo}", "{f}")' for f in sae_folders]
     lines += [
+        "```",
+        "",
+        "An SAE whose architecture comes from a sae-lens-ext plugin loads the "
+        "same way once the plugin has registered it; "
+        "`sae_lens_ext.load_sae(repo_id, folder)` does both.",
+        "",
+    ]
+    return lines
+
+
+def metrics_table(analyses: dict) -> list[str]:
+    """The headline-metrics table (and any analysis errors)."""
+    lines = [
         "## Headline metrics",
         "",
         "| analysis | metric | value |",
@@ -44,33 +154,22 @@ def render_model_card(
     ]
     for name, entry in analyses.items():
         for key, value in headline(entry.get("metrics", {})).items():
-            lines.append(f"| {name} | {key} | {format_value(value)} |")
+            lines.append(f"| {name} | {key} | {table_cell(format_value(value))} |")
         if "error" in entry:
-            lines.append(f"| {name} | error | {entry['error']} |")
-    lines.append("")
-    for heading, body in sections:
-        lines += [f"## {heading}", "", body.strip(), ""]
-    return "\n".join(lines)
+            lines.append(f"| {name} | error | {table_cell(entry['error'])} |")
+    return [*lines, ""]
 
 
-def front_matter(summary: dict) -> list[str]:
-    """YAML metadata lines (JSON-quoted values are valid YAML)."""
-    tags = ["sae-lens", "sae-lens-ext", "sparse-autoencoder"]
-    tags += [f"sae-lens-ext-{name}" for name in summary.get("analyses", {})]
-    lines = ["library_name: saelens", f"license: {summary.get('license', 'mit')}"]
-    lines.append("tags:")
-    lines += [f"- {tag}" for tag in tags]
-    model = summary.get("model_name") or ""
-    if _HUB_MODEL_ID.match(model):
-        lines.append(f"base_model: {model}")
-    lines.append("sae_lens_ext:")
-    for key in ("release", "sae_id", "model_name", "hook_name", "dataset"):
-        lines.append(f"  {key}: {json.dumps(summary.get(key))}")
-    lines.append("  metrics:")
-    for name, entry in summary.get("analyses", {}).items():
-        for key, value in headline(entry.get("metrics", {})).items():
-            lines.append(f"    {name}.{key}: {json.dumps(value)}")
-    return lines
+def contents_table(analyses: dict) -> list[str]:
+    """Which files each analysis contributed (paths relative to the run folder)."""
+    rows = [
+        f"| {name} | {table_cell(', '.join(f'`{f}`' for f in entry['files']))} |"
+        for name, entry in analyses.items()
+        if entry.get("files")
+    ]
+    if not rows:
+        return []
+    return ["## Files", "", "| analysis | files |", "|---|---|", *rows, ""]
 
 
 def headline(metrics: dict, limit: int = 8) -> dict:
@@ -82,3 +181,8 @@ def headline(metrics: dict, limit: int = 8) -> dict:
 def format_value(value) -> str:
     """Format a metric for a Markdown table."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def table_cell(text: str) -> str:
+    """Escape text for one Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")

@@ -7,17 +7,19 @@ A latent's activation ``a`` at precision (bin width) ``p`` becomes the symbol
 
 Bins at precision ``2p`` are unions of bins at ``p`` (``floor(floor(x)/2)``),
 so a coarser power-of-two precision never increases entropy.  Only non-zero
-activations are binned (``torch.bincount`` over ``latent * width + bin``);
+activations are counted, at index ``latent * width + symbol``;
 zeros are counted as ``n_tokens - n_nonzero``, so the cost of a batch is
 proportional to its L0, and memory is ``O(d_sae x bins)`` whatever the number
-of tokens.  The quantised value used for reconstruction is the bin midpoint.
+of tokens.  Counts are added in place (``index_add_``), so no table-sized
+temporary is made per batch; counts are int32 (up to 2**31 tokens).  The
+quantised value used for reconstruction is the bin midpoint.
 """
 
 from __future__ import annotations
 
-import torch
+import math
 
-from .entropy import entropy_bits
+import torch
 
 
 class QuantisedHistograms:
@@ -29,7 +31,7 @@ class QuantisedHistograms:
         self.d_sae = d_sae
         self.precision = precision
         self.width = 2  # symbols per latent: 2 * bin + is_negative
-        self.counts = torch.zeros(d_sae, self.width, dtype=torch.int64)
+        self.counts = torch.zeros(d_sae, self.width, dtype=torch.int32)
         self.n_tokens = 0
 
     def symbols(self, values: torch.Tensor) -> torch.Tensor:
@@ -45,31 +47,44 @@ class QuantisedHistograms:
         symbols = self.symbols(values)
         needed = int(symbols.max()) + 1
         if needed > self.width:
-            self._grow(max(needed, 2 * self.width))
+            self._grow(max(needed + 64, self.width * 3 // 2))
         flat = latents.long() * self.width + symbols
-        self.counts += torch.bincount(flat, minlength=self.d_sae * self.width).view(
-            self.d_sae, self.width
-        )
+        ones = torch.ones(flat.numel(), dtype=torch.int32)
+        self.counts.view(-1).index_add_(0, flat, ones)
 
     def dequantise(self, values: torch.Tensor) -> torch.Tensor:
         """The bin midpoint of each non-zero value, with its sign."""
         bins = torch.floor(values.abs().double() / self.precision)
         return (torch.sign(values) * (bins + 0.5) * self.precision).to(values.dtype)
 
-    def full_counts(self) -> torch.Tensor:
-        """Counts with the zero symbol first: ``[d_sae, 1 + width]``."""
-        zeros = self.n_tokens - self.counts.sum(-1, keepdim=True)
-        return torch.cat([zeros, self.counts], dim=1)
+    def full_counts(self, rows: slice = slice(None)) -> torch.Tensor:
+        """Counts with the zero symbol first: ``[latents, 1 + width]``."""
+        counts = self.counts[rows].long()
+        zeros = self.n_tokens - counts.sum(-1, keepdim=True)
+        return torch.cat([zeros, counts], dim=1)
 
     def entropy(self) -> torch.Tensor:
-        """Entropy in bits of each latent's quantised distribution ``[d_sae]``."""
-        return entropy_bits(self.full_counts())
+        """Entropy in bits of each latent's quantised distribution ``[d_sae]``.
+
+        Every latent has the same total ``N = n_tokens``, so
+        ``H = log2 N - (1/N) sum_c c log2 c`` over the non-zero counts only.
+        """
+        n = self.n_tokens
+        if n == 0:
+            return torch.zeros(self.d_sae, dtype=torch.float64)
+        latent, _ = (self.counts > 0).nonzero(as_tuple=True)
+        counts = self.counts[self.counts > 0].double()
+        zeros = (n - self.counts.sum(-1, dtype=torch.int64)).double()
+        c_log_c = torch.zeros(self.d_sae, dtype=torch.float64)
+        c_log_c.index_add_(0, latent, counts * torch.log2(counts))
+        c_log_c += torch.where(zeros > 0, zeros * torch.log2(zeros.clamp_min(1)), 0.0)
+        return math.log2(n) - c_log_c / n
 
     def bins_used(self) -> torch.Tensor:
         """Number of distinct non-zero symbols each latent used."""
         return (self.counts > 0).sum(-1)
 
     def _grow(self, width: int) -> None:
-        grown = torch.zeros(self.d_sae, width, dtype=torch.int64)
+        grown = torch.zeros(self.d_sae, width, dtype=torch.int32)
         grown[:, : self.width] = self.counts
         self.counts, self.width = grown, width

@@ -1,0 +1,90 @@
+"""The embedded demo release loads by name, offline, and is a real model + SAEs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sae_lens_ext import load_sae
+from sae_lens_ext.cli import build_cli
+from sae_lens_ext.demo import (
+    DEMO_RELEASE,
+    demo_eval_tokens,
+    demo_release_info,
+    demo_sae_ids,
+    load_demo_model,
+    load_demo_tokenizer,
+)
+from sae_lens_ext.loading import SAELoadError
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return load_demo_model()
+
+
+def test_release_has_three_widths_and_metadata():
+    ids = demo_sae_ids()
+    assert len(ids) >= 3
+    widths = set()
+    for sae_id in ids:
+        sae = load_sae(DEMO_RELEASE, sae_id)
+        meta = sae.cfg.metadata
+        assert meta.hook_name == "blocks.0.hook_resid_post"
+        assert meta.model_name == "sae-lens-ext-demo"
+        assert meta.sae_lens_version
+        widths.add(sae.cfg.d_sae)
+    assert len(widths) >= 3
+
+
+def test_unknown_demo_id_lists_the_ids():
+    with pytest.raises(SAELoadError, match="resid0-topk-1024"):
+        load_sae(DEMO_RELEASE, "resid0-topk-1000")
+
+
+def test_model_loss_is_well_below_uniform(demo_model):
+    tokens = demo_eval_tokens(256)
+    with torch.no_grad():
+        loss = (
+            sum(demo_model(t, return_type="loss").item() for t in tokens.split(64)) / 4
+        )
+    assert loss < 5.0 < math.log(demo_model.cfg.d_vocab)
+    recorded = demo_release_info()["model"]["eval_loss"]
+    assert abs(loss - recorded) < 0.02
+
+
+def test_default_sae_reconstructs_real_activations(demo_model):
+    sae = load_sae(DEMO_RELEASE, demo_release_info()["default_sae_id"])
+    hook = sae.cfg.metadata.hook_name
+    _, cache = demo_model.run_with_cache(demo_eval_tokens(16), names_filter=hook)
+    x = cache[hook][:, 1:].reshape(-1, sae.cfg.d_in)
+    with torch.no_grad():
+        err = (x - sae(x)).pow(2).sum()
+    explained = 1 - (err / (x - x.mean(0)).pow(2).sum()).item()
+    assert explained > 0.6
+
+
+def test_tokenizer_has_multi_letter_tokens():
+    tokenizer = load_demo_tokenizer()
+    words = [t for t in tokenizer.get_vocab() if t.lstrip("Ġ").isalpha()]
+    assert sum(len(w.lstrip("Ġ")) >= 3 for w in words) > 1000
+    assert tokenizer.bos_token_id is not None
+
+
+def test_cli_run_on_the_demo_release(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        build_cli(),
+        ["run", "-p", "base", "--out", str(out), "--n-tokens", "4096"],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["release"] == DEMO_RELEASE
+    assert summary["sae_id"] == demo_release_info()["default_sae_id"]
+    metrics = summary["analyses"]["base"]["metrics"]
+    assert metrics["explained_variance"] > 0.6
+    assert metrics["ce_loss_spliced"] < metrics["ce_loss_zero_ablated"]
