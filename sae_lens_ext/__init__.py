@@ -13,6 +13,7 @@ __all__ = [
     "Analysis",
     "AnalysisResult",
     "NoConfig",
+    "PublishError",
     "Release",
     "RunContext",
     "RunOutput",
@@ -26,8 +27,8 @@ __all__ = [
 
 
 def __getattr__(name):
-    if name == "push_to_hub":
-        from .hub import push_to_hub
+    if name in ("push_to_hub", "PublishError"):
+        from . import hub
 
-        return push_to_hub
+        return getattr(hub, name)
     raise AttributeError(f"module 'sae_lens_ext' has no attribute {name!r}")

@@ -81,7 +81,7 @@ def push_command(run_dir, repo_id, private, revision, commit_message, prefix):
     """Publish a run directory to the Hugging Face Hub (token from HF_TOKEN or login)."""
     from .hub import push_to_hub
 
-    url = push_to_hub(
+    result = push_to_hub(
         run_dir,
         repo_id,
         private=private,
@@ -89,7 +89,10 @@ def push_command(run_dir, repo_id, private, revision, commit_message, prefix):
         commit_message=commit_message,
         prefix=prefix,
     )
-    click.echo(f"Pushed {run_dir} to {url}")
+    if result.commit is None:
+        click.echo(f"{result} is already up to date: no commit made")
+    else:
+        click.echo(f"Pushed {run_dir} to {result}")
 
 
 def make_run_command(registry) -> click.Command:
@@ -124,6 +127,8 @@ def make_run_command(registry) -> click.Command:
         click.Option(
             ["--push-to-hub"], default=None, help="repo id to publish the run to"
         ),
+        click.Option(["--push-prefix"], default=None, help="folder in the repo"),
+        click.Option(["--push-private"], is_flag=True, help="create the repo private"),
     ]
     dests: dict[str, tuple[str, str]] = {}
     for analysis_name, (_, cls) in sorted(registry.analyses().items()):
@@ -164,6 +169,10 @@ def make_run_command(registry) -> click.Command:
             cache_dir=kwargs["cache_activations"],
             overwrite=kwargs["overwrite"],
             push_to_hub=kwargs["push_to_hub"],
+            push_options={
+                "prefix": kwargs["push_prefix"],
+                "private": kwargs["push_private"],
+            },
         )
         print_run(output)
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import re
+import shlex
 import sys
 import warnings
 from collections.abc import Iterable
@@ -106,7 +107,8 @@ def push_to_hub(
     card = card_text(run_dir, summary, repo_id, folder)
     local = prepare_files(run_dir, files, card, folder, token)
     message = commit_message or default_commit_message(run_dir, summary, folder)
-    with hub_errors(run_dir, repo_id, folder, token):
+    retry = retry_command(run_dir, repo_id, folder, revision, private)
+    with hub_errors(run_dir, repo_id, retry, token):
         return _push(local, card, repo_id, folder, token, private, revision, message)
 
 
@@ -504,7 +506,7 @@ def default_commit_message(run_dir: Path, summary: dict, folder: str) -> str:
 
 
 @contextmanager
-def hub_errors(run_dir: Path, repo_id: str, folder: str, token: str):
+def hub_errors(run_dir: Path, repo_id: str, retry: str, token: str):
     """Turn client and HTTP failures into a :class:`PublishError` that says how to retry."""
     try:
         yield
@@ -513,19 +515,29 @@ def hub_errors(run_dir: Path, repo_id: str, folder: str, token: str):
         hub_failures = [e for e in chain if isinstance(e, _hub_error_types())]
         if isinstance(exc, PublishError) or not hub_failures:
             raise
-        detail = "; caused by ".join(f"{type(e).__name__}: {e}" for e in chain)
+        shown = [exc] if exc is hub_failures[0] else [exc, hub_failures[0]]
+        detail = "; caused by ".join(f"{type(e).__name__}: {e}" for e in shown)
         responses = [getattr(e, "response", None) for e in hub_failures]
         status = next((r.status_code for r in responses if r is not None), None)
-        command = f"sae-lens-ext push {run_dir} {repo_id}"
-        if folder:
-            command += f" --prefix {folder}"
         raise PublishError(
             f"publishing {run_dir} to {repo_id} failed: {redact(detail, token)}\n"
             f"{_hint(status, repo_id)}Nothing was committed (a push is a single "
             "commit), so the repo is as it was. Fix the cause and run the same push "
-            f"again, e.g. `{command}`; files the Hub already received are not "
+            f"again, e.g. `{retry}`; files the Hub already received are not "
             "uploaded twice."
         ) from None
+
+
+def retry_command(
+    run_dir: Path, repo_id: str, folder: str, revision: str | None, private: bool
+) -> str:
+    """The ``sae-lens-ext push`` command line that repeats this push."""
+    command = f"sae-lens-ext push {shlex.quote(str(run_dir))} {repo_id}"
+    if folder:
+        command += f" --prefix {folder}"
+    if revision:
+        command += f" --revision {shlex.quote(revision)}"
+    return command + (" --private" if private else "")
 
 
 def exception_chain(exc: BaseException) -> list[BaseException]:
@@ -541,7 +553,7 @@ def _hint(status: int | None, repo_id: str) -> str:
     namespace = repo_id.split("/")[0]
     if status in (401, 403):
         return (
-            f"The token was refused: it needs write access to '{namespace}' "
+            f"The Hub refused access: the token needs write access to '{namespace}' "
             "(check HF_TOKEN or `hf auth login`). "
         )
     if status == 412:

@@ -44,6 +44,7 @@ class RunOutput:
     run_dir: Path
     summary: dict
     results: dict[str, AnalysisResult] = field(default_factory=dict)
+    push: Any = None
 
 
 def run(
@@ -63,6 +64,7 @@ def run(
     model=None,
     overwrite: bool = False,
     push_to_hub: str | None = None,
+    push_options: dict[str, Any] | None = None,
 ) -> RunOutput:
     """Run the enabled analyses on one SAE and write a run directory.
 
@@ -72,6 +74,8 @@ def run(
     ``model`` may be given as objects instead of names.  ``dataset`` is a
     Hugging Face dataset name, a local ``.safetensors``/``.txt`` file, or a
     ``[n_seq, context]`` tensor of token ids; by default the release's own.
+    ``push_to_hub`` names a repo to publish the finished run to, with
+    ``push_options`` passed to :func:`sae_lens_ext.push_to_hub`.
     """
     registry = get_registry()
     started = time.perf_counter()
@@ -162,7 +166,7 @@ def run(
     if push_to_hub:
         from .hub import push_to_hub as push
 
-        push(run_dir, push_to_hub)
+        output.push = push(run_dir, push_to_hub, **(push_options or {}))
     return output
 
 

@@ -289,6 +289,15 @@ def test_missing_token_fails_before_network(hub, tmp_path):
     assert hub.requests == []
 
 
+def test_offline_mode_is_refused_before_network(hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PublishError, match="unset HF_HUB_OFFLINE"):
+        push_to_hub(make_run(tmp_path), REPO, token=TOKEN)
+    assert hub.requests == []
+
+
 @pytest.mark.parametrize("source", ["env", "login"])
 def test_token_from_env_or_login(hub, tmp_path, monkeypatch, source):
     from huggingface_hub import constants
@@ -309,12 +318,13 @@ def test_wrong_namespace_is_refused_with_retry_advice(hub, tmp_path):
 
 
 def test_private_repo(hub, tmp_path, monkeypatch):
+    from huggingface_hub.errors import RepositoryNotFoundError
     from sae_lens import SAE
 
     push_to_hub(make_run(tmp_path), REPO, token=TOKEN, private=True)
     assert hub.repos[REPO].private
 
-    with pytest.raises(Exception, match="Repository Not Found|401"):
+    with pytest.raises(RepositoryNotFoundError):
         SAE.from_pretrained(REPO, SAE_FOLDER)  # anonymous: invisible
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert SAE.from_pretrained(REPO, SAE_FOLDER).cfg.d_sae == 32
