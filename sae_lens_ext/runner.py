@@ -238,7 +238,7 @@ def resolve_tokens(dataset, release, model, metadata, n_tokens) -> torch.Tensor:
         return dataset
     context = metadata.context_size or model.cfg.n_ctx
     prepend_bos = metadata.prepend_bos is not False
-    if dataset is not None and Path(dataset).exists():
+    if dataset is not None and Path(dataset).is_file():
         return load_token_file(Path(dataset), model.tokenizer, context, prepend_bos)
     registered = get_registry().releases().get(release)
     if dataset is None and registered is not None and registered.load_tokens:

@@ -88,3 +88,21 @@ def test_cli_run_on_the_demo_release(tmp_path):
     metrics = summary["analyses"]["base"]["metrics"]
     assert metrics["explained_variance"] > 0.6
     assert metrics["ce_loss_spliced"] < metrics["ce_loss_zero_ablated"]
+
+
+def test_named_dataset_goes_through_hf_datasets(tmp_path):
+    """A dataset name is read with HF `datasets` (here a local dataset folder)."""
+    from sae_lens_ext.runner import resolve_tokens
+
+    folder = tmp_path / "plays"
+    folder.mkdir()
+    (folder / "train.txt").write_text(
+        "To be, or not to be, that is the question.\n" * 400
+    )
+    model = load_demo_model()
+    sae = load_sae(DEMO_RELEASE, "resid0-topk-512")
+    tokens = resolve_tokens(str(folder), DEMO_RELEASE, model, sae.cfg.metadata, 2000)
+    assert tokens.shape[1] == 128
+    assert (tokens[:, 0] == load_demo_tokenizer().bos_token_id).all()
+    text = load_demo_tokenizer().decode(tokens[0, 1:20])
+    assert "be" in text
