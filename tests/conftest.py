@@ -70,3 +70,26 @@ def fresh_registry():
     reset_registry()
     yield
     reset_registry()
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A running HubDouble with the huggingface_hub client pointed at it."""
+    from hub_double import BOB_TOKEN, TOKEN, HubDouble
+    from huggingface_hub import constants
+
+    double = HubDouble({TOKEN: "alice", BOB_TOKEN: "bob"}).start()
+    monkeypatch.setattr(constants, "ENDPOINT", double.url)
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        double.url + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    yield double
+    double.stop()

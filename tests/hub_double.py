@@ -31,6 +31,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
+# Write tokens of the two test users ("alice" and "bob").
+TOKEN = "hf_aliceWriteToken0123456789abcdefXYZ"
+BOB_TOKEN = "hf_bobWriteToken0123456789abcdefXYZ"
+
 # Like the default .gitattributes of a new Hub repo: binary formats go to LFS.
 LFS_SUFFIXES = (".safetensors", ".parquet", ".png", ".bin", ".pt", ".pkl", ".npy")
 LFS_MIN_SIZE = 10 * 1024 * 1024

@@ -21,38 +21,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from hub_double import HubDouble
+from hub_double import BOB_TOKEN, TOKEN, HubDouble
 
 from sae_lens_ext.hub import PublishError, push_to_hub
 from sae_lens_ext.model_card import render_model_card
 
-TOKEN = "hf_aliceWriteToken0123456789abcdefXYZ"
-BOB_TOKEN = "hf_bobWriteToken0123456789abcdefXYZ"
 REPO = "alice/gpt2-sae-analyses"
 SAE_FOLDER = "meta_sae/meta_sae_32"
 HOOK = "blocks.0.hook_resid_post"
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A running HubDouble with the huggingface_hub client pointed at it."""
-    from huggingface_hub import constants
-
-    double = HubDouble({TOKEN: "alice", BOB_TOKEN: "bob"}).start()
-    monkeypatch.setattr(constants, "ENDPOINT", double.url)
-    monkeypatch.setattr(
-        constants,
-        "HUGGINGFACE_CO_URL_TEMPLATE",
-        double.url + "/{repo_id}/resolve/{revision}/{filename}",
-    )
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(name, raising=False)
-    yield double
-    double.stop()
 
 
 def tiny_sae(seed: int = 0):

@@ -67,10 +67,25 @@ def test_streaming_equals_offline_computation():
     accumulator = MDLAccumulator(sae, config)
     for chunk in acts.split(257):
         accumulator.update(torch.randn(len(chunk), 16), chunk)
-    for hist in accumulator.histograms:
+    for hist in accumulator.histograms():
         streamed = hist.entropy()
         exact = offline_entropy(acts, hist.precision)
         torch.testing.assert_close(streamed, exact, rtol=1e-6, atol=1e-9)
+
+
+def test_sparse_quantisation_error_equals_dense_decode():
+    acts = sparse_codes(seed=5)
+    sae = make_sae(d_sae=acts.shape[1])
+    with torch.no_grad():
+        x = sae.decode(acts) + 0.01 * torch.randn(len(acts), 16)
+    errors = []
+    for linear in (True, False):
+        accumulator = MDLAccumulator(sae, MDLConfig(n_precisions=6))
+        accumulator.linear_decoder = linear
+        accumulator.update(x, acts)
+        errors.append(accumulator.sq_err)
+    assert errors[0][-1] > errors[0][0]
+    torch.testing.assert_close(errors[0], errors[1], rtol=1e-6, atol=0)
 
 
 def test_coarser_precision_never_increases_entropy():
@@ -80,7 +95,7 @@ def test_coarser_precision_never_increases_entropy():
         sae, MDLConfig(finest_precision=2**-8, n_precisions=10)
     )
     accumulator.update(torch.randn(len(acts), 16), acts)
-    per_latent = torch.stack([h.entropy() for h in accumulator.histograms])
+    per_latent = torch.stack([h.entropy() for h in accumulator.histograms()])
     assert (per_latent[1:] <= per_latent[:-1] + 1e-12).all()
     assert per_latent[0].sum() > per_latent[-1].sum()
 

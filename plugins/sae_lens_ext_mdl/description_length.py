@@ -13,7 +13,7 @@ the unquantised SAE stays within ``tolerance``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -99,7 +99,8 @@ class MDLAccumulator:
             if config.precision is not None
             else [config.finest_precision * 2**j for j in range(config.n_precisions)]
         )
-        self.histograms = [QuantisedHistograms(d_sae, p) for p in ladder]
+        self.finest = QuantisedHistograms(d_sae, ladder[0])
+        self.n_levels = len(ladder)
         self.sq_err = torch.zeros(len(ladder), dtype=torch.float64)
         self.sq_err_clean = 0.0
         self.n = 0
@@ -108,6 +109,18 @@ class MDLAccumulator:
         self.ce = torch.zeros(len(ladder) + 1, dtype=torch.float64)
         self.ce_batches_done = 0
         self.non_negative = sae.cfg.architecture() in NON_NEGATIVE_ARCHITECTURES
+        self.linear_decoder = (
+            self.non_negative and sae.cfg.normalize_activations == "none"
+        )
+
+    def histograms(self) -> Iterator[QuantisedHistograms]:
+        """The histogram at each precision of the ladder, finest first.
+
+        Only the finest table is kept; coarser ones are pooled from it on
+        demand, one at a time.
+        """
+        for level in range(self.n_levels):
+            yield self.finest.coarsened(level)
 
     def update(
         self, sae_in: torch.Tensor, feature_acts: torch.Tensor, token_context=None
@@ -128,17 +141,36 @@ class MDLAccumulator:
             self.max_abs = max(self.max_abs, values.abs().max().item())
         x = sae_in.double()
         with torch.no_grad():
-            self.sq_err_clean += (
-                (x - self.sae.decode(feature_acts).double()).pow(2).sum().item()
-            )
-            for j, hist in enumerate(self.histograms):
-                hist.add(latents, values, n)
-                quantised = torch.zeros_like(feature_acts)
-                quantised[rows, latents] = hist.dequantise(values)
-                recon = self.sae.decode(quantised).double()
-                self.sq_err[j] += (x - recon).pow(2).sum().item()
+            batch_error = x - self.sae.decode(feature_acts).double()
+            self.sq_err_clean += batch_error.pow(2).sum().item()
+            self.finest.add(latents, values, n)
+            for level in range(self.n_levels):
+                quantised = self.finest.dequantise(values, level)
+                self.sq_err[level] += self._quantised_sq_err(
+                    x, batch_error, feature_acts, rows, latents, quantised
+                )
         if self.config.loss == "ce" and token_context is not None:
             self._add_ce(token_context)
+
+    def _quantised_sq_err(self, x, batch_error, feature_acts, rows, latents, quantised):
+        """Squared reconstruction error with the non-zero values quantised.
+
+        With a linear decoder the reconstruction moves by ``delta @ W_dec``,
+        where ``delta`` (quantised minus exact) is as sparse as the code, so a
+        sparse product replaces a dense decode per precision.
+        """
+        if not self.linear_decoder:
+            dense = torch.zeros_like(feature_acts)
+            dense[rows, latents] = quantised
+            return (x - self.sae.decode(dense).double()).pow(2).sum().item()
+        delta = torch.sparse_coo_tensor(
+            torch.stack([rows, latents]),
+            (quantised - feature_acts[rows, latents]).double(),
+            feature_acts.shape,
+            check_invariants=False,
+        )
+        moved = torch.sparse.mm(delta, self.sae.W_dec.double())
+        return (batch_error - moved).pow(2).sum().item()
 
     def _add_ce(self, tokens: torch.Tensor) -> None:
         if self.model is None:
@@ -147,22 +179,23 @@ class MDLAccumulator:
             return
         sae = self.sae
 
-        def splice(quantise):
+        def splice(level):
             def hook(acts, hook):
                 feats = sae.encode(acts.to(sae.W_dec.dtype))
-                if quantise is not None:
-                    nz = feats != 0
-                    feats = torch.where(nz, quantise.dequantise(feats), feats)
+                if level is not None:
+                    quantised = self.finest.dequantise(feats, level)
+                    feats = torch.where(feats != 0, quantised, feats)
                 return sae.decode(feats).to(acts.dtype)
 
             return hook
 
         with torch.no_grad():
-            for j, quantise in enumerate([None, *self.histograms]):
+            levels = [None, *range(self.n_levels)]
+            for j, level in enumerate(levels):
                 self.ce[j] += self.model.run_with_hooks(
                     tokens,
                     return_type="loss",
-                    fwd_hooks=[(self.hook_name, splice(quantise))],
+                    fwd_hooks=[(self.hook_name, splice(level))],
                 ).item()
         self.ce_batches_done += 1
 
@@ -178,10 +211,11 @@ class MDLAccumulator:
         d_in = self.sae.cfg.d_in
         mse = (self.sq_err / (self.n * d_in)).tolist()
         mse_clean = self.sq_err_clean / (self.n * d_in)
-        bits = [h.entropy().sum().item() for h in self.histograms]
+        entropies = [h.entropy() for h in self.histograms()]
+        bits = [e.sum().item() for e in entropies]
         table = pd.DataFrame(
             {
-                "precision": [h.precision for h in self.histograms],
+                "precision": [self.finest.precision * 2**j for j in range(len(bits))],
                 "bits_per_token": bits,
                 "mse": mse,
                 "relative_mse_increase": [(m - mse_clean) / mse_clean for m in mse],
@@ -198,14 +232,14 @@ class MDLAccumulator:
             clean_loss, losses = mse_clean, table["mse"]
         met = bool(within.any())
         choice = int(table.index[within].max()) if met else 0
-        hist = self.histograms[choice]
+        hist = self.finest.coarsened(choice)
         counts = hist.full_counts()
         l0 = self.nonzero / self.n
         latents = pd.DataFrame(
             {
                 "latent": range(self.sae.cfg.d_sae),
                 "firing_frequency": (1 - counts[:, 0] / self.n).numpy(),
-                "entropy_bits": hist.entropy().numpy(),
+                "entropy_bits": entropies[choice].numpy(),
                 "bins_used": hist.bins_used().numpy(),
             }
         )

@@ -6,7 +6,9 @@ A latent's activation ``a`` at precision (bin width) ``p`` becomes the symbol
 - ``(sign(a), floor(|a| / p))``.
 
 Bins at precision ``2p`` are unions of bins at ``p`` (``floor(floor(x)/2)``),
-so a coarser power-of-two precision never increases entropy.  Only non-zero
+so a coarser power-of-two precision never increases entropy, and the
+counts at ``p * 2**j`` are pooled from those at ``p`` (``coarsened``): one
+table at the finest precision serves the whole ladder.  Only non-zero
 activations are counted, at index ``latent * width + symbol``;
 zeros are counted as ``n_tokens - n_nonzero``, so the cost of a batch is
 proportional to its L0, and memory is ``O(d_sae x bins)`` whatever the number
@@ -52,10 +54,11 @@ class QuantisedHistograms:
         ones = torch.ones(flat.numel(), dtype=torch.int32)
         self.counts.view(-1).index_add_(0, flat, ones)
 
-    def dequantise(self, values: torch.Tensor) -> torch.Tensor:
-        """The bin midpoint of each non-zero value, with its sign."""
-        bins = torch.floor(values.abs().double() / self.precision)
-        return (torch.sign(values) * (bins + 0.5) * self.precision).to(values.dtype)
+    def dequantise(self, values: torch.Tensor, levels: int = 0) -> torch.Tensor:
+        """The bin midpoint of each non-zero value at ``precision * 2**levels``."""
+        precision = self.precision * 2**levels
+        bins = torch.floor(values.abs().double() / precision)
+        return (torch.sign(values) * (bins + 0.5) * precision).to(values.dtype)
 
     def full_counts(self, rows: slice = slice(None)) -> torch.Tensor:
         """Counts with the zero symbol first: ``[latents, 1 + width]``."""
@@ -83,6 +86,28 @@ class QuantisedHistograms:
     def bins_used(self) -> torch.Tensor:
         """Number of distinct non-zero symbols each latent used."""
         return (self.counts > 0).sum(-1)
+
+    def coarsened(self, levels: int) -> QuantisedHistograms:
+        """The same counts at precision ``precision * 2**levels``.
+
+        Bin ``b`` at this precision falls in bin ``b >> levels`` at the coarser
+        one (``floor(floor(x) / n) == floor(x / n)``), so pooling groups of
+        ``2**levels`` bins of one sign gives exactly the histogram a second
+        pass at the coarser precision would count.
+        """
+        if levels < 0:
+            raise ValueError(f"levels must be >= 0, got {levels}")
+        group = 2**levels
+        n_bins = -(-self.width // 2)
+        padded = -(-n_bins // group) * group
+        counts = torch.zeros(self.d_sae, padded, 2, dtype=torch.int32)
+        counts.view(self.d_sae, -1)[:, : self.width] = self.counts
+        coarse = QuantisedHistograms(self.d_sae, self.precision * group)
+        coarse.counts = counts.view(self.d_sae, -1, group, 2).sum(2, dtype=torch.int32)
+        coarse.counts = coarse.counts.reshape(self.d_sae, -1)
+        coarse.width = coarse.counts.shape[1]
+        coarse.n_tokens = self.n_tokens
+        return coarse
 
     def _grow(self, width: int) -> None:
         grown = torch.zeros(self.d_sae, width, dtype=torch.int32)
