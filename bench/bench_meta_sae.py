@@ -1,0 +1,210 @@
+"""Benchmark: our meta-SAE trainer vs SAE-Lens's BatchTopK SAE + SAETrainer.
+
+Both train a BatchTopK SAE on the same decoder matrix (a planted,
+random-but-structured decoder: rows are sparse combinations of known
+directions plus noise) for the same number of steps, batch size, learning
+rate and schedule, in one process, and are evaluated the same way:
+
+- ``FVU@k``: fraction of variance unexplained over the whole matrix when
+  the ``k * rows`` largest pre-activations are kept (BatchTopK with the
+  whole matrix as one batch), so both are compared at exactly L0 = k;
+- the FVU and L0 of each SAE's own saved inference threshold;
+- the mean max cosine between the planted directions and the decoder rows.
+
+    python bench/bench_meta_sae.py                      # 16384 x 512, 1000 steps
+    python bench/bench_meta_sae.py --steps 300 --threads 1
+    python bench/bench_meta_sae.py --paper              # also 49152 x 768, ours only
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+from sae_lens_ext_meta_sae import MetaSAEConfig, MetaSAEWeights, planted_decoder
+from sae_lens_ext_meta_sae.synthetic import mean_max_cosine
+from sae_lens_ext_meta_sae.trainer import (
+    MetaSAETrainer,
+    encode_sparse,
+    global_threshold,
+    reconstruct,
+)
+
+
+def fvu(data: torch.Tensor, recon: torch.Tensor) -> float:
+    """Fraction of variance unexplained (squared error over centred variance)."""
+    return float((data - recon).pow(2).sum() / (data - data.mean(0)).pow(2).sum())
+
+
+def evaluate(weights: MetaSAEWeights, data: torch.Tensor, k: float) -> dict:
+    """FVU@k (global top k*rows), and FVU/L0 at the weights' own threshold."""
+    own = {"own_threshold_fvu": fvu(data, reconstruct(weights, data))}
+    own["own_threshold_l0"] = sum(s.nnz for s in encode_sparse(weights, data)) / len(
+        data
+    )
+    at_k = MetaSAEWeights(
+        weights.W_enc, weights.b_enc, weights.W_dec, weights.b_dec, 0.0
+    )
+    at_k.threshold = global_threshold(at_k, data, k)
+    selections = encode_sparse(at_k, data)
+    fired = torch.zeros(weights.d_meta, dtype=torch.bool)
+    for selection in selections:
+        fired |= selection.fired()
+    return {
+        "fvu_at_k": fvu(data, reconstruct(at_k, data)),
+        "dead": int((~fired).sum()),
+        **own,
+    }
+
+
+def train_ours(data: torch.Tensor, config: MetaSAEConfig):
+    """Our trainer; returns (seconds, weights)."""
+    trainer = MetaSAETrainer(data, config.meta_width(len(data)), config)
+    started = time.perf_counter()
+    weights = trainer.fit(progress=True)
+    return time.perf_counter() - started, weights
+
+
+def train_peer(data: torch.Tensor, config: MetaSAEConfig, autocast: bool):
+    """SAE-Lens BatchTopKTrainingSAE + SAETrainer; returns (seconds, weights)."""
+    from sae_lens import (
+        SAE,
+        BatchTopKTrainingSAE,
+        BatchTopKTrainingSAEConfig,
+        SAETrainer,
+    )
+    from sae_lens.config import SAETrainerConfig
+
+    torch.manual_seed(config.seed or 0)
+    d_meta = config.meta_width(len(data))
+    batch = min(config.batch_size, len(data))
+    sae = BatchTopKTrainingSAE(
+        BatchTopKTrainingSAEConfig(d_in=data.shape[1], d_sae=d_meta, k=config.k)
+    )
+    trainer_config = SAETrainerConfig(
+        total_training_samples=config.steps * batch,
+        train_batch_size_samples=batch,
+        lr=config.lr,
+        lr_end=config.lr,
+        lr_decay_steps=int(config.lr_decay_fraction * config.steps),
+        autocast=autocast,
+        dead_feature_window=config.dead_after,
+    )
+
+    def batches():
+        generator = torch.Generator().manual_seed(config.seed or 0)
+        while True:
+            order = torch.randperm(len(data), generator=generator)
+            for start in range(0, len(data) - batch + 1, batch):
+                yield data[order[start : start + batch]]
+
+    trainer = SAETrainer(trainer_config, sae, batches())
+    started = time.perf_counter()
+    trainer.fit()
+    seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as folder:
+        sae.save_inference_model(folder)
+        inference = SAE.load_from_disk(folder)
+    weights = MetaSAEWeights(
+        W_enc=inference.W_enc.detach(),
+        b_enc=inference.b_enc.detach(),
+        W_dec=inference.W_dec.detach(),
+        b_dec=inference.b_dec.detach(),
+        threshold=float(inference.threshold.detach()[0]),
+    )
+    return seconds, weights
+
+
+def row(name: str, seconds: float, steps: int, quality: dict, cosine: float) -> str:
+    """One Markdown table row."""
+    return (
+        f"| {name} | {seconds:.1f} | {1e3 * seconds / steps:.1f} | "
+        f"{quality['fvu_at_k']:.4f} | {quality['dead']} | "
+        f"{quality['own_threshold_l0']:.2f} | {quality['own_threshold_fvu']:.4f} | "
+        f"{cosine:.3f} |"
+    )
+
+
+def main() -> None:
+    """Parse options, run both trainers, print the comparison."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=16384)
+    parser.add_argument("--d-in", type=int, default=512)
+    parser.add_argument("--d-meta", type=int, default=None)
+    parser.add_argument("--k", type=float, default=4.0)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--precision",
+        choices=["bf16", "fp32"],
+        default="bf16",
+        help="bf16: autocast for both (ours: bf16 encoder; SAE-Lens: autocast=True)",
+    )
+    parser.add_argument(
+        "--paper", action="store_true", help="also time ours at 49152 x 768"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    autocast = args.precision == "bf16"
+    config = MetaSAEConfig(
+        d_meta=args.d_meta,
+        k=args.k,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        autocast=autocast,
+        seed=args.seed,
+    )
+    d_meta = config.meta_width(args.rows)
+    planted = planted_decoder(args.rows, args.d_in, d_meta, seed=args.seed)
+    data = planted.decoder
+    print(
+        f"decoder {args.rows} x {args.d_in}, d_meta {d_meta}, k {args.k:g}, "
+        f"{args.steps} steps of {min(args.batch_size, args.rows)} rows, lr "
+        f"{args.lr:g}, {args.precision}, {torch.get_num_threads()} threads"
+    )
+    ours_s, ours_w = train_ours(data, config)
+    peer_s, peer_w = train_peer(data, config, autocast)
+    header = (
+        "| trainer | wall s | ms/step | FVU@k | dead | own-threshold L0 | "
+        "own-threshold FVU | planted mean max cos |\n|---|---|---|---|---|---|---|---|"
+    )
+    print(header)
+    for name, seconds, weights in (
+        ("sae-lens-ext meta_sae", ours_s, ours_w),
+        ("SAE-Lens BatchTopK + SAETrainer", peer_s, peer_w),
+    ):
+        quality = evaluate(weights, data, args.k)
+        cosine = mean_max_cosine(planted.directions, weights.W_dec)
+        print(row(name, seconds, args.steps, quality, cosine))
+    print(f"speed-up (SAE-Lens time / ours): {peer_s / ours_s:.2f}x")
+    if args.paper:
+        paper_scale(args, autocast)
+
+
+def paper_scale(args, autocast: bool) -> None:
+    """Time ours on a 49152 x 768 planted decoder with the paper's d_meta and k."""
+    config = MetaSAEConfig(
+        k=4,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        autocast=autocast,
+        seed=args.seed,
+    )
+    planted = planted_decoder(49152, 768, config.meta_width(49152), seed=args.seed)
+    seconds, weights = train_ours(planted.decoder, config)
+    quality = evaluate(weights, planted.decoder, 4)
+    cosine = mean_max_cosine(planted.directions, weights.W_dec)
+    print("paper scale: 49152 x 768, d_meta 2304, k 4")
+    print(row("sae-lens-ext meta_sae", seconds, args.steps, quality, cosine))
+
+
+if __name__ == "__main__":
+    main()

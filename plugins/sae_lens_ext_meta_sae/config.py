@@ -1,0 +1,101 @@
+"""Options of meta-SAE training, shared by the Python API and the analysis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Paper ratio: 2304 meta-latents for a 49152-latent base SAE (1 per 21.3).
+PAPER_META_RATIO = 2304 / 49152
+
+
+@dataclass
+class MetaSAEConfig:
+    """How to train a meta-SAE on a base SAE's decoder.
+
+    - ``d_meta``: number of meta-latents; None picks the paper's ratio,
+      ``round(d_sae * 2304 / 49152)`` (2304 for a 49152-latent SAE).
+    - ``k``: mean number of active meta-latents per base latent (BatchTopK
+      keeps the ``k * batch_size`` largest activations of each batch).
+    - ``steps``, ``batch_size`` (capped at the number of base latents),
+      ``lr`` (Adam), ``lr_decay_fraction``: the last fraction of steps
+      decays the learning rate linearly to zero.
+    - ``dead_after``: a meta-latent that has not fired for this many steps is
+      dead; dead latents are re-initialised on the worst-reconstructed rows
+      every ``resample_every`` steps, until ``resample_until`` (a fraction of
+      the run; 0 disables resampling).
+    - ``autocast``: compute the dense encoder pass in bfloat16 (the sparse
+      decoder pass and all weights stay float32).
+    - ``threads``: CPU threads while training; None uses one thread for
+      small problems (where hand-offs between threads cost more than they
+      save, badly so on a shared machine) and torch's setting otherwise.
+    - ``seed``: makes the run deterministic (None: the run's seed, or 0).
+    """
+
+    d_meta: int | None = field(
+        default=None, metadata={"help": "meta-latents; default d_sae * 2304 / 49152"}
+    )
+    k: float = field(
+        default=4.0, metadata={"help": "mean active meta-latents per base latent"}
+    )
+    steps: int = field(default=2000, metadata={"help": "Adam steps"})
+    batch_size: int = field(
+        default=4096, metadata={"help": "decoder rows per step (capped at d_sae)"}
+    )
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    lr_decay_fraction: float = field(
+        default=0.2, metadata={"help": "final fraction of steps decaying lr to 0"}
+    )
+    dead_after: int = field(
+        default=100, metadata={"help": "steps without firing that make a latent dead"}
+    )
+    resample_every: int = field(
+        default=250, metadata={"help": "steps between dead-latent resamples (0: off)"}
+    )
+    resample_until: float = field(
+        default=0.6, metadata={"help": "fraction of the run during which to resample"}
+    )
+    autocast: bool = field(
+        default=True, metadata={"help": "bfloat16 encoder pass (weights stay fp32)"}
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "CPU threads; default: 1 for small decoders"}
+    )
+    seed: int | None = field(
+        default=None, metadata={"help": "training seed; default: the run's seed"}
+    )
+
+    def meta_width(self, d_sae: int) -> int:
+        """The number of meta-latents for a base SAE of ``d_sae`` latents."""
+        if self.d_meta is not None:
+            return int(self.d_meta)
+        return max(1, round(d_sae * PAPER_META_RATIO))
+
+    def validate(self, d_sae: int) -> None:
+        """Raise ValueError naming the fix when the options cannot work."""
+        d_meta = self.meta_width(d_sae)
+        if d_meta < 1:
+            raise ValueError(f"d_meta must be at least 1, got {d_meta}")
+        if d_meta > d_sae:
+            raise ValueError(
+                f"d_meta={d_meta} is larger than the base SAE's d_sae={d_sae}: a "
+                "meta-SAE compresses the base latents, so choose d_meta <= d_sae "
+                f"(the paper's ratio gives {max(1, round(d_sae * PAPER_META_RATIO))})"
+            )
+        if not self.k > 0:
+            raise ValueError(f"k must be positive, got {self.k}")
+        if self.k > d_meta:
+            raise ValueError(
+                f"k={self.k} is larger than d_meta={d_meta}: at most d_meta "
+                "meta-latents can be active, so lower k or raise d_meta"
+            )
+        for name in ("steps", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"threads must be None or >= 1, got {self.threads}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.lr_decay_fraction <= 1:
+            raise ValueError("lr_decay_fraction must lie in [0, 1]")
+        if not 0 <= self.resample_until <= 1:
+            raise ValueError("resample_until must lie in [0, 1]")
