@@ -1,0 +1,235 @@
+"""The ``tokenized`` analysis: how much of an SAE's input and output is token identity.
+
+For any SAE, from the host's shared pass:
+
+- the variance of the activations explained by their token's mean activation
+  (the best any per-token lookup table can do; Dooms & Wilhelm 2024), the same
+  for the SAE's reconstruction, and the SAE's own explained variance;
+- per latent, the share of its activation variance explained by the current
+  token; latents above ``token_latent_threshold`` behave like a lookup table
+  and are the ones a tokenized SAE frees.
+
+Shares are leave-one-out estimates (each row predicted by the mean of the
+*other* rows of its token; a token seen once is predicted by the overall
+mean), so rare tokens do not inflate them.  Memory is ``O(vocab x (d_in +
+d_sae))``, independent of the number of tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from sae_lens_ext import ActivationBatch, Analysis, AnalysisResult
+
+
+@dataclass
+class TokenIdentityConfig:
+    """Options of the ``tokenized`` analysis."""
+
+    token_latent_threshold: float = field(
+        default=0.9,
+        metadata={"help": "per-latent token share above which a latent is token-like"},
+    )
+    min_firings: int = field(
+        default=20,
+        metadata={"help": "latents firing fewer times are left out of the shares"},
+    )
+    max_latent_table: int = field(
+        default=50_000_000,
+        metadata={"help": "skip per-latent shares when vocab x d_sae exceeds this"},
+    )
+
+
+class GroupedMoments:
+    """Per-group counts, sums and summed squares of vectors, grown on demand."""
+
+    def __init__(self, n_groups: int, width: int):
+        self.counts = torch.zeros(n_groups, dtype=torch.float64)
+        self.sums = torch.zeros(n_groups, width, dtype=torch.float64)
+        self.squares = torch.zeros(n_groups, width, dtype=torch.float64)
+
+    def add(self, groups: torch.Tensor, values: torch.Tensor) -> None:
+        """Accumulate ``values [n, width]`` into their ``groups [n]``."""
+        needed = int(groups.max()) + 1
+        if needed > len(self.counts):
+            self._grow(needed)
+        values = values.double()
+        self.counts.index_add_(0, groups, torch.ones_like(groups, dtype=torch.float64))
+        self.sums.index_add_(0, groups, values)
+        self.squares.index_add_(0, groups, values.pow(2))
+
+    def _grow(self, n_groups: int) -> None:
+        extra = n_groups - len(self.counts)
+        self.counts = torch.cat([self.counts, self.counts.new_zeros(extra)])
+        pad = self.sums.new_zeros(extra, self.sums.shape[1])
+        self.sums = torch.cat([self.sums, pad])
+        self.squares = torch.cat([self.squares, pad.clone()])
+
+    def shares(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per column: (in-sample, leave-one-out) variance share of the group means."""
+        n = self.counts.sum()
+        total_sum = self.sums.sum(0)
+        total_var = self.squares.sum(0) - total_sum.pow(2) / n
+        counts = self.counts.unsqueeze(1)
+        within = self.squares - self.sums.pow(2) / counts.clamp_min(1)
+        in_sample = 1 - within.sum(0) / total_var
+        repeated = counts >= 2
+        inflation = (counts / (counts - 1).clamp_min(1)).pow(2)
+        loo_error = torch.where(repeated, within * inflation, 0.0).sum(0)
+        single = (self.counts == 1).unsqueeze(1)
+        grand_mean = total_sum / n
+        single_error = torch.where(
+            single, self.squares - 2 * self.sums * grand_mean + grand_mean.pow(2), 0.0
+        ).sum(0)
+        loo = 1 - (loo_error + single_error) / total_var
+        return in_sample, loo
+
+    def pooled_share(self) -> tuple[float, float]:
+        """(in-sample, leave-one-out) share of the summed variance of all columns."""
+        n = self.counts.sum()
+        total = (self.squares.sum(0) - self.sums.sum(0).pow(2) / n).sum()
+        in_sample, loo = self.shares()
+        per_column = self.squares.sum(0) - self.sums.sum(0).pow(2) / n
+        weights = per_column / total
+        return float((in_sample * weights).sum()), float((loo * weights).sum())
+
+    def means(self) -> torch.Tensor:
+        """Mean vector of each group (zeros for unseen groups)."""
+        return (self.sums / self.counts.clamp_min(1).unsqueeze(1)).float()
+
+
+class TokenIdentityAnalysis(Analysis):
+    """Share of the activations, reconstruction and latents that is token identity."""
+
+    name = "tokenized"
+    title = "Token identity (tokenized SAEs)"
+    description = (
+        "variance explained by the current token, per SAE input, output, latent"
+    )
+    config_class = TokenIdentityConfig
+    needs = frozenset({"activations"})
+
+    def __init__(self, config: TokenIdentityConfig, context):
+        super().__init__(config, context)
+        sae = context.sae
+        model = context.model
+        vocab = model.cfg.d_vocab if model is not None else 1
+        self.inputs = GroupedMoments(vocab, sae.cfg.d_in)
+        self.outputs = GroupedMoments(vocab, sae.cfg.d_in)
+        self.latent_table = vocab * sae.cfg.d_sae <= config.max_latent_table
+        self.latents = (
+            GroupedMoments(vocab, sae.cfg.d_sae) if self.latent_table else None
+        )
+        self.sq_err = 0.0
+        self.firings = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+
+    def update(self, batch: ActivationBatch) -> None:
+        """Accumulate per-token moments of inputs, outputs and latents."""
+        tokens = batch.tokens.long()
+        self.inputs.add(tokens, batch.sae_in)
+        self.outputs.add(tokens, batch.sae_out)
+        self.sq_err += (batch.sae_in - batch.sae_out).double().pow(2).sum().item()
+        self.firings += (batch.feature_acts != 0).sum(0, dtype=torch.float64)
+        if self.latents is not None:
+            self.latents.add(tokens, batch.feature_acts)
+
+    def finish(self) -> AnalysisResult:
+        """Shares, the per-latent table, a histogram and per-token mean activations."""
+        input_in_sample, input_loo = self.inputs.pooled_share()
+        _, output_loo = self.outputs.pooled_share()
+        n = self.inputs.counts.sum()
+        total_var = (
+            self.inputs.squares.sum() - self.inputs.sums.sum(0).pow(2).sum() / n
+        ).item()
+        metrics = {
+            "token_share_of_activations": input_loo,
+            "token_share_of_activations_in_sample": input_in_sample,
+            "token_share_of_reconstruction": output_loo,
+            "sae_explained_variance": 1 - self.sq_err / total_var,
+            "distinct_tokens": int((self.inputs.counts > 0).sum()),
+        }
+        tables, plots = {}, {}
+        if self.latents is not None:
+            latents = self._latent_table()
+            counted = latents[latents.firings >= self.config.min_firings]
+            token_like = counted.token_share >= self.config.token_latent_threshold
+            metrics["token_like_latent_fraction"] = (
+                float(token_like.mean()) if len(counted) else float("nan")
+            )
+            metrics["median_latent_token_share"] = (
+                float(counted.token_share.median()) if len(counted) else float("nan")
+            )
+            tables["latents"] = latents
+            plots["latent_token_share"] = share_histogram(counted, self.config)
+        return AnalysisResult(
+            metrics=metrics,
+            tables=tables,
+            tensors={
+                "token_mean_activations": self.inputs.means(),
+                "token_counts": self.inputs.counts.float(),
+            },
+            plots=plots,
+            card=card_text(metrics, self.config, self.latents is not None),
+        )
+
+    def _latent_table(self) -> pd.DataFrame:
+        _, loo = self.latents.shares()
+        mass = self.latents.sums
+        top = mass.argmax(0)
+        top_share = mass.max(0).values / mass.sum(0).clamp_min(1e-12)
+        table = pd.DataFrame(
+            {
+                "latent": range(len(loo)),
+                "firings": self.firings.numpy(),
+                "token_share": loo.nan_to_num(0.0).clamp(-1, 1).numpy(),
+                "top_token": top.numpy(),
+                "top_token_activation_share": top_share.numpy(),
+            }
+        )
+        tokenizer = self.context.tokenizer
+        if tokenizer is not None:
+            table["top_token_text"] = [
+                tokenizer.decode([int(t)]) for t in table.top_token
+            ]
+        return table
+
+
+def share_histogram(latents: pd.DataFrame, config: TokenIdentityConfig) -> Figure:
+    """Histogram of per-latent token shares, the threshold marked."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    ax.hist(latents.token_share.clip(0, 1), bins=40, color="#3b6ea5")
+    ax.axvline(config.token_latent_threshold, color="grey", linestyle="--")
+    ax.set_xlabel("share of latent variance explained by the current token")
+    ax.set_ylabel("latents")
+    ax.set_title(f"{len(latents)} latents firing >= {config.min_firings} times")
+    fig.tight_layout()
+    return fig
+
+
+def card_text(metrics: dict, config: TokenIdentityConfig, per_latent: bool) -> str:
+    """The model-card section."""
+    text = (
+        f"The current token alone explains **{metrics['token_share_of_activations']:.1%}"
+        f"** of the activations' variance (leave-one-out; "
+        f"{metrics['token_share_of_activations_in_sample']:.1%} in sample) and "
+        f"{metrics['token_share_of_reconstruction']:.1%} of the SAE reconstruction's; "
+        f"the SAE explains {metrics['sae_explained_variance']:.1%}. "
+    )
+    if per_latent:
+        text += (
+            f"{metrics['token_like_latent_fraction']:.1%} of latents firing at least "
+            f"{config.min_firings} times are token-like (token share >= "
+            f"{config.token_latent_threshold:g}): capacity a tokenized SAE's "
+            "lookup table would free. "
+        )
+    else:
+        text += "Per-latent shares were skipped (vocab x d_sae over max_latent_table). "
+    return text + (
+        "Method: Dooms & Wilhelm 2024, Tokenized SAEs; per-token means are saved "
+        "as `token_mean_activations`, the table initialisation of a tokenized SAE."
+    )

@@ -1,0 +1,129 @@
+"""``sae-lens-ext train-tokenized``: train a tokenized SAE (and optionally its baseline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .training import TrainingOptions
+
+
+def resolve_model(name: str | None, device: str):
+    """A registered release's model (default: the demo) or a TransformerLens name."""
+    from sae_lens_ext.demo import DEMO_RELEASE
+    from sae_lens_ext.plugins import get_registry
+
+    name = name or DEMO_RELEASE
+    release = get_registry().releases().get(name)
+    if release is not None:
+        if release.load_model is None:
+            raise click.UsageError(f"release {name!r} ships no model loader")
+        return release.load_model(device), release
+    from transformer_lens import HookedTransformer
+
+    return HookedTransformer.from_pretrained(name, device=device), None
+
+
+def resolve_dataset(dataset: str | None, release):
+    """The ``--dataset`` file, or the release's own token dataset."""
+    if dataset is not None:
+        return Path(dataset)
+    if release is not None and release.load_tokens is not None:
+        return release.load_tokens(None)
+    raise click.UsageError("pass --dataset (a .safetensors 'tokens' file or a .txt)")
+
+
+def add_command(cli: click.Group) -> None:
+    """Attach ``train-tokenized`` to the root command group."""
+
+    @cli.command(name="train-tokenized")
+    @click.option(
+        "--model",
+        default=None,
+        help="release name or TransformerLens model (default: the demo)",
+    )
+    @click.option(
+        "--hook", "hook_name", default="blocks.0.hook_resid_post", show_default=True
+    )
+    @click.option(
+        "--dataset",
+        default=None,
+        help=".safetensors (key 'tokens') or .txt; default: the release's tokens",
+    )
+    @click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="folder for the SAE(s)",
+    )
+    @click.option(
+        "--architecture",
+        type=click.Choice(["topk", "standard"]),
+        default="topk",
+        show_default=True,
+    )
+    @click.option("--d-sae", type=int, default=TrainingOptions.d_sae, show_default=True)
+    @click.option("--k", type=int, default=TrainingOptions.k, show_default=True)
+    @click.option(
+        "--l1",
+        type=float,
+        default=TrainingOptions.l1_coefficient,
+        show_default=True,
+        help="L1 coefficient (standard)",
+    )
+    @click.option(
+        "--pair-buckets",
+        type=int,
+        default=0,
+        show_default=True,
+        help="rows of the hashed token-pair table (0: none)",
+    )
+    @click.option(
+        "--apply-lookup-to-input",
+        is_flag=True,
+        help="encoder sees x minus the table term",
+    )
+    @click.option(
+        "--init",
+        type=click.Choice(["mean", "unigram", "zeros"]),
+        default="mean",
+        show_default=True,
+    )
+    @click.option("--steps", type=int, default=TrainingOptions.steps, show_default=True)
+    @click.option(
+        "--batch-size", type=int, default=TrainingOptions.batch_size, show_default=True
+    )
+    @click.option("--lr", type=float, default=TrainingOptions.lr, show_default=True)
+    @click.option(
+        "--lookup-lr-multiplier",
+        type=float,
+        default=TrainingOptions.lookup_lr_multiplier,
+        show_default=True,
+    )
+    @click.option("--device", default="cpu", show_default=True)
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--autocast", is_flag=True, help="bf16 autocast (fast on AMX CPUs)")
+    @click.option(
+        "--baseline", is_flag=True, help="also train the plain SAE and compare"
+    )
+    def train_tokenized(model, hook_name, dataset, out, architecture, d_sae, k, l1, pair_buckets,
+                        apply_lookup_to_input, init, steps, batch_size, lr, lookup_lr_multiplier,
+                        device, seed, autocast, baseline):  # fmt: skip
+        """Train a tokenized SAE with SAE-Lens's SAETrainer; save it in SAE-Lens format."""
+        from .report import write_comparison, write_single
+
+        lm, release = resolve_model(model, device)
+        tokens = resolve_dataset(dataset, release)
+        options = TrainingOptions(
+            d_sae=d_sae, k=k, base_architecture=architecture, l1_coefficient=l1,
+            pair_buckets=pair_buckets, apply_lookup_to_input=apply_lookup_to_input,
+            init=init, steps=steps, batch_size=batch_size, lr=lr,
+            lookup_lr_multiplier=lookup_lr_multiplier, device=device, seed=seed,
+            autocast=autocast,
+        )  # fmt: skip
+        if baseline:
+            summary = write_comparison(lm, hook_name, tokens, options, out)
+        else:
+            summary = write_single(lm, hook_name, tokens, options, out)
+        click.echo(summary)
