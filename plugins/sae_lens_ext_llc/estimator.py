@@ -1,0 +1,385 @@
+"""``estimate_llc``: the local learning coefficient of any torch module.
+
+LLC = nbeta * (E_w[L(w)] - L(w*)), the expectation over the localised
+tempered posterior around w*, sampled by SGLD (Lau, Furman, Wang, Murfet,
+Wei 2023).  All chains run as one batched computation (see ``sampler``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .data import Data, chunks, num_rows, take_rows, to_device
+from .diagnostics import ChainEvidence, LLCDiagnostics, diagnose, exploded_chains
+from .sampler import (
+    ChainSettings,
+    ChainTraces,
+    LossModule,
+    autocast_context,
+    sample_chains,
+)
+
+
+def default_nbeta(batch_size: int) -> float:
+    """m / log m for minibatch size m, devinterp's default inverse temperature.
+
+    With full-batch sampling m is the dataset size n and this is n * beta*
+    with beta* = 1 / log n, the Watanabe temperature of WBIC.
+    """
+    return batch_size / math.log(batch_size) if batch_size > 1 else 1.0
+
+
+@dataclass
+class LLCResult:
+    """An LLC estimate with its spread, traces and diagnostics.
+
+    ``llc`` is the mean of the per-chain estimates of healthy chains and
+    ``llc_se`` their standard error (std / sqrt(chains)).  ``trace`` has one
+    row per chain and step: ``chain``, ``step``, ``burn_in``, ``loss``,
+    ``llc`` (nbeta * (loss - L(w*))) and ``distance`` (|w - w*|).
+    """
+
+    llc: float
+    llc_se: float
+    llc_per_chain: np.ndarray
+    init_loss: float
+    n_params: int
+    settings: dict[str, Any]
+    diagnostics: LLCDiagnostics
+    trace: pd.DataFrame
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def llc_std(self) -> float:
+        """Standard deviation of the per-chain estimates."""
+        finite = self.llc_per_chain[np.isfinite(self.llc_per_chain)]
+        return float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        """Flat, JSON-serialisable headline numbers and settings."""
+        diag = self.diagnostics
+        return {
+            "llc": self.llc,
+            "llc_se": self.llc_se,
+            "llc_std": self.llc_std,
+            "init_loss": self.init_loss,
+            "n_params": self.n_params,
+            "r_hat": diag.r_hat,
+            "ess": diag.ess,
+            "geweke_z": diag.geweke_z,
+            "diverged_chains": len(diag.diverged_chains),
+            "ok": diag.ok,
+            "flags": ",".join(diag.flags),
+            "seconds": self.seconds,
+            **self.settings,
+        }
+
+    def per_chain_table(self) -> pd.DataFrame:
+        """One row per chain: its estimate, mean loss and whether it diverged."""
+        draws = self.trace[~self.trace["burn_in"]]
+        table = draws.groupby("chain").agg(
+            mean_loss=("loss", "mean"), mean_distance=("distance", "mean")
+        )
+        table["llc"] = self.llc_per_chain
+        table["diverged"] = [
+            c in self.diagnostics.diverged_chains for c in range(len(table))
+        ]
+        return table.reset_index()
+
+    def trace_plot(self):
+        """Per-chain LLC and distance traces (a matplotlib Figure)."""
+        from .plots import trace_plot
+
+        return trace_plot(self)
+
+    def __str__(self) -> str:
+        lines = [
+            f"LLC = {self.llc:.4g} ± {self.llc_se:.2g} (SE over "
+            f"{len(self.llc_per_chain)} chains; d/2 = {self.n_params / 2:g})",
+            f"L(w*) = {self.init_loss:.6g}, R-hat {self.diagnostics.r_hat:.3f}, "
+            f"ESS {self.diagnostics.ess:.0f}",
+        ]
+        lines += self.diagnostics.messages() or ["diagnostics: all checks passed"]
+        return "\n".join(lines)
+
+
+@dataclass
+class Problem:
+    """A validated estimation problem: the model as a loss, w*, data and L(w*)."""
+
+    loss_module: LossModule
+    anchor: dict[str, torch.Tensor]
+    data: Data
+    n_rows: int
+    batch_size: int
+    init_loss: float
+    init_grad_norm: float
+    autocast_dtype: torch.dtype | None
+
+    @property
+    def n_params(self) -> int:
+        """Number of sampled parameters d."""
+        return sum(p.numel() for p in self.anchor.values())
+
+
+def _check_loss(loss: Any) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(
+            f"loss_fn(model, batch) must return a scalar torch tensor, got "
+            f"{type(loss).__name__}; return e.g. criterion(model(x), y)"
+        )
+    if loss.numel() != 1:
+        raise ValueError(
+            f"loss_fn(model, batch) returned a tensor of shape {tuple(loss.shape)}, "
+            "not a scalar; reduce it over the batch with .mean()"
+        )
+    if not torch.isfinite(loss).all():
+        raise ValueError(
+            f"the loss at w* is {loss.item()}: the model or the data give a "
+            "non-finite loss before sampling starts; check the inputs"
+        )
+    return loss.reshape(())
+
+
+def prepare_problem(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Data,
+    batch_size: int | None,
+    autocast_dtype: torch.dtype | None,
+) -> Problem:
+    """Validate the inputs, then compute L(w*) and |grad L(w*)| on all data."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}; wrap "
+            "plain functions in a module with nn.Parameter weights"
+        )
+    if not callable(loss_fn):
+        raise TypeError("loss_fn must be callable as loss_fn(model, batch) -> scalar")
+    sampled = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if not sampled:
+        raise ValueError(
+            "no parameter of the model requires grad, so there is nothing to "
+            "sample; call model.requires_grad_(True), or unfreeze the parameters "
+            "whose LLC you want"
+        )
+    n_rows = num_rows(data)
+    batch_size = n_rows if batch_size is None else int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = min(batch_size, n_rows)
+    device = next(iter(sampled.values())).device
+    data = to_device(data, device)
+    params = list(sampled.values())
+    total_loss, total_grad = 0.0, [torch.zeros_like(p) for p in params]
+    for index in chunks(n_rows, batch_size):
+        with autocast_context(device, autocast_dtype):
+            loss = _check_loss(loss_fn(model, take_rows(data, index)))
+        grads = torch.autograd.grad(loss.float(), params, allow_unused=True)
+        if all(g is None for g in grads):
+            raise ValueError(
+                "the loss does not depend on any parameter that requires grad; "
+                "loss_fn must compute the loss with the model passed to it"
+            )
+        weight = index.numel() / n_rows
+        total_loss += loss.item() * weight
+        for acc, g in zip(total_grad, grads, strict=True):
+            if g is not None:
+                acc.add_(g.float(), alpha=weight)
+    grad_norm = float(torch.sqrt(sum(g.double().pow(2).sum() for g in total_grad)))
+    anchor = {f"model.{name}": p.detach().clone() for name, p in sampled.items()}
+    return Problem(
+        loss_module=LossModule(model, loss_fn),
+        anchor=anchor,
+        data=data,
+        n_rows=n_rows,
+        batch_size=batch_size,
+        init_loss=total_loss,
+        init_grad_norm=grad_norm,
+        autocast_dtype=autocast_dtype,
+    )
+
+
+def check_sampler_options(
+    num_chains: int, num_draws: int, num_burnin: int, step_size, nbeta, localization
+) -> None:
+    """Raise ValueError on counts or hyperparameters outside their range."""
+    for name, value, low in (
+        ("num_chains", num_chains, 1),
+        ("num_draws", num_draws, 1),
+        ("num_burnin", num_burnin, 0),
+    ):
+        if int(value) != value or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+    for name, values, strict in (
+        ("step_size", step_size, True),
+        ("nbeta", nbeta, True),
+        ("localization", localization, False),
+    ):
+        for value in np.atleast_1d(values):
+            if value is None:
+                continue
+            if not np.isfinite(value) or value < 0 or (strict and value == 0):
+                relation = "> 0" if strict else ">= 0"
+                raise ValueError(f"{name} must be finite and {relation}, got {value}")
+
+
+def summarise_chains(
+    problem: Problem,
+    traces: ChainTraces,
+    chains: slice,
+    *,
+    num_burnin: int,
+    step_size: float,
+    nbeta: float,
+    localization: float,
+    settings: dict[str, Any],
+    seconds: float,
+) -> LLCResult:
+    """The estimate, trace table and diagnostics of the chains ``chains``."""
+    loss = traces.loss[chains].numpy()
+    distance = traces.distance[chains].numpy()
+    llc_trace = nbeta * (loss - problem.init_loss)
+    evidence = ChainEvidence(
+        llc_trace=llc_trace,
+        loss_trace=loss,
+        distance_trace=distance,
+        num_burnin=num_burnin,
+        init_loss=problem.init_loss,
+        init_grad_norm=problem.init_grad_norm,
+        n_params=problem.n_params,
+        nbeta=nbeta,
+        step_size=step_size,
+        localization=localization,
+    )
+    bad = set(exploded_chains(evidence))
+    healthy = [c for c in range(loss.shape[0]) if c not in bad]
+    per_chain = llc_trace[:, num_burnin:].mean(axis=1)
+    per_chain[list(bad)] = np.nan
+    kept = per_chain[healthy]
+    llc = float(kept.mean()) if kept.size else float("nan")
+    if kept.size > 1:
+        llc_se = float(kept.std(ddof=1) / math.sqrt(kept.size))
+    elif kept.size == 1:
+        draws = llc_trace[healthy[0], num_burnin:]
+        from .convergence import effective_sample_size
+
+        llc_se = float(
+            draws.std(ddof=1) / math.sqrt(effective_sample_size(draws[None]))
+        )
+    else:
+        llc_se = float("nan")
+    diagnostics = diagnose(evidence, llc, llc_se, healthy)
+    n_chains, n_steps = loss.shape
+    trace = pd.DataFrame(
+        {
+            "chain": np.repeat(np.arange(n_chains), n_steps),
+            "step": np.tile(np.arange(n_steps), n_chains),
+            "burn_in": np.tile(np.arange(n_steps) < num_burnin, n_chains),
+            "loss": loss.reshape(-1),
+            "llc": llc_trace.reshape(-1),
+            "distance": distance.reshape(-1),
+        }
+    )
+    return LLCResult(
+        llc=llc,
+        llc_se=llc_se,
+        llc_per_chain=per_chain,
+        init_loss=problem.init_loss,
+        n_params=problem.n_params,
+        settings=settings,
+        diagnostics=diagnostics,
+        trace=trace,
+        seconds=seconds,
+    )
+
+
+def estimate_llc(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Data,
+    *,
+    num_chains: int = 4,
+    num_draws: int = 200,
+    num_burnin: int = 50,
+    step_size: float = 1e-4,
+    nbeta: float | None = None,
+    localization: float = 1.0,
+    batch_size: int | None = None,
+    seed: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> LLCResult:
+    """Estimate the local learning coefficient of ``model`` at its current weights.
+
+    ``loss_fn(model, batch)`` returns the mean loss (a scalar tensor) of the
+    model on ``batch``, a set of rows of ``data`` (a tensor, tuple/list or
+    dict of tensors with rows along dim 0).  Every parameter that requires
+    grad is sampled; the others stay fixed.  The current weights are w*.
+
+    Each of ``num_chains`` SGLD chains takes ``num_burnin + num_draws`` steps
+    of size ``step_size`` on minibatches of ``batch_size`` rows (None: all
+    rows), at inverse temperature ``nbeta`` (None: m / log m for minibatch
+    size m) with a Gaussian pull of strength ``localization`` towards w*.
+    The estimate averages nbeta * (L(w) - L(w*)) over the draws after
+    burn-in; L(w*) is the loss on all of ``data``.  ``autocast_dtype``
+    (e.g. ``torch.bfloat16``) runs forward and backward passes under
+    autocast while the chains' weights stay in float32.
+    """
+    check_sampler_options(
+        num_chains, num_draws, num_burnin, step_size, nbeta, localization
+    )
+    started = time.perf_counter()
+    problem = prepare_problem(model, loss_fn, data, batch_size, autocast_dtype)
+    nbeta = default_nbeta(problem.batch_size) if nbeta is None else float(nbeta)
+    settings = ChainSettings(
+        step_size=torch.full((num_chains,), float(step_size), dtype=torch.float64),
+        nbeta=torch.full((num_chains,), nbeta, dtype=torch.float64),
+        localization=torch.full(
+            (num_chains,), float(localization), dtype=torch.float64
+        ),
+    )
+    traces = sample_chains(
+        problem.loss_module,
+        problem.anchor,
+        problem.data,
+        problem.n_rows,
+        settings,
+        num_steps=num_burnin + num_draws,
+        batch_size=problem.batch_size,
+        seed=seed,
+        autocast_dtype=autocast_dtype,
+        progress=progress,
+    )
+    return summarise_chains(
+        problem,
+        traces,
+        slice(None),
+        num_burnin=num_burnin,
+        step_size=float(step_size),
+        nbeta=nbeta,
+        localization=float(localization),
+        settings={
+            "num_chains": num_chains,
+            "num_draws": num_draws,
+            "num_burnin": num_burnin,
+            "step_size": float(step_size),
+            "nbeta": nbeta,
+            "localization": float(localization),
+            "batch_size": problem.batch_size,
+            "n_samples": problem.n_rows,
+            "seed": seed,
+            "autocast": str(autocast_dtype) if autocast_dtype else "none",
+        },
+        seconds=time.perf_counter() - started,
+    )
