@@ -1,0 +1,126 @@
+"""Per-row sparse codes and token contexts, kept only for rows in a top-N list.
+
+A row enters the store in the batch it is seen, if it entered some latent's
+top-N list; it is dropped once no list refers to it any more.  Rows are
+appended in increasing global id, so the ids stay sorted and lookups are a
+binary search.  At most ``2 x d_sae x N`` rows are ever live.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class StoredRows:
+    """Codes and contexts of a set of rows, in increasing row id."""
+
+    ids: torch.Tensor  # [r] int64
+    code_latents: torch.Tensor  # [r, m] int32, -1 where unused
+    code_values: torch.Tensor  # [r, m] float32, 0 where unused
+    contexts: torch.Tensor  # [r, w] int32 token ids ending at the row, -1 pad
+
+    def select(self, keep: torch.Tensor) -> StoredRows:
+        """The rows where ``keep`` is True."""
+        return StoredRows(
+            self.ids[keep],
+            self.code_latents[keep],
+            self.code_values[keep],
+            self.contexts[keep],
+        )
+
+    @staticmethod
+    def concat(parts: list[StoredRows], n_codes: int, n_context: int) -> StoredRows:
+        """Concatenate stored parts (which must be in increasing id order)."""
+        if not parts:
+            return StoredRows(
+                torch.empty(0, dtype=torch.long),
+                torch.empty(0, n_codes, dtype=torch.int32),
+                torch.empty(0, n_codes),
+                torch.empty(0, n_context, dtype=torch.int32),
+            )
+        return StoredRows(
+            torch.cat([p.ids for p in parts]),
+            torch.cat([p.code_latents for p in parts]),
+            torch.cat([p.code_values for p in parts]),
+            torch.cat([p.contexts for p in parts]),
+        )
+
+
+class RowStore:
+    """Sparse codes (top ``n_codes`` latents) and contexts of referenced rows."""
+
+    def __init__(self, n_codes: int, n_context: int):
+        self.n_codes = n_codes
+        self.n_context = n_context
+        self.parts: list[StoredRows] = []
+        self.size = 0
+        self._next_prune = 65_536
+
+    def add(
+        self,
+        ids: torch.Tensor,
+        feature_acts: torch.Tensor,
+        token_context: torch.Tensor | None,
+        positions: torch.Tensor | None,
+    ) -> None:
+        """Store rows ``ids - offset`` of a batch (``feature_acts`` already
+        restricted to those rows, ``positions`` too)."""
+        if ids.numel() == 0:
+            return
+        acts = feature_acts.float()
+        m = min(self.n_codes, acts.shape[1])
+        values, latents = acts.topk(m, dim=1)
+        latents = torch.where(values > 0, latents, -1).to(torch.int32)
+        values = values.clamp_min(0)
+        if m < self.n_codes:
+            pad = self.n_codes - m
+            latents = torch.nn.functional.pad(latents, (0, pad), value=-1)
+            values = torch.nn.functional.pad(values, (0, pad))
+        contexts = context_windows(token_context, positions, self.n_context, len(ids))
+        self.parts.append(StoredRows(ids.long(), latents, values, contexts))
+        self.size += len(ids)
+
+    def maybe_prune(self, live_ids) -> None:
+        """Drop unreferenced rows once the store has grown well past its last
+        live size; ``live_ids`` is a callable returning the sorted live ids."""
+        if self.size < self._next_prune:
+            return
+        live = live_ids()
+        self.parts = [p.select(torch.isin(p.ids, live)) for p in self.parts]
+        self.parts = [p for p in self.parts if p.ids.numel()]
+        if len(self.parts) > 1:
+            self.parts = [StoredRows.concat(self.parts, self.n_codes, self.n_context)]
+        self.size = sum(p.ids.numel() for p in self.parts)
+        self._next_prune = max(65_536, 2 * self.size)
+
+    def rows(self) -> StoredRows:
+        """All stored rows as one block."""
+        return StoredRows.concat(self.parts, self.n_codes, self.n_context)
+
+
+def context_windows(
+    token_context: torch.Tensor | None,
+    positions: torch.Tensor | None,
+    width: int,
+    n: int,
+) -> torch.Tensor:
+    """Token ids of the ``width`` positions ending at each row, -1 padded."""
+    if token_context is None or positions is None:
+        return torch.full((n, width), -1, dtype=torch.int32)
+    seq, pos = positions[:, 0].long(), positions[:, 1].long()
+    offsets = torch.arange(-width + 1, 1)
+    cols = pos[:, None] + offsets[None, :]
+    valid = cols >= 0
+    tokens = token_context[seq[:, None], cols.clamp_min(0)]
+    return torch.where(valid, tokens, -1).to(torch.int32)
+
+
+def lookup(rows: StoredRows, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of ``ids`` in ``rows`` and whether each was found."""
+    if rows.ids.numel() == 0:
+        return torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
+    where = torch.searchsorted(rows.ids, ids).clamp_max(rows.ids.numel() - 1)
+    return where, rows.ids[where] == ids

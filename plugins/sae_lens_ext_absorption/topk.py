@@ -1,0 +1,128 @@
+"""A running top-N of (value, global row id) per latent over a stream of rows.
+
+Memory is ``d_sae x N`` values and ids whatever the number of rows.  Each
+update only looks at the entries that beat a latent's current N-th best
+value, so after the first batches an update costs one comparison pass over
+the score matrix plus work proportional to the few entries that qualify.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Above this fraction of qualifying entries a dense top-k is cheaper.
+_DENSE_FRACTION = 0.05
+
+
+class StreamingTopK:
+    """The ``n_top`` largest values seen per column, with their row ids.
+
+    ``values[i]`` is sorted in decreasing order; unused slots hold ``-inf``
+    with row id ``-1``.  ``payload`` carries one more number per kept entry
+    (e.g. the latent's own activation on the row), 0 in unused slots.
+    """
+
+    def __init__(self, n_columns: int, n_top: int):
+        if n_top < 1:
+            raise ValueError("n_top must be at least 1")
+        self.n_top = n_top
+        self.values = torch.full((n_columns, n_top), float("-inf"))
+        self.ids = torch.full((n_columns, n_top), -1, dtype=torch.long)
+        self.payload = torch.zeros(n_columns, n_top)
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        """Per column, the value a new entry must exceed to enter the top-N."""
+        return self.values[:, -1]
+
+    def update_dense(
+        self,
+        scores: torch.Tensor,
+        offset: int,
+        *,
+        floor: float | None = None,
+        payload: torch.Tensor | None = None,
+    ) -> None:
+        """Merge a ``[n_rows, n_columns]`` score matrix whose rows have ids
+        ``offset + arange(n_rows)``; entries not above ``floor`` are ignored.
+        ``payload`` (same shape as ``scores``) is kept alongside."""
+        scores = scores.float()
+        if payload is None:
+            payload = torch.zeros_like(scores)
+        bar = self.threshold
+        if floor is not None:
+            bar = bar.clamp_min(floor)
+        qualifies = scores > bar
+        n_qualify = int(qualifies.sum())
+        if n_qualify == 0:
+            return
+        if n_qualify > _DENSE_FRACTION * scores.numel():
+            k = min(self.n_top, scores.shape[0])
+            values, rows = scores.T.contiguous().topk(k, dim=1)
+            extra = payload.T.gather(1, rows).float()
+            ids = rows + offset
+            if floor is not None:
+                keep = values > floor
+                values = torch.where(keep, values, float("-inf"))
+                ids = torch.where(keep, ids, -1)
+                extra = torch.where(keep, extra, 0.0)
+            self._merge(values, ids, extra)
+            return
+        rows, cols = qualifies.nonzero(as_tuple=True)
+        self.update_entries(
+            cols, scores[rows, cols], rows + offset, payload[rows, cols]
+        )
+
+    def update_entries(
+        self,
+        columns: torch.Tensor,
+        values: torch.Tensor,
+        ids: torch.Tensor,
+        payload: torch.Tensor | None = None,
+    ) -> None:
+        """Merge individual ``(column, value, row id[, payload])`` entries."""
+        if columns.numel() == 0:
+            return
+        values = values.float()
+        extra = torch.zeros_like(values) if payload is None else payload.float()
+        keep = values > self.threshold[columns]
+        columns, values, ids, extra = (
+            columns[keep],
+            values[keep],
+            ids[keep],
+            extra[keep],
+        )
+        if columns.numel() == 0:
+            return
+        order = values.argsort(descending=True, stable=True)
+        columns, values, ids, extra = (t[order] for t in (columns, values, ids, extra))
+        order = columns.argsort(stable=True)
+        columns, values, ids, extra = (t[order] for t in (columns, values, ids, extra))
+        counts = torch.bincount(columns, minlength=self.values.shape[0])
+        starts = counts.cumsum(0) - counts
+        rank = torch.arange(columns.numel()) - starts[columns]
+        keep = rank < self.n_top
+        columns, values, ids, extra, rank = (
+            t[keep] for t in (columns, values, ids, extra, rank)
+        )
+        new_values = torch.full_like(self.values, float("-inf"))
+        new_ids = torch.full_like(self.ids, -1)
+        new_extra = torch.zeros_like(self.payload)
+        new_values[columns, rank] = values
+        new_ids[columns, rank] = ids
+        new_extra[columns, rank] = extra
+        self._merge(new_values, new_ids, new_extra)
+
+    def _merge(
+        self, values: torch.Tensor, ids: torch.Tensor, extra: torch.Tensor
+    ) -> None:
+        both_values = torch.cat([self.values, values], dim=1)
+        top = both_values.topk(self.n_top, dim=1)
+        self.values = top.values
+        self.ids = torch.cat([self.ids, ids], dim=1).gather(1, top.indices)
+        self.payload = torch.cat([self.payload, extra], dim=1).gather(1, top.indices)
+
+    def live_ids(self) -> torch.Tensor:
+        """The distinct row ids held in any column, sorted."""
+        ids = self.ids[self.ids >= 0]
+        return torch.unique(ids)
