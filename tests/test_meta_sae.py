@@ -26,7 +26,7 @@ from sae_lens_ext_meta_sae.trainer import (
     global_threshold,
 )
 
-from sae_lens_ext import RunContext, run
+from sae_lens_ext import ActivationBatch, RunContext, run
 
 
 def sae_with_decoder(decoder: torch.Tensor) -> SAE:
@@ -236,7 +236,7 @@ def test_k_larger_than_d_meta_is_rejected():
 
 
 def test_d_meta_larger_than_d_sae_is_rejected():
-    with pytest.raises(ValueError, match="choose d_meta <= d_sae"):
+    with pytest.raises(ValueError, match="choose d_meta <= 48"):
         train_meta_sae(make_sae(d_sae=48), d_meta=64, steps=1, progress=False)
 
 
@@ -266,6 +266,53 @@ def test_analysis_returns_the_meta_sae_tables_plot_and_card(planted, tmp_path):
     assert len(result.tensors["training_mse"]) == 150
 
 
+def batch_firing(latents: torch.Tensor, d_sae: int, d_in: int) -> ActivationBatch:
+    """An activation batch in which exactly ``latents`` fire."""
+    n = 8
+    acts = torch.zeros(n, d_sae)
+    acts[torch.arange(len(latents)) % n, latents] = 1.0
+    return ActivationBatch(
+        sae_in=torch.zeros(n, d_in),
+        feature_acts=acts,
+        sae_out=torch.zeros(n, d_in),
+        tokens=torch.zeros(n, dtype=torch.long),
+        token_context=torch.zeros(1, n, dtype=torch.long),
+        positions=torch.zeros(n, 2, dtype=torch.long),
+        offset=0,
+    )
+
+
+def test_analysis_leaves_out_latents_that_never_fired(planted, tmp_path):
+    decoder = planted.decoder[:600].clone()
+    decoder[::3] = torch.randn(200, 48, generator=torch.Generator().manual_seed(9))
+    sae = sae_with_decoder(decoder)
+    context = RunContext(sae=sae, release="rel", sae_id="sid", out_dir=tmp_path)
+    alive = torch.tensor([i for i in range(600) if i % 3])
+    analysis = MetaSAEAnalysis(MetaSAEConfig(steps=150, k=2), context)
+    analysis.update(batch_firing(alive[:250], 600, 48))
+    analysis.update(batch_firing(alive[250:], 600, 48))
+    result = analysis.finish()
+    table = result.tables["base_latents"]
+    assert table["base_latent"].tolist() == alive.tolist()
+    assert result.metrics["dead_base_latents_left_out"] == 200
+    assert result.metrics["base_latents_used"] == 400
+    assert result.metrics["d_meta"] == round(400 * 2304 / 49152)
+    members = {m for ms in result.tables["meta_latents"]["members"] for m in ms}
+    assert members <= set(alive.tolist())
+    assert "200 dead latents left out" in result.card
+    assert torch.equal(result.tensors["base_latent_ids"], alive)
+    everything = MetaSAEAnalysis(
+        MetaSAEConfig(steps=150, k=2, skip_dead=False), context
+    )
+    everything.update(batch_firing(alive, 600, 48))
+    assert everything.trained_latents() is None
+
+
+def test_latent_ids_out_of_range_are_rejected():
+    with pytest.raises(ValueError, match=r"ids in \[0, 48\)"):
+        train_meta_sae(make_sae(d_sae=48), latents=torch.tensor([3, 48]), d_meta=2)
+
+
 def test_meta_sae_in_a_run_writes_a_loadable_sae(tiny_model, tiny_tokens, tmp_path):
     sae = sae_with_decoder(planted_decoder(480, 16, 24, seed=3).decoder)
     output = run(
@@ -285,4 +332,4 @@ def test_meta_sae_in_a_run_writes_a_loadable_sae(tiny_model, tiny_tokens, tmp_pa
     loaded = SAE.load_from_disk(folder / "meta_sae")
     assert loaded.cfg.d_sae == 24 and loaded.cfg.d_in == 16
     table = pd.read_parquet(folder / "meta_latents.parquet")
-    assert table["n_members"].sum() == 4 * 480
+    assert table["n_members"].sum() == 4 * metrics["base_latents_used"]

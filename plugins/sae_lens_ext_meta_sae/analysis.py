@@ -6,8 +6,9 @@ import dataclasses
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
-from sae_lens_ext import Analysis, AnalysisResult
+from sae_lens_ext import ActivationBatch, Analysis, AnalysisResult
 
 from .config import MetaSAEConfig
 from .decompose import MetaDecomposition, decompose
@@ -28,24 +29,59 @@ class MetaSAEAnalysis(Analysis):
         "combination of meta-latents (Bussmann et al. 2024)"
     )
     config_class = MetaSAEConfig
-    needs = frozenset({"weights"})
+    needs = frozenset({"weights", "activations"})
+
+    def __init__(self, config: MetaSAEConfig, context):
+        super().__init__(config, context)
+        self.firings = torch.zeros(int(context.sae.cfg.d_sae), dtype=torch.long)
+        self.n_tokens = 0
+
+    def update(self, batch: ActivationBatch) -> None:
+        """Count how often each base latent fires (to leave dead ones out)."""
+        self.firings += (batch.feature_acts > 0).sum(0).cpu()
+        self.n_tokens += batch.n
+
+    def trained_latents(self) -> torch.Tensor | None:
+        """Ids of the base latents to train on; None means all of them.
+
+        With ``skip_dead`` and activations seen, latents that never fired are
+        left out: their decoder rows were never trained and would make the
+        meta-SAE spend capacity on noise.
+        """
+        if not self.config.skip_dead or self.n_tokens == 0:
+            return None
+        alive = torch.nonzero(self.firings > 0).squeeze(1)
+        if alive.numel() == 0:
+            raise ValueError(
+                f"no latent fired on the run's {self.n_tokens} tokens, so there is "
+                "nothing to decompose; check the SAE, or set meta_sae.skip_dead to "
+                "False to decompose every decoder row"
+            )
+        return alive
 
     def finish(self) -> AnalysisResult:
-        """Train the meta-SAE, decompose every latent, plot and describe it."""
+        """Train the meta-SAE, decompose the latents, plot and describe it."""
         context = self.context
         seed = self.config.seed if self.config.seed is not None else context.seed
         config = dataclasses.replace(self.config, seed=seed)
+        latents = self.trained_latents()
         meta_sae, log = fit_meta_sae(
-            context.sae, config, release=context.release, sae_id=context.sae_id
+            context.sae,
+            config,
+            release=context.release,
+            sae_id=context.sae_id,
+            latents=latents,
         )
-        result = decompose(context.sae, meta_sae)
+        result = decompose(context.sae, meta_sae, latents)
         metrics = {
             **result.metrics,
+            "dead_base_latents_left_out": result.metrics["d_sae"] - log.rows,
             "k": config.k,
             "training_steps": config.steps,
             "training_seconds": round(log.seconds, 2),
             "resampled_latents": log.resampled,
         }
+        ids = result.base_latents["base_latent"].to_numpy()
         return AnalysisResult(
             metrics=metrics,
             tables={
@@ -53,10 +89,14 @@ class MetaSAEAnalysis(Analysis):
                 "meta_latents": result.meta_latents,
                 "memberships": result.memberships,
             },
-            tensors={"training_mse": torch.tensor(log.losses)},
+            tensors={
+                "training_mse": torch.tensor(log.losses),
+                "base_latent_ids": torch.tensor(ids),
+                "base_latent_firings": self.firings,
+            },
             plots={"meta_sae": decomposition_plot(result)},
             saes={"meta_sae": meta_sae},
-            card=card_text(result, config, log),
+            card=card_text(result, config, log, self.n_tokens),
         )
 
 
@@ -71,9 +111,11 @@ def decomposition_plot(result: MetaDecomposition) -> Figure:
     left.set_ylabel("base latents")
     left.legend()
     sizes = result.meta_latents["n_members"].sort_values(ascending=False).to_numpy()
-    right.plot(range(1, len(sizes) + 1), sizes, color="#3b6ea5")
-    right.set_yscale("symlog")
-    right.set_xlabel("meta-latent (by size)")
+    alive = sizes[sizes > 0]
+    right.plot(range(1, len(alive) + 1), alive, color="#3b6ea5", marker=".")
+    right.set_yscale("log")
+    right.yaxis.set_major_formatter(ScalarFormatter())
+    right.set_xlabel("meta-latent, largest first (dead ones left out)")
     right.set_ylabel("member base latents")
     metrics = result.metrics
     fig.suptitle(
@@ -86,18 +128,26 @@ def decomposition_plot(result: MetaDecomposition) -> Figure:
 
 
 def card_text(
-    result: MetaDecomposition, config: MetaSAEConfig, log: TrainingLog
+    result: MetaDecomposition, config: MetaSAEConfig, log: TrainingLog, n_tokens: int
 ) -> str:
     """The model-card section: what was trained, headline numbers, examples."""
     m = result.metrics
+    left_out = m["d_sae"] - m["base_latents_used"]
+    if left_out:
+        scope = (
+            f"the decoder rows of the {m['base_latents_used']} latents that fired on "
+            f"the run's {n_tokens} tokens ({left_out} dead latents left out, "
+            "their rows being untrained)"
+        )
+    else:
+        scope = f"all {m['d_sae']} decoder rows"
     lines = [
         f"A BatchTopK meta-SAE with **{m['d_meta']} meta-latents** (k={config.k:g} "
         f"on average) was trained for {config.steps} steps ({log.seconds:.1f} s) on "
-        f"the {m['d_sae']} unit-normalised decoder rows of this SAE, so each latent "
-        "is written as a sparse combination of meta-latents (Bussmann, Pearce, "
-        "Leask, Bloom, Sharkey, Nanda 2024). The meta-SAE is saved in "
-        "`meta_sae/meta_sae` as a SAE-Lens JumpReLU SAE whose threshold keeps "
-        "k activations per latent on average.",
+        f"{scope}, unit-normalised, so each latent is written as a sparse "
+        "combination of meta-latents (Bussmann, Pearce, Leask, Bloom, Sharkey, "
+        "Nanda 2024). The meta-SAE is saved in `meta_sae/meta_sae` as a SAE-Lens "
+        "JumpReLU SAE whose threshold keeps k activations per latent on average.",
         "",
         f"- fraction of variance explained: **{m['fraction_variance_explained']:.3f}**",
         f"- mean reconstruction cosine: {m['mean_reconstruction_cosine']:.3f} "

@@ -13,9 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-
-# CSR products are the point of this module; torch flags them as beta.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+from torch.nn.functional import embedding_bag
 
 
 @dataclass
@@ -28,6 +26,7 @@ class Selection:
     n_rows: int
     width: int
     _by_col: torch.Tensor | None = field(default=None, repr=False)
+    _row_pointers: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def nnz(self) -> int:
@@ -36,48 +35,61 @@ class Selection:
 
     def row_pointers(self) -> torch.Tensor:
         """CSR row pointers ``[n_rows + 1]`` of the row-major layout."""
-        return _pointers(self.rows, self.n_rows)
+        if self._row_pointers is None:
+            self._row_pointers = _pointers(self.rows, self.n_rows)
+        return self._row_pointers
 
-    def matrix(self, values: torch.Tensor | None = None) -> torch.Tensor:
-        """``S`` as a CSR ``[n_rows, width]`` tensor (own or given values)."""
-        values = self.values if values is None else values
-        return torch.sparse_csr_tensor(
-            self.row_pointers(),
-            self.cols,
-            values,
-            (self.n_rows, self.width),
-            check_invariants=False,
-        )
+    def times(self, right: torch.Tensor) -> torch.Tensor:
+        """``S @ right`` (dense ``[n_rows, right.shape[1]]``)."""
+        return _bag_sum(self.cols, right, self.row_pointers(), self.values)
 
-    def transposed(self, values: torch.Tensor | None = None) -> torch.Tensor:
-        """``S.T`` as a CSR ``[width, n_rows]`` tensor (values in row order)."""
+    def transposed_times(
+        self, right: torch.Tensor, values: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``S.T @ right``, with ``S``'s own values or ``values`` (row order)."""
         values = self.values if values is None else values
         if self._by_col is None:
             self._by_col = torch.argsort(self.cols, stable=True)
         order = self._by_col
-        return torch.sparse_csr_tensor(
-            _pointers(self.cols, self.width),
-            self.rows[order],
-            values[order],
-            (self.width, self.n_rows),
-            check_invariants=False,
-        )
+        pointers = _pointers(self.cols, self.width)
+        return _bag_sum(self.rows[order], right, pointers, values[order])
+
+    def matrix(self, values: torch.Tensor | None = None) -> torch.Tensor:
+        """``S`` as a CSR ``[n_rows, width]`` tensor (own or given values)."""
+        values = self.values if values is None else values
+        return csr(self.row_pointers(), self.cols, values, (self.n_rows, self.width))
 
     def sampled_products(self, left: torch.Tensor, right: torch.Tensor):
         """``(left @ right.T)[rows, cols]``: one dot product per kept entry."""
-        pattern = torch.sparse_csr_tensor(
-            self.row_pointers(),
-            self.cols,
-            torch.zeros_like(self.values),
-            (self.n_rows, self.width),
-            check_invariants=False,
-        )
+        pattern = self.matrix(torch.zeros_like(self.values))
         sampled = torch.sparse.sampled_addmm(pattern, left, right.T, beta=0.0)
         return sampled.values()
 
     def fired(self) -> torch.Tensor:
         """Boolean ``[width]``: which columns are active in this batch."""
         return torch.bincount(self.cols, minlength=self.width) > 0
+
+
+def csr(pointers, columns, values, shape) -> torch.Tensor:
+    """A CSR tensor from trusted parts (torch's beta warning silenced)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
+        return torch.sparse_csr_tensor(
+            pointers, columns, values, shape, check_invariants=False
+        )
+
+
+def _bag_sum(index, table, pointers, weights) -> torch.Tensor:
+    """Row ``i`` of the result: sum of ``weights[j] * table[index[j]]`` over
+    ``pointers[i] <= j < pointers[i + 1]``."""
+    return embedding_bag(
+        index,
+        table,
+        pointers,
+        mode="sum",
+        per_sample_weights=weights.to(table.dtype),
+        include_last_offset=True,
+    )
 
 
 def _pointers(sorted_index: torch.Tensor, n: int) -> torch.Tensor:

@@ -25,6 +25,8 @@ class MetaSAEConfig:
       the run; 0 disables resampling).
     - ``autocast``: compute the dense encoder pass in bfloat16 (the sparse
       decoder pass and all weights stay float32).
+    - ``skip_dead`` (the analysis only): leave out base latents that never
+      fired on the run's tokens; their decoder rows are untrained.
     - ``threads``: CPU threads while training; None uses one thread for
       small problems (where hand-offs between threads cost more than they
       save, badly so on a shared machine) and torch's setting otherwise.
@@ -57,6 +59,9 @@ class MetaSAEConfig:
     autocast: bool = field(
         default=True, metadata={"help": "bfloat16 encoder pass (weights stay fp32)"}
     )
+    skip_dead: bool = field(
+        default=True, metadata={"help": "leave out latents that never fired in the run"}
+    )
     threads: int | None = field(
         default=None, metadata={"help": "CPU threads; default: 1 for small decoders"}
     )
@@ -71,15 +76,19 @@ class MetaSAEConfig:
         return max(1, round(d_sae * PAPER_META_RATIO))
 
     def validate(self, d_sae: int) -> None:
-        """Raise ValueError naming the fix when the options cannot work."""
+        """Raise ValueError naming the fix when the options cannot work.
+
+        ``d_sae`` is the number of base latents trained on.
+        """
         d_meta = self.meta_width(d_sae)
         if d_meta < 1:
             raise ValueError(f"d_meta must be at least 1, got {d_meta}")
         if d_meta > d_sae:
             raise ValueError(
-                f"d_meta={d_meta} is larger than the base SAE's d_sae={d_sae}: a "
-                "meta-SAE compresses the base latents, so choose d_meta <= d_sae "
-                f"(the paper's ratio gives {max(1, round(d_sae * PAPER_META_RATIO))})"
+                f"d_meta={d_meta} is larger than the {d_sae} base latents trained "
+                "on: a meta-SAE compresses the base latents, so choose d_meta <= "
+                f"{d_sae} (the paper's ratio gives "
+                f"{max(1, round(d_sae * PAPER_META_RATIO))})"
             )
         if not self.k > 0:
             raise ValueError(f"k must be positive, got {self.k}")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from .meta_sae import decoder_rows
+from .meta_sae import decoder_rows, latent_ids
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -45,9 +45,16 @@ class MetaDecomposition:
     metrics: dict = field(default_factory=dict)
 
 
-def decompose(sae: SAE, meta_sae: SAE) -> MetaDecomposition:
-    """Describe every latent of ``sae`` by the meta-latents of ``meta_sae``."""
-    rows = decoder_rows(sae)
+def decompose(
+    sae: SAE, meta_sae: SAE, latents: torch.Tensor | None = None
+) -> MetaDecomposition:
+    """Describe the latents of ``sae`` by the meta-latents of ``meta_sae``.
+
+    ``latents`` (base latent ids) restricts the tables and metrics to those
+    latents, e.g. the ones the meta-SAE was trained on; None takes all.
+    """
+    rows = decoder_rows(sae, latents)
+    ids = latent_ids(int(sae.W_dec.shape[0]), latents)
     if int(meta_sae.cfg.d_in) != rows.shape[1]:
         raise ValueError(
             f"the meta-SAE reads {meta_sae.cfg.d_in}-dimensional inputs but the base "
@@ -61,7 +68,7 @@ def decompose(sae: SAE, meta_sae: SAE) -> MetaDecomposition:
             acts = meta_sae.encode(chunk.to(meta_sae.W_dec.dtype)).float()
             recon = meta_sae.decode(acts.to(meta_sae.W_dec.dtype)).float()
             local, meta = torch.nonzero(acts, as_tuple=True)
-            base_index.append(local + start)
+            base_index.append(ids[local + start])
             meta_index.append(meta)
             weights.append(acts[local, meta])
             cosines.append(torch.nn.functional.cosine_similarity(chunk, recon, dim=1))
@@ -77,11 +84,16 @@ def decompose(sae: SAE, meta_sae: SAE) -> MetaDecomposition:
     squared_error = torch.cat(errors)
     total_variance = float((rows - rows.mean(0)).pow(2).sum())
     return MetaDecomposition(
-        base_latents=base_table(pairs, cosine, squared_error),
+        base_latents=base_table(pairs, ids, cosine, squared_error),
         meta_latents=meta_table(pairs, int(meta_sae.cfg.d_sae)),
         memberships=ranked_pairs(pairs),
         metrics=summary_metrics(
-            pairs, cosine, squared_error, total_variance, int(meta_sae.cfg.d_sae)
+            pairs,
+            cosine,
+            squared_error,
+            total_variance,
+            d_meta=int(meta_sae.cfg.d_sae),
+            d_sae=int(sae.W_dec.shape[0]),
         ),
     )
 
@@ -96,15 +108,17 @@ def ranked_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def base_table(
-    pairs: pd.DataFrame, cosine: torch.Tensor, squared_error: torch.Tensor
+    pairs: pd.DataFrame,
+    ids: torch.Tensor,
+    cosine: torch.Tensor,
+    squared_error: torch.Tensor,
 ) -> pd.DataFrame:
-    """One row per base latent: its meta-latents (largest weight first)."""
+    """One row per base latent (``ids``): its meta-latents, largest weight first."""
     ordered = pairs.sort_values(
         ["base_latent", "weight"], ascending=[True, False], kind="stable"
     )
     grouped = ordered.groupby("base_latent")
-    n = len(cosine)
-    table = pd.DataFrame({"base_latent": range(n)})
+    table = pd.DataFrame({"base_latent": ids.numpy()})
     lists = grouped.agg(meta_latents=("meta_latent", list), weights=("weight", list))
     table = table.join(lists, on="base_latent")
     for column in ("meta_latents", "weights"):
@@ -135,9 +149,15 @@ def summary_metrics(
     cosine: torch.Tensor,
     squared_error: torch.Tensor,
     total_variance: float,
+    *,
     d_meta: int,
+    d_sae: int,
 ) -> dict:
-    """Fraction of variance explained, activity and cosine summaries."""
+    """Fraction of variance explained, activity and cosine summaries.
+
+    Everything is over the decomposed latents (``base_latents_used`` of the
+    base SAE's ``d_sae``).
+    """
     n = len(cosine)
     fvu = float(squared_error.sum()) / total_variance if total_variance > 0 else 0.0
     used = pairs["meta_latent"].nunique()
@@ -150,5 +170,6 @@ def summary_metrics(
         "fvu": fvu,
         "base_latents_without_meta_latent": int(n - pairs["base_latent"].nunique()),
         "d_meta": d_meta,
-        "d_sae": n,
+        "d_sae": d_sae,
+        "base_latents_used": n,
     }

@@ -26,11 +26,12 @@ if TYPE_CHECKING:
 BASE_METADATA = ("model_name", "hook_name", "hook_head_index")
 
 
-def decoder_rows(sae: SAE) -> torch.Tensor:
-    """The base SAE's decoder rows ``[d_sae, d_in]`` as unit vectors (float32).
+def decoder_rows(sae: SAE, latents: torch.Tensor | None = None) -> torch.Tensor:
+    """The base SAE's decoder rows ``[n, d_in]`` as unit vectors (float32).
 
-    Raises ValueError when a row is zero or not finite: such a latent has no
-    direction to describe.
+    ``latents`` (base latent ids) selects rows; None takes all ``d_sae``.
+    Raises ValueError when a selected row is zero or not finite: such a
+    latent has no direction to describe.
     """
     weights = getattr(sae, "W_dec", None)
     if not isinstance(weights, torch.Tensor) or weights.ndim != 2:
@@ -38,23 +39,36 @@ def decoder_rows(sae: SAE) -> torch.Tensor:
             "expected an SAE-Lens SAE with a 2-D decoder W_dec [d_sae, d_in]; got "
             f"{type(sae).__name__}"
         )
-    rows = weights.detach().float().cpu()
-    broken = torch.nonzero(~torch.isfinite(rows).all(dim=1)).squeeze(1)
+    ids = latent_ids(weights.shape[0], latents)
+    rows = weights.detach()[ids].float().cpu()
+    broken = ids[~torch.isfinite(rows).all(dim=1)]
     if broken.numel():
         raise ValueError(
             f"the base SAE's decoder has {broken.numel()} rows with NaN or infinite "
-            f"values (latents {_first(broken)}); repair those latents or drop them "
-            "from the SAE before training a meta-SAE"
+            f"values (latents {_first(broken)}); repair those latents or leave them "
+            "out (the latents argument) before training a meta-SAE"
         )
     norms = rows.norm(dim=1)
-    empty = torch.nonzero(norms <= 1e-8).squeeze(1)
+    empty = ids[norms <= 1e-8]
     if empty.numel():
         raise ValueError(
             f"the base SAE's decoder has {empty.numel()} zero rows (latents "
-            f"{_first(empty)}): a zero direction cannot be decomposed; drop those "
-            "latents from the SAE (or give them a direction) before training"
+            f"{_first(empty)}): a zero direction cannot be decomposed; leave those "
+            "latents out (the latents argument) or give them a direction"
         )
     return rows / norms[:, None]
+
+
+def latent_ids(d_sae: int, latents: torch.Tensor | None) -> torch.Tensor:
+    """Sorted base latent ids: ``latents`` checked against ``d_sae``, or all."""
+    if latents is None:
+        return torch.arange(d_sae)
+    ids = torch.as_tensor(latents, dtype=torch.long).reshape(-1).unique()
+    if ids.numel() == 0:
+        raise ValueError("latents is empty: pass at least one base latent id")
+    if int(ids[0]) < 0 or int(ids[-1]) >= d_sae:
+        raise ValueError(f"latents must be ids in [0, {d_sae}); got {_first(ids)}")
+    return ids
 
 
 def _first(index: torch.Tensor, n: int = 5) -> str:
@@ -74,6 +88,7 @@ def train_meta_sae(
     autocast: bool = True,
     release: str | None = None,
     sae_id: str | None = None,
+    latents: torch.Tensor | None = None,
     progress: bool = True,
     **options,
 ) -> JumpReLUSAE:
@@ -83,6 +98,8 @@ def train_meta_sae(
     base latents); ``k`` is the mean number of active meta-latents per base
     latent.  Other :class:`MetaSAEConfig` fields may be passed as keywords.
     ``release`` and ``sae_id`` name the base SAE in the result's metadata.
+    ``latents`` restricts training to those base latent ids (e.g. the ones
+    that fire: a dead latent's decoder row is often still its random init).
     Returns a SAE-Lens ``JumpReLUSAE`` with ``d_in`` equal to the base
     SAE's ``d_in``; training statistics are in ``cfg.metadata``.
     """
@@ -103,7 +120,12 @@ def train_meta_sae(
         **options,
     )
     meta_sae, _ = fit_meta_sae(
-        sae, config, release=release, sae_id=sae_id, progress=progress
+        sae,
+        config,
+        release=release,
+        sae_id=sae_id,
+        latents=latents,
+        progress=progress,
     )
     return meta_sae
 
@@ -114,10 +136,11 @@ def fit_meta_sae(
     *,
     release: str | None = None,
     sae_id: str | None = None,
+    latents: torch.Tensor | None = None,
     progress: bool = True,
 ) -> tuple[JumpReLUSAE, TrainingLog]:
     """Like :func:`train_meta_sae` from a config; also returns the training log."""
-    rows = decoder_rows(sae)
+    rows = decoder_rows(sae, latents)
     config.validate(rows.shape[0])
     trainer = MetaSAETrainer(rows, config.meta_width(rows.shape[0]), config)
     weights = trainer.fit(progress=progress)
@@ -152,6 +175,7 @@ def to_sae_lens(
     cfg.metadata.base_release = release
     cfg.metadata.base_sae_id = sae_id
     cfg.metadata.base_d_sae = int(base.cfg.d_sae)
+    cfg.metadata.base_latents_used = log.rows
     cfg.metadata.meta_sae = True
     cfg.metadata.training_architecture = "batchtopk"
     cfg.metadata.meta_sae_training = {

@@ -61,6 +61,7 @@ class MetaSAEWeights:
 class TrainingLog:
     """What happened during training."""
 
+    rows: int = 0
     losses: list[float] = field(default_factory=list)
     resampled: int = 0
     seconds: float = 0.0
@@ -87,7 +88,7 @@ class MetaSAETrainer:
         self.steps_since_fired = torch.zeros(d_meta, dtype=torch.long)
         self.threshold_ema = 0.0
         self.last_cutoff = 0.0
-        self.log = TrainingLog()
+        self.log = TrainingLog(rows=n)
 
     def fit(self, progress: bool = True) -> MetaSAEWeights:
         """Run ``config.steps`` steps; return the weights with the threshold."""
@@ -142,17 +143,17 @@ class MetaSAETrainer:
         """
         n = x.shape[0]
         selection = batch_topk(self._pre(x, x_low), self.n_keep, self._hint())
-        error = selection.matrix() @ self.W_dec
+        error = selection.times(self.W_dec)
         error.add_(self.b_dec).sub_(x)
         loss = float(torch.dot(error.view(-1), error.view(-1))) / n
         g = error.mul_(2.0 / n)
         grad_act = selection.sampled_products(g, self.W_dec)
-        self.W_dec.grad = selection.transposed() @ g
+        self.W_dec.grad = selection.transposed_times(g)
         self.b_enc.grad = torch.bincount(
             selection.cols, weights=grad_act, minlength=self.b_enc.numel()
         ).float()
         # the encoder sees x - b_dec: its gradient is dA.T @ x - db_enc b_dec^T
-        self.W_enc_T.grad = selection.transposed(grad_act) @ x
+        self.W_enc_T.grad = selection.transposed_times(x, grad_act)
         self.W_enc_T.grad.sub_(torch.outer(self.b_enc.grad, self.b_dec))
         self.b_dec.grad = g.sum(0) - self.b_enc.grad @ self.W_enc_T
         radial = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
@@ -302,7 +303,7 @@ def encode_sparse(weights: MetaSAEWeights, data: torch.Tensor) -> list[Selection
 def reconstruct(weights: MetaSAEWeights, data: torch.Tensor) -> torch.Tensor:
     """Reconstruction of every row at inference (threshold) activations."""
     parts = [
-        selection.matrix() @ weights.W_dec + weights.b_dec
+        selection.times(weights.W_dec) + weights.b_dec
         for selection in encode_sparse(weights, data)
     ]
     return torch.cat(parts)
