@@ -13,7 +13,12 @@ rate and schedule, in one process, and are evaluated the same way:
 
     python bench/bench_meta_sae.py                      # 16384 x 512, 1000 steps
     python bench/bench_meta_sae.py --steps 300 --threads 1
-    python bench/bench_meta_sae.py --paper              # also 49152 x 768, ours only
+    python bench/bench_meta_sae.py --decoder demo --steps 2000   # the demo SAE
+    python bench/bench_meta_sae.py --paper-only         # 49152 x 768, ours only
+
+``--threads`` applies to both trainers.  ``--decoder demo`` uses the real
+decoder of the embedded demo SAE ``resid0-topk-1024`` (its latents that
+fired on held-out tokens, unit-normalised) instead of a planted one.
 """
 
 from __future__ import annotations
@@ -145,13 +150,21 @@ def main() -> None:
         default="bf16",
         help="bf16: autocast for both (ours: bf16 encoder; SAE-Lens: autocast=True)",
     )
+    parser.add_argument("--decoder", choices=["planted", "demo"], default="planted")
     parser.add_argument(
         "--paper", action="store_true", help="also time ours at 49152 x 768"
+    )
+    parser.add_argument(
+        "--paper-only", action="store_true", help="only time ours at 49152 x 768"
     )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     autocast = args.precision == "bf16"
+    if args.paper_only:
+        paper_scale(args, autocast)
+        return
+    data, directions = decoder_matrix(args)
     config = MetaSAEConfig(
         d_meta=args.d_meta,
         k=args.k,
@@ -160,13 +173,13 @@ def main() -> None:
         lr=args.lr,
         autocast=autocast,
         seed=args.seed,
+        threads=torch.get_num_threads(),
     )
-    d_meta = config.meta_width(args.rows)
-    planted = planted_decoder(args.rows, args.d_in, d_meta, seed=args.seed)
-    data = planted.decoder
+    rows, d_in = data.shape
+    d_meta = config.meta_width(rows)
     print(
-        f"decoder {args.rows} x {args.d_in}, d_meta {d_meta}, k {args.k:g}, "
-        f"{args.steps} steps of {min(args.batch_size, args.rows)} rows, lr "
+        f"{args.decoder} decoder {rows} x {d_in}, d_meta {d_meta}, k {args.k:g}, "
+        f"{args.steps} steps of {min(args.batch_size, rows)} rows, lr "
         f"{args.lr:g}, {args.precision}, {torch.get_num_threads()} threads"
     )
     ours_s, ours_w = train_ours(data, config)
@@ -181,11 +194,36 @@ def main() -> None:
         ("SAE-Lens BatchTopK + SAETrainer", peer_s, peer_w),
     ):
         quality = evaluate(weights, data, args.k)
-        cosine = mean_max_cosine(planted.directions, weights.W_dec)
+        cosine = (
+            float("nan")
+            if directions is None
+            else mean_max_cosine(directions, weights.W_dec)
+        )
         print(row(name, seconds, args.steps, quality, cosine))
     print(f"speed-up (SAE-Lens time / ours): {peer_s / ours_s:.2f}x")
     if args.paper:
         paper_scale(args, autocast)
+
+
+def decoder_matrix(args) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The unit rows to train on and the planted directions (None for demo)."""
+    if args.decoder == "planted":
+        d_meta = MetaSAEConfig(d_meta=args.d_meta).meta_width(args.rows)
+        planted = planted_decoder(args.rows, args.d_in, d_meta, seed=args.seed)
+        return planted.decoder, planted.directions
+    from sae_lens import SAE
+    from sae_lens_ext_meta_sae import decoder_rows
+
+    from sae_lens_ext.demo import demo_eval_tokens, demo_sae_path, load_demo_model
+
+    sae = SAE.load_from_disk(demo_sae_path("resid0-topk-1024"))
+    model = load_demo_model()
+    tokens = demo_eval_tokens(64)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=sae.cfg.metadata.hook_name)
+        acts = sae.encode(cache[sae.cfg.metadata.hook_name][:, 1:].reshape(-1, 128))
+    alive = torch.nonzero((acts > 0).any(0)).squeeze(1)
+    return decoder_rows(sae, alive), None
 
 
 def paper_scale(args, autocast: bool) -> None:
@@ -197,6 +235,7 @@ def paper_scale(args, autocast: bool) -> None:
         lr=args.lr,
         autocast=autocast,
         seed=args.seed,
+        threads=torch.get_num_threads(),
     )
     planted = planted_decoder(49152, 768, config.meta_width(49152), seed=args.seed)
     seconds, weights = train_ours(planted.decoder, config)

@@ -29,7 +29,9 @@ class MetaSAEConfig:
       fired on the run's tokens; their decoder rows are untrained.
     - ``threads``: CPU threads while training; None uses one thread for
       small problems (where hand-offs between threads cost more than they
-      save, badly so on a shared machine) and torch's setting otherwise.
+      save) or when the load average already fills every core (then a
+      second thread makes each step several times slower), and torch's
+      setting otherwise.
     - ``seed``: makes the run deterministic (None: the run's seed, or 0).
     """
 
@@ -63,7 +65,8 @@ class MetaSAEConfig:
         default=True, metadata={"help": "leave out latents that never fired in the run"}
     )
     threads: int | None = field(
-        default=None, metadata={"help": "CPU threads; default: 1 for small decoders"}
+        default=None,
+        metadata={"help": "CPU threads; default: 1 if small or machine busy"},
     )
     seed: int | None = field(
         default=None, metadata={"help": "training seed; default: the run's seed"}

@@ -22,6 +22,7 @@ the residuals of the worst-reconstructed rows.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,7 +85,7 @@ class MetaSAETrainer:
         self.params = [self.W_enc_T, self.b_enc, self.W_dec, self.b_dec]
         for p in self.params:
             p.grad = torch.zeros_like(p)
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, foreach=True)
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, fused=True)
         self.steps_since_fired = torch.zeros(d_meta, dtype=torch.long)
         self.threshold_ema = 0.0
         self.last_cutoff = 0.0
@@ -100,7 +101,9 @@ class MetaSAETrainer:
         if self.config.threads is not None:
             return int(self.config.threads)
         work = self.batch_size * self.data.shape[1] * self.W_dec.shape[0]
-        return 1 if work < SMALL_PROBLEM else torch.get_num_threads()
+        if work < SMALL_PROBLEM or machine_is_busy():
+            return 1
+        return torch.get_num_threads()
 
     def _fit(self, progress: bool) -> MetaSAEWeights:
         started = time.perf_counter()
@@ -252,6 +255,19 @@ class MetaSAETrainer:
             else float(threshold)
         )
         return weights
+
+
+def machine_is_busy() -> bool:
+    """Whether the 1-minute load average already fills every CPU core.
+
+    Then every parallel region waits for a thread the scheduler has parked,
+    and one thread runs this trainer several times faster than two.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return False
+    return load >= (os.cpu_count() or 1)
 
 
 @contextmanager
