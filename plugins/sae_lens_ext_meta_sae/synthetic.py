@@ -19,14 +19,16 @@ class PlantedDecoder:
     """A synthetic decoder and the structure it was built from.
 
     ``decoder`` ``[n_latents, d_in]`` (unit rows), ``directions``
-    ``[n_directions, d_in]`` (unit rows), ``codes`` ``[n_latents,
-    n_directions]`` (the non-negative weights, before noise and
-    normalisation).
+    ``[n_directions, d_in]`` (unit rows); row ``i`` was built from
+    ``directions[parts[i, j]]`` with weights ``weights[i, j]`` (``[n_latents,
+    max_parts]``; a zero weight marks an unused slot), before noise and
+    normalisation.
     """
 
     decoder: torch.Tensor
     directions: torch.Tensor
-    codes: torch.Tensor
+    parts: torch.Tensor
+    weights: torch.Tensor
 
 
 def planted_decoder(
@@ -41,34 +43,34 @@ def planted_decoder(
 ) -> PlantedDecoder:
     """Build a decoder whose rows are sparse combinations of known directions.
 
-    Each row draws between 1 and ``max_parts`` distinct directions (their
-    popularity falls as ``rank ** -zipf``) with weights uniform in
-    [0.5, 1.5], then adds Gaussian noise whose norm is ``noise`` times the
-    combination's norm.
+    Each row uses between 1 and ``max_parts`` directions, drawn with
+    popularity falling as ``rank ** -zipf`` (a repeated draw adds to the same
+    direction), with weights uniform in [0.5, 1.5], then adds Gaussian noise
+    whose norm is ``noise`` times the combination's norm.  Memory and time
+    are linear in ``n_latents * d_in``.
     """
     if min(n_latents, d_in, n_directions, max_parts) < 1:
         raise ValueError("n_latents, d_in, n_directions and max_parts must be >= 1")
-    if max_parts > n_directions:
-        raise ValueError("max_parts cannot exceed n_directions")
     generator = torch.Generator().manual_seed(seed)
     directions = torch.randn(n_directions, d_in, generator=generator)
     directions /= directions.norm(dim=1, keepdim=True)
     popularity = torch.arange(1, n_directions + 1, dtype=torch.float) ** -zipf
-    parts = torch.randint(1, max_parts + 1, (n_latents,), generator=generator)
-    chosen = torch.multinomial(
-        popularity.expand(n_latents, -1), max_parts, generator=generator
-    )
+    n_parts = torch.randint(1, max_parts + 1, (n_latents,), generator=generator)
+    parts = torch.multinomial(
+        popularity, n_latents * max_parts, replacement=True, generator=generator
+    ).view(n_latents, max_parts)
     weights = torch.rand(n_latents, max_parts, generator=generator) + 0.5
-    weights *= torch.arange(max_parts) < parts[:, None]
-    codes = torch.zeros(n_latents, n_directions).scatter_(1, chosen, weights)
-    signal = codes @ directions
+    weights *= torch.arange(max_parts) < n_parts[:, None]
+    signal = torch.zeros(n_latents, d_in)
+    for slot in range(max_parts):
+        signal.addcmul_(weights[:, slot, None], directions[parts[:, slot]])
     jitter = torch.randn(n_latents, d_in, generator=generator)
     jitter *= (
         noise * signal.norm(dim=1, keepdim=True) / jitter.norm(dim=1, keepdim=True)
     )
     decoder = signal + jitter
     decoder /= decoder.norm(dim=1, keepdim=True)
-    return PlantedDecoder(decoder=decoder, directions=directions, codes=codes)
+    return PlantedDecoder(decoder, directions, parts, weights)
 
 
 def mean_max_cosine(truth: torch.Tensor, found: torch.Tensor) -> float:
