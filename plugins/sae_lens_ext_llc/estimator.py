@@ -234,6 +234,17 @@ def check_sampler_options(
                 raise ValueError(f"{name} must be finite and {relation}, got {value}")
 
 
+def settings_record(problem: Problem, **settings) -> dict[str, Any]:
+    """``settings`` plus the problem's batch size, sample count and autocast."""
+    autocast = problem.autocast_dtype
+    return {
+        **settings,
+        "batch_size": problem.batch_size,
+        "n_samples": problem.n_rows,
+        "autocast": str(autocast).removeprefix("torch.") if autocast else "none",
+    }
+
+
 def summarise_chains(
     problem: Problem,
     traces: ChainTraces,
@@ -369,17 +380,15 @@ def estimate_llc(
         step_size=float(step_size),
         nbeta=nbeta,
         localization=float(localization),
-        settings={
-            "num_chains": num_chains,
-            "num_draws": num_draws,
-            "num_burnin": num_burnin,
-            "step_size": float(step_size),
-            "nbeta": nbeta,
-            "localization": float(localization),
-            "batch_size": problem.batch_size,
-            "n_samples": problem.n_rows,
-            "seed": seed,
-            "autocast": str(autocast_dtype) if autocast_dtype else "none",
-        },
+        settings=settings_record(
+            problem,
+            num_chains=num_chains,
+            num_draws=num_draws,
+            num_burnin=num_burnin,
+            step_size=float(step_size),
+            nbeta=nbeta,
+            localization=float(localization),
+            seed=seed,
+        ),
         seconds=time.perf_counter() - started,
     )

@@ -1,0 +1,79 @@
+"""The LLC of an SAE-Lens SAE's own weights on a sample of its input activations.
+
+The loss is the reconstruction error per token, the sum over ``d_in`` of
+squared errors averaged over tokens and divided by the sample's mean squared
+activation norm (so 1.0 means "reconstructs nothing", the same scale for every
+SAE and hook), optionally plus the L1 sparsity penalty of SAE-Lens's standard
+SAE, ``coefficient * sum_i |f_i| * |W_dec[i]|``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .estimator import LLCResult, estimate_llc
+
+
+def sae_loss_fn(
+    activation_scale: float, sparsity_coefficient: float = 0.0
+) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """``loss_fn(sae, sae_in)``: normalised reconstruction MSE (+ L1 term).
+
+    ``activation_scale`` is the mean squared norm of the activations the
+    loss is normalised by; ``sparsity_coefficient`` > 0 adds the decoder-norm
+    weighted L1 penalty of the latents.
+    """
+    if not activation_scale > 0:
+        raise ValueError(
+            f"activation_scale must be > 0, got {activation_scale}; the "
+            "activations are all zero, so there is nothing to reconstruct"
+        )
+    if sparsity_coefficient < 0:
+        raise ValueError(
+            f"sparsity_coefficient must be >= 0, got {sparsity_coefficient}"
+        )
+
+    def loss_fn(sae, sae_in: torch.Tensor) -> torch.Tensor:
+        feature_acts = sae.encode(sae_in)
+        reconstruction = sae.decode(feature_acts)
+        error = (reconstruction - sae_in).pow(2).sum(-1).mean() / activation_scale
+        if sparsity_coefficient == 0:
+            return error
+        decoder_norms = sae.W_dec.norm(dim=-1)
+        penalty = (feature_acts.abs() * decoder_norms).sum(-1).mean()
+        return error + sparsity_coefficient * penalty
+
+    return loss_fn
+
+
+def estimate_sae_llc(
+    sae: nn.Module,
+    activations: torch.Tensor,
+    *,
+    sparsity_coefficient: float = 0.0,
+    **options,
+) -> LLCResult:
+    """``estimate_llc`` of ``sae``'s weights on ``activations`` ``[n, d_in]``.
+
+    ``options`` go to ``estimate_llc`` (``num_chains``, ``num_draws``,
+    ``step_size``, ``nbeta``, ``localization``, ``batch_size``,
+    ``autocast_dtype``...).  The SAE itself is not modified.
+    """
+    if not isinstance(activations, torch.Tensor) or activations.dim() != 2:
+        raise ValueError(
+            "activations must be a 2-D tensor [n_tokens, d_in] of the SAE's "
+            f"inputs, got {getattr(activations, 'shape', type(activations).__name__)}"
+        )
+    d_in = sae.cfg.d_in
+    if activations.shape[1] != d_in:
+        raise ValueError(
+            f"activations have width {activations.shape[1]} but the SAE's d_in is "
+            f"{d_in}; pass the activations at the SAE's hook"
+        )
+    activations = activations.to(sae.W_dec.device, sae.W_dec.dtype)
+    scale = float(activations.pow(2).sum(-1).mean()) if len(activations) else 1.0
+    loss_fn = sae_loss_fn(scale, sparsity_coefficient)
+    return estimate_llc(sae, loss_fn, activations, **options)
