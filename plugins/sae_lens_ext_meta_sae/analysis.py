@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from sae_lens_ext import ActivationBatch, Analysis, AnalysisResult
 
@@ -114,7 +114,9 @@ def decomposition_plot(result: MetaDecomposition) -> Figure:
     alive = sizes[sizes > 0]
     right.plot(range(1, len(alive) + 1), alive, color="#3b6ea5", marker=".")
     right.set_yscale("log")
-    right.yaxis.set_major_formatter(ScalarFormatter())
+    right.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    right.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    right.yaxis.set_minor_formatter(NullFormatter())
     right.set_xlabel("meta-latent, largest first (dead ones left out)")
     right.set_ylabel("member base latents")
     metrics = result.metrics
