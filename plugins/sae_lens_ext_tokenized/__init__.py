@@ -24,6 +24,8 @@ from .lookup_init import (
     init_tables_from_means,
     init_tables_from_unigrams,
 )
+from .online import OnlineTokenizedTrainer
+from .runner import TokenizedActivationsStore, TokenizedSAETrainingRunner
 from .sae import (
     TokenizedSAE,
     TokenizedSAEConfig,
@@ -41,9 +43,12 @@ __all__ = [
     "NO_PREVIOUS",
     "Comparison",
     "MissingTokensError",
+    "OnlineTokenizedTrainer",
     "TokenIdentityAnalysis",
     "TokenIdentityConfig",
     "TokenKeys",
+    "TokenizedActivationsStore",
+    "TokenizedSAETrainingRunner",
     "TokenizedSAE",
     "TokenizedSAEConfig",
     "TokenizedStandardSAE",

@@ -9,6 +9,12 @@ For any SAE, from the host's shared pass:
   token; latents above ``token_latent_threshold`` behave like a lookup table
   and are the ones a tokenized SAE frees.
 
+With ``train_sae`` (default), the analysis also trains a tokenized TopK SAE
+of the analysed SAE's width and k on the same rows, in one streaming pass
+(:class:`~.online.OnlineTokenizedTrainer`), reports its progressive-validation
+learning curve and returns it in ``AnalysisResult.saes`` so the run publishes
+it in SAE-Lens format.
+
 Shares are leave-one-out estimates (each row predicted by the mean of the
 *other* rows of its token; a token seen once is predicted by the overall
 mean), so rare tokens do not inflate them.  Memory is ``O(vocab x (d_in +
@@ -24,6 +30,10 @@ import torch
 from matplotlib.figure import Figure
 
 from sae_lens_ext import ActivationBatch, Analysis, AnalysisResult
+
+from .keys import NO_PREVIOUS, pack_tokens
+from .online import OnlineTokenizedTrainer
+from .training import TrainingOptions
 
 
 @dataclass
@@ -41,6 +51,29 @@ class TokenIdentityConfig:
     max_latent_table: int = field(
         default=50_000_000,
         metadata={"help": "skip per-latent shares when vocab x d_sae exceeds this"},
+    )
+    train_sae: bool = field(
+        default=True,
+        metadata={"help": "also train a tokenized TopK SAE on the run's rows"},
+    )
+    d_sae: int = field(
+        default=0, metadata={"help": "its width (0: the analysed SAE's d_sae)"}
+    )
+    k: int = field(
+        default=0,
+        metadata={"help": "its k (0: the analysed SAE's k, or 32 if it has none)"},
+    )
+    pair_buckets: int = field(
+        default=0, metadata={"help": "rows of its hashed token-pair table (0: none)"}
+    )
+    batch_size: int = field(default=512, metadata={"help": "its training batch"})
+    lr: float = field(default=2e-3, metadata={"help": "its learning rate"})
+    buffer_rows: int = field(
+        default=8192,
+        metadata={"help": "rows evaluated, then shuffled and trained on, at a time"},
+    )
+    bf16: bool = field(
+        default=True, metadata={"help": "train under bf16 autocast (fast on AMX)"}
     )
 
 
@@ -126,6 +159,9 @@ class TokenIdentityAnalysis(Analysis):
         )
         self.sq_err = 0.0
         self.firings = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+        self.trainer = (
+            online_trainer(config, context, vocab) if config.train_sae else None
+        )
 
     def update(self, batch: ActivationBatch) -> None:
         """Accumulate per-token moments of inputs, outputs and latents."""
@@ -136,6 +172,8 @@ class TokenIdentityAnalysis(Analysis):
         self.firings += (batch.feature_acts != 0).sum(0, dtype=torch.float64)
         if self.latents is not None:
             self.latents.add(tokens, batch.feature_acts)
+        if self.trainer is not None:
+            self.trainer.add(pack_tokens(batch.sae_in, tokens, previous_ids(batch)))
 
     def finish(self) -> AnalysisResult:
         """Shares, the per-latent table, a histogram and per-token mean activations."""
@@ -165,9 +203,22 @@ class TokenIdentityAnalysis(Analysis):
             )
             tables["latents"] = latents
             plots["latent_token_share"] = share_histogram(counted, self.config)
+        saes = {}
+        if self.trainer is not None:
+            saes["tokenized_sae"] = self.trainer.finish()
+            curve = self.trainer.curve
+            tables["tokenized_sae_curve"] = curve
+            last = curve.iloc[-1]
+            metrics["tokenized_sae_heldout_mse"] = float(last.mse)
+            metrics["tokenized_sae_heldout_explained_variance"] = float(
+                last.explained_variance
+            )
+            metrics["tokenized_sae_steps"] = int(self.trainer.trainer.n_training_steps)
+            plots["tokenized_sae_curve"] = curve_plot(curve)
         return AnalysisResult(
             metrics=metrics,
             tables=tables,
+            saes=saes,
             tensors={
                 "token_mean_activations": self.inputs.means(),
                 "token_counts": self.inputs.counts.float(),
@@ -196,6 +247,50 @@ class TokenIdentityAnalysis(Analysis):
                 tokenizer.decode([int(t)]) for t in table.top_token
             ]
         return table
+
+
+def online_trainer(config: TokenIdentityConfig, context, vocab: int):
+    """The streaming trainer of the tokenized SAE, sized like the analysed SAE."""
+    sae = context.sae
+    meta = sae.cfg.metadata
+    options = TrainingOptions(
+        d_sae=config.d_sae or sae.cfg.d_sae,
+        k=config.k or getattr(sae.cfg, "k", None) or 32,
+        pair_buckets=config.pair_buckets,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        device=context.device,
+        autocast=config.bf16,
+    )
+    metadata = {
+        "model_name": meta.model_name,
+        "hook_name": context.hook_name or meta.hook_name,
+        "context_size": meta.context_size,
+        "prepend_bos": meta.prepend_bos,
+        "dataset_path": context.dataset or meta.dataset_path,
+    }
+    return OnlineTokenizedTrainer(
+        options, sae.cfg.d_in, vocab, metadata, config.buffer_rows, context.seed
+    )
+
+
+def previous_ids(batch: ActivationBatch) -> torch.Tensor:
+    """The token before each row (``NO_PREVIOUS`` at position 0)."""
+    seq, pos = batch.positions[:, 0].long(), batch.positions[:, 1].long()
+    prev = batch.token_context[seq, (pos - 1).clamp_min(0)].long()
+    return torch.where(pos > 0, prev, torch.full_like(prev, NO_PREVIOUS))
+
+
+def curve_plot(curve: pd.DataFrame) -> Figure:
+    """Progressive-validation MSE of the tokenized SAE against training steps."""
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
+    ax.plot(curve.step, curve.mse, "o-", markersize=3)
+    ax.set_xlabel("training steps before the buffer")
+    ax.set_ylabel("MSE on the next, unseen buffer")
+    ax.set_title("tokenized SAE trained in the run")
+    fig.tight_layout()
+    return fig
 
 
 def share_histogram(latents: pd.DataFrame, config: TokenIdentityConfig) -> Figure:
@@ -229,6 +324,14 @@ def card_text(metrics: dict, config: TokenIdentityConfig, per_latent: bool) -> s
         )
     else:
         text += "Per-latent shares were skipped (vocab x d_sae over max_latent_table). "
+    if "tokenized_sae_heldout_mse" in metrics:
+        text += (
+            f"A tokenized TopK SAE trained in this run for "
+            f"{metrics['tokenized_sae_steps']} steps (saved as `tokenized_sae`) "
+            f"reaches MSE {metrics['tokenized_sae_heldout_mse']:.4g} and explained "
+            f"variance {metrics['tokenized_sae_heldout_explained_variance']:.1%} on "
+            "rows it had not yet trained on. "
+        )
     return text + (
         "Method: Dooms & Wilhelm 2024, Tokenized SAEs; per-token means are saved "
         "as `token_mean_activations`, the table initialisation of a tokenized SAE."

@@ -17,7 +17,9 @@ Token ids reach the SAE explicitly, never through a silent default:
   or ``sae.capture_tokens(model)`` to take them from a TransformerLens
   model's input on every forward pass (``HookedSAETransformer`` included);
 - training: batches packed with :func:`~.keys.pack_tokens` carry them as two
-  extra columns through SAE-Lens's unmodified ``SAETrainer``.
+  extra columns through SAE-Lens's unmodified ``SAETrainer`` (and, with
+  :class:`~.runner.TokenizedSAETrainingRunner`, through SAE-Lens's
+  language-model training runner).
 """
 
 from __future__ import annotations
@@ -270,7 +272,8 @@ class TokenTableMixin:
                 "the call in `with sae.using_tokens(tokens):`, call "
                 "sae.set_tokens(tokens), or run a model after "
                 "sae.capture_tokens(model); for SAETrainer, pack batches with "
-                "pack_tokens(acts, tokens, prev_tokens)"
+                "pack_tokens(acts, tokens, prev_tokens); for SAE-Lens's training "
+                "runner, use TokenizedSAETrainingRunner"
             )
         if tuple(keys.tokens.shape) != tuple(leading_shape):
             raise ValueError(

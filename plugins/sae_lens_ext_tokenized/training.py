@@ -100,9 +100,6 @@ def train_tokenized_sae(
     ``sae_weights.safetensors``), ready for ``SAE.load_from_disk`` or
     ``sae_lens_ext.push_to_hub``.
     """
-    from sae_lens import SAETrainer
-    from sae_lens.config import SAETrainerConfig
-
     options = options or TrainingOptions()
     if overrides:
         options = TrainingOptions(**{**options.__dict__, **overrides})
@@ -117,25 +114,12 @@ def train_tokenized_sae(
     init_weights(sae, init_rows, model, hook_name, options)
     eval_rows = packed_rows(model, hook_name, eval_tokens)
 
-    trainer_cfg = SAETrainerConfig(
-        total_training_samples=options.steps * options.batch_size,
-        train_batch_size_samples=options.batch_size,
-        lr=options.lr,
-        lr_end=options.lr,
-        lr_decay_steps=options.steps // 5,
-        device=options.device,
-        autocast=options.autocast,
-        dead_feature_window=max(50, options.steps // 10),
-        feature_sampling_window=max(100, options.steps // 5),
-    )
     batches = shuffled_batches(
         model, hook_name, train_tokens, options.batch_size, seed=options.seed
     )
     if not options.tokenized:  # the baseline reads the same rows, tokens dropped
         batches = (batch[:, : model.cfg.d_model] for batch in batches)
-    trainer = SAETrainer(trainer_cfg, sae, batches)
-    if options.tokenized and options.lookup_lr_multiplier != 1.0:
-        scale_lookup_lr(trainer, options.lookup_lr_multiplier)
+    trainer = make_trainer(sae, options, batches)
     curve = run_steps(trainer, batches, eval_rows, options, progress)
     trainer.set_final_sae_metadata()
     inference = to_inference(sae, out_dir)
@@ -163,6 +147,17 @@ def split_held_out(tokens, eval_tokens, options: TrainingOptions):
 
 
 def build_training_sae(model, hook_name: str, options: TrainingOptions, context: int):
+    """A fresh training SAE for ``model``'s ``hook_name``, its metadata set."""
+    sae = new_training_sae(options, model.cfg.d_model, model.cfg.d_vocab)
+    metadata = sae.cfg.metadata
+    metadata.model_name = model.cfg.model_name
+    metadata.hook_name = hook_name
+    metadata.context_size = context
+    metadata.prepend_bos = True
+    return sae
+
+
+def new_training_sae(options: TrainingOptions, d_in: int, vocab_size: int):
     """A fresh training SAE: tokenized, or SAE-Lens's plain one for the baseline."""
     from sae_lens import (
         StandardTrainingSAE,
@@ -173,30 +168,46 @@ def build_training_sae(model, hook_name: str, options: TrainingOptions, context:
 
     from .sae import TokenizedTrainingSAE, TokenizedTrainingSAEConfig
 
-    common = dict(d_in=model.cfg.d_model, d_sae=options.d_sae, device=options.device)
-    base = dict(k=options.k) if options.base_architecture == "topk" else {}
-    if options.base_architecture == "standard":
+    common = dict(d_in=d_in, d_sae=options.d_sae, device=options.device)
+    if options.base_architecture == "topk":
+        base = dict(k=options.k)
+    else:
         base = dict(l1_coefficient=options.l1_coefficient)
     if options.tokenized:
         cfg = TokenizedTrainingSAEConfig(
             **common,
             **base,
             base_architecture=options.base_architecture,
-            vocab_size=model.cfg.d_vocab,
+            vocab_size=vocab_size,
             pair_buckets=options.pair_buckets,
             apply_lookup_to_input=options.apply_lookup_to_input,
         )
-        sae = TokenizedTrainingSAE(cfg)
-    elif options.base_architecture == "topk":
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(**common, **base))
-    else:
-        sae = StandardTrainingSAE(StandardTrainingSAEConfig(**common, **base))
-    metadata = sae.cfg.metadata
-    metadata.model_name = model.cfg.model_name
-    metadata.hook_name = hook_name
-    metadata.context_size = context
-    metadata.prepend_bos = True
-    return sae
+        return TokenizedTrainingSAE(cfg)
+    if options.base_architecture == "topk":
+        return TopKTrainingSAE(TopKTrainingSAEConfig(**common, **base))
+    return StandardTrainingSAE(StandardTrainingSAEConfig(**common, **base))
+
+
+def make_trainer(sae, options: TrainingOptions, batches):
+    """SAE-Lens's ``SAETrainer`` for ``options`` (constant learning rate)."""
+    from sae_lens import SAETrainer
+    from sae_lens.config import SAETrainerConfig
+
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=options.steps * options.batch_size,
+        train_batch_size_samples=options.batch_size,
+        lr=options.lr,
+        lr_end=options.lr,
+        lr_decay_steps=options.steps // 5,
+        device=options.device,
+        autocast=options.autocast,
+        dead_feature_window=max(50, options.steps // 10),
+        feature_sampling_window=max(100, options.steps // 5),
+    )
+    trainer = SAETrainer(trainer_cfg, sae, batches)
+    if options.tokenized and options.lookup_lr_multiplier != 1.0:
+        scale_lookup_lr(trainer, options.lookup_lr_multiplier)
+    return trainer
 
 
 def init_weights(sae, rows, model, hook_name: str, options: TrainingOptions) -> None:
