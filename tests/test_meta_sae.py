@@ -79,6 +79,24 @@ def test_batch_topk_keeps_the_global_top_entries_with_any_hint(hint):
     assert int((dense != 0).sum()) == 150
 
 
+def test_sparse_products_equal_dense_products():
+    generator = torch.Generator().manual_seed(3)
+    pre = torch.randn(50, 30, generator=generator)
+    selection = batch_topk(pre, 120)
+    dense = selection.matrix().to_dense()
+    right = torch.randn(30, 7, generator=generator)
+    left = torch.randn(50, 7, generator=generator)
+    other = torch.randn(selection.nnz, generator=generator)
+    torch.testing.assert_close(selection.times(right), dense @ right)
+    torch.testing.assert_close(selection.transposed_times(left), dense.T @ left)
+    reweighted = selection.matrix(other).to_dense()
+    torch.testing.assert_close(
+        selection.transposed_times(left, other), reweighted.T @ left
+    )
+    products = (left @ right.T)[selection.rows, selection.cols]
+    torch.testing.assert_close(selection.sampled_products(left, right), products)
+
+
 def test_batch_topk_never_keeps_non_positive_entries():
     pre = -torch.rand(10, 8)
     pre[3, 2] = 0.7
