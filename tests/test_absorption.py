@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import make_sae
+from sae_lens_ext_absorption import absorption_report
 from sae_lens_ext_absorption.config import AbsorptionConfig
 from sae_lens_ext_absorption.discrepancy import DiscrepancyAccumulator
+from sae_lens_ext_absorption.letters import LetterSampler, first_letter
+from sae_lens_ext_absorption.report import AbsorptionAccumulator
 from sae_lens_ext_absorption.row_store import RowStore, lookup
 from sae_lens_ext_absorption.scoring import absorption_scores
-from sae_lens_ext_absorption.synthetic import planted_hierarchy
+from sae_lens_ext_absorption.synthetic import (
+    WordTokenizer,
+    planted_hierarchy,
+    planted_letters,
+)
 from sae_lens_ext_absorption.topk import StreamingTopK
+
+from sae_lens_ext import run
 
 
 @pytest.fixture(autouse=True)
@@ -146,8 +157,6 @@ def dense_overlap(sae, x, top_n):
 
 
 def test_streamed_overlap_equals_dense_computation():
-    from conftest import make_sae
-
     sae = make_sae(d_in=16, d_sae=48, seed=3)
     x = torch.randn(6000, 16, generator=torch.Generator().manual_seed(3))
     result = stream(sae, x, AbsorptionConfig(top_n=16), batch_size=700)
@@ -171,8 +180,121 @@ def test_bad_config_names_the_option(field, value, message):
 
 
 def test_empty_stream_is_an_error():
-    from conftest import make_sae
-
     accumulator = DiscrepancyAccumulator(make_sae(), AbsorptionConfig())
     with pytest.raises(ValueError, match="no rows"):
         accumulator.result()
+
+
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [
+        (" Apple", 0),
+        ("zeta", 25),
+        ("\u2581Queen", 16),
+        (" 123", -1),
+        (",", -1),
+        ("", -1),
+    ],
+)
+def test_first_letter_labels_only_alphabetic_tokens(text, letter):
+    assert first_letter(text) == letter
+
+
+def test_letter_sampler_caps_occurrences_per_token():
+    tokenizer = WordTokenizer([" apple", " bee", " 42"])
+    sampler = LetterSampler(tokenizer, max_rows=100, rows_per_token=3, n_codes=2)
+    tokens = torch.tensor([0, 0, 1, 2, 0, 0, 1, 1, 1, 1])
+    for chunk in tokens.split(4):
+        sampler.update(chunk, torch.randn(len(chunk), 5), torch.rand(len(chunk), 6))
+    kept = sampler.rows()
+    assert kept.tokens.bincount(minlength=3).tolist() == [3, 3, 0]
+    assert kept.letters.tolist() == [0 if t == 0 else 1 for t in kept.tokens.tolist()]
+
+
+def letter_report(planted, **options):
+    """The absorption report of a planted first-letter setup."""
+    accumulator = AbsorptionAccumulator(
+        planted.sae,
+        AbsorptionConfig(top_n=8, test_fraction=0.25, **options),
+        tokenizer=planted.tokenizer,
+    )
+    with torch.no_grad():
+        acts = planted.sae.encode(planted.sae_in)
+    accumulator.update(
+        SimpleNamespace(
+            sae_in=planted.sae_in, feature_acts=acts, offset=0, tokens=planted.tokens
+        )
+    )
+    return accumulator.result(seed=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_first_letter_rate_equals_planted_absorption(seed):
+    planted = planted_letters(seed=seed)
+    result = letter_report(planted).first_letter
+    rows = result.rows.assign(absorbed=result.rows["token"].isin(planted.absorbed))
+    expected = rows.groupby("letter")["absorbed"].mean()
+    assert expected.max() > 0.2  # some absorbed words are in the test split
+    table = result.letters.set_index("letter")
+    for letter, rate in expected.items():
+        assert table.loc[letter, "probe_f1"] == 1.0
+        assert table.loc[letter, "main_latents"] == str(planted.letter_latents[letter])
+        assert table.loc[letter, "absorption_rate"] == pytest.approx(rate)
+        absorbers = table.loc[letter, "absorbing_latents"]
+        n_letters = len(planted.letter_latents)
+        for latent in filter(None, absorbers.split(", ")):
+            assert int(latent) - n_letters in planted.absorbed
+    assert result.metrics["letters_evaluated"] == len(expected)
+
+
+def test_first_letter_without_absorption_scores_zero():
+    planted = planted_letters(absorbed_per_letter=0)
+    result = letter_report(planted).first_letter
+    assert result.metrics["mean_absorption_rate"] == 0.0
+    assert result.metrics["mean_absorption_fraction"] == 0.0
+
+
+def test_missing_scikit_learn_names_the_extra(monkeypatch):
+    from sae_lens_ext.extras import MissingExtraError
+
+    planted = planted_letters()
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.linear_model", None)
+    with pytest.raises(MissingExtraError, match=r"sae-lens-ext\[absorption\]"):
+        letter_report(planted)
+
+
+def test_report_on_plain_activations_skips_letters_with_a_note():
+    planted = planted_hierarchy(seed=0, steps=20)
+    x, _ = planted.sample(3000)
+    report = absorption_report(planted.sae, x, top_n=8)
+    assert report.first_letter is None
+    assert "no tokenizer" in report.letters_note
+    assert report.metrics["n_rows"] == 3000
+    assert set(report.plots()) == {"overlap_histogram"}
+    assert "suspected absorbed latents" in report.card()
+
+
+def test_report_rejects_token_ids_without_a_model():
+    planted = planted_hierarchy(seed=0, steps=1)
+    with pytest.raises(ValueError, match="model="):
+        absorption_report(planted.sae, torch.zeros(2, 8, dtype=torch.long))
+
+
+def test_absorption_analysis_in_a_run(tiny_model, tiny_tokens, tmp_path):
+    output = run(
+        sae=make_sae(),
+        model=tiny_model,
+        dataset=tiny_tokens,
+        plugins=["absorption"],
+        config={"absorption": {"top_n": 4}},
+        out_dir=tmp_path / "run",
+        n_tokens=500,
+    )
+    metrics = output.summary["analyses"]["absorption"]["metrics"]
+    assert metrics["n_rows"] > 0 and 0 <= metrics["mean_overlap"] <= 1
+    folder = output.run_dir / "absorption"
+    for name in ("latents.parquet", "suspects.parquet", "overlap_histogram.png"):
+        assert (folder / name).is_file()
+    card = (output.run_dir / "README.md").read_text()
+    assert "Feature absorption" in card and "First-letter absorption skipped" in card

@@ -60,6 +60,10 @@ class AbsorptionConfig:
     max_k: int = field(
         default=10, metadata={"help": "largest k of the k-sparse probes"}
     )
+    l1_penalty: float = field(
+        default=1e-3,
+        metadata={"help": "L1 strength of the probe that ranks latents per letter"},
+    )
     f1_jump: float = field(
         default=0.03,
         metadata={"help": "F1 gain that admits one more main latent"},
@@ -81,6 +85,8 @@ class AbsorptionConfig:
         for name in ("top_n", "codes_per_row", "letter_rows", "rows_per_token"):
             if getattr(self, name) < 1:
                 raise ValueError(f"absorption option {name} must be at least 1")
+        if self.l1_penalty <= 0:
+            raise ValueError("absorption option l1_penalty must be > 0")
         if self.max_k < 1:
             raise ValueError("absorption option max_k must be at least 1")
         if self.context_tokens < 1:

@@ -148,3 +148,101 @@ def _train(sae, pool, l1_coefficient, steps, batch_size, lr, seed):
             loss.backward()
             optimizer.step()
     sae.eval()
+
+
+class WordTokenizer:
+    """A stand-in tokenizer: token id ``i`` decodes to ``words[i]``."""
+
+    def __init__(self, words: list[str]):
+        self.words = words
+
+    def decode(self, ids) -> str:
+        """Concatenated words of ``ids``."""
+        return "".join(self.words[int(i)] for i in ids)
+
+
+@dataclass
+class PlantedLetters:
+    """Token rows whose first letter is a planted direction, and an SAE that
+    absorbs it for chosen tokens.
+
+    ``absorbed`` holds the token ids whose own latent carries their letter
+    (the letter latent of ``letter_latents`` is silent on them).
+    """
+
+    sae: object
+    tokenizer: WordTokenizer
+    tokens: torch.Tensor  # [n]
+    sae_in: torch.Tensor  # [n, d_in]
+    letter_latents: dict[str, int]
+    absorbed: set[int]
+
+
+def planted_letters(
+    *,
+    letters: str = "abcd",
+    words_per_letter: int = 16,
+    absorbed_per_letter: int = 6,
+    n_other: int = 4,
+    occurrences: int = 4,
+    noise: float = 0.05,
+    seed: int = 0,
+) -> PlantedLetters:
+    """Hand-built first-letter absorption with a known rate.
+
+    Every word has its own direction ``t_w`` and every letter one ``l_L``;
+    an occurrence of word ``w`` is ``l_L(w) + t_w`` plus noise (words that
+    are not alphabetic have no letter).  The ReLU SAE has one latent per
+    letter, reading ``l_L`` minus the directions of that letter's absorbed
+    words, and one per word whose decoder is ``t_w + l_L`` for an absorbed
+    word (it absorbed the letter) and ``t_w`` otherwise.
+    """
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    suffixes = "etaoinshrdlucmfwypvbgkjqxz"
+    words, word_letter = [], []
+    for letter in letters:
+        for j in range(words_per_letter):
+            words.append(" " + letter + suffixes[j % 26] * (1 + j // 26) + "n")
+            word_letter.append(letters.index(letter))
+    words += [f" {k}{k}" for k in range(n_other)]
+    word_letter += [-1] * n_other
+    n_words, n_letters = len(words), len(letters)
+    d_in = n_words + n_letters
+    generator = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(d_in, d_in, generator=generator))
+    letter_dir, word_dir = basis[:n_letters], basis[n_letters:]
+    absorbed = {
+        w
+        for w in range(n_words)
+        if word_letter[w] >= 0 and w % words_per_letter < absorbed_per_letter
+    }
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=n_letters + n_words))
+    with torch.no_grad():
+        sae.b_dec.zero_()
+        sae.b_enc.fill_(-0.5)
+        for index in range(n_letters):
+            members = [w for w in absorbed if word_letter[w] == index]
+            sae.W_enc[:, index] = letter_dir[index] - word_dir[members].sum(0)
+            sae.W_dec[index] = letter_dir[index]
+        sae.b_enc[n_letters:] = -0.2
+        for w in range(n_words):
+            sae.W_enc[:, n_letters + w] = word_dir[w]
+            decoder = word_dir[w].clone()
+            if w in absorbed:
+                decoder += letter_dir[word_letter[w]]
+            sae.W_dec[n_letters + w] = decoder
+    tokens = torch.arange(n_words).repeat(occurrences)
+    tokens = tokens[torch.randperm(len(tokens), generator=generator)]
+    has_letter = torch.tensor(word_letter)[tokens] >= 0
+    letter_part = letter_dir[torch.tensor(word_letter)[tokens].clamp_min(0)]
+    sae_in = word_dir[tokens] + letter_part * has_letter[:, None]
+    sae_in = sae_in + noise * torch.randn(sae_in.shape, generator=generator)
+    return PlantedLetters(
+        sae,
+        WordTokenizer(words),
+        tokens,
+        sae_in,
+        {letter: i for i, letter in enumerate(letters)},
+        absorbed,
+    )

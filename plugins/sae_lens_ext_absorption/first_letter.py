@@ -1,0 +1,279 @@
+"""First-letter absorption rate (Chanin et al. 2024; SAEBench's protocol).
+
+On a sample of alphabetic-token rows, split by distinct token into train
+and test vocabularies:
+
+1. a class-balanced logistic probe per letter on the SAE input ("token
+   starts with L"), the ground truth;
+2. k-sparse probing on the SAE codes: an L1 probe ranks the latents, then a
+   probe on the top-k latents is fitted for k = 1..max_k; the *main latents*
+   of a letter are the top-k for the last k whose test F1 beats the best
+   smaller k by ``f1_jump`` (feature splitting grows k);
+3. on every test row of letter L that the ground-truth probe calls positive,
+   :func:`.scoring.absorption_scores` with the unit probe direction: the
+   *absorption rate* is the fraction of those rows fully absorbed (no main
+   latent fires and one probe-aligned latent carries the projection) and the
+   *absorption fraction* SAEBench's mean partial absorption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from .config import AbsorptionConfig
+from .letters import LETTERS, LetterRows
+from .probes import f1_scores, fit_probes, l1_ranking
+from .scoring import absorption_scores
+
+MIN_TRAIN_POSITIVES = 8
+MIN_TEST_POSITIVES = 4
+N_EXAMPLES = 5
+
+
+@dataclass
+class FirstLetterResult:
+    """Per-letter probes, main latents and absorption; per-row absorptions."""
+
+    letters: pd.DataFrame
+    rows: pd.DataFrame
+    metrics: dict[str, float]
+
+
+def first_letter_absorption(
+    sample: LetterRows,
+    sae,
+    config: AbsorptionConfig,
+    *,
+    seed: int = 0,
+    token_text=None,
+) -> FirstLetterResult:
+    """Probe, find main latents, and score absorption per letter.
+
+    ``token_text(token_id) -> str`` names the absorbed tokens in the tables.
+    """
+    w_dec = sae.W_dec.detach().float().cpu()
+    d_sae = w_dec.shape[0]
+    train, test = _split_by_token(sample.tokens, config.test_fraction, seed)
+    labels = torch.nn.functional.one_hot(sample.letters, len(LETTERS)).bool()
+    usable = (labels[train].sum(0) >= MIN_TRAIN_POSITIVES) & (
+        labels[test].sum(0) >= MIN_TEST_POSITIVES
+    )
+    letters = usable.nonzero()[:, 0]
+    if letters.numel() == 0:
+        raise ValueError(
+            "too few alphabetic tokens per letter for the first-letter probes; "
+            "raise letter_rows or the number of tokens"
+        )
+    labels = labels[:, letters]
+    b_dec = sae.b_dec.detach().float().cpu() if config.subtract_b_dec else 0.0
+    x = sample.sae_in - b_dec
+    torch.manual_seed(seed)
+    probes = fit_probes(x[train], labels[train])
+    probe_positive = probes.logits(x[test]) > 0
+    probe_f1 = f1_scores(probe_positive, labels[test])
+
+    main_latents, sparse_f1, k_chosen = _k_sparse_main_latents(
+        sample,
+        d_sae,
+        labels,
+        train,
+        test,
+        config.max_k,
+        config.f1_jump,
+        config.l1_penalty,
+    )
+
+    directions = probes.directions()
+    unit_dec = w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    cosines = unit_dec @ directions.T  # [d_sae, n_letters]
+    records, row_records = [], []
+    for column, letter in enumerate(letters.tolist()):
+        rows = test[labels[test, column] & probe_positive[:, column]]
+        scored = _score_rows(
+            sample,
+            rows,
+            x,
+            directions[column],
+            cosines[:, column],
+            w_dec.norm(dim=1),
+            main_latents[column],
+            config,
+        )
+        records.append(
+            {
+                "letter": LETTERS[letter],
+                "n_train": int(labels[train, column].sum()),
+                "n_test": int(labels[test, column].sum()),
+                "probe_f1": float(probe_f1[column]),
+                "main_latents": ", ".join(map(str, main_latents[column])),
+                "k": k_chosen[column],
+                "sparse_f1": sparse_f1[column],
+                "probe_true_positives": int(rows.numel()),
+                "absorption_rate": scored["full"].float().mean().item()
+                if rows.numel()
+                else float("nan"),
+                "absorption_fraction": scored["fraction"].mean().item()
+                if rows.numel()
+                else float("nan"),
+                **_absorbers(scored, sample, cosines[:, column], token_text),
+            }
+        )
+        row_records.append(_row_table(LETTERS[letter], scored, sample, token_text))
+    table = pd.DataFrame(records)
+    return FirstLetterResult(
+        table, pd.concat(row_records, ignore_index=True), _metrics(table, config)
+    )
+
+
+def _split_by_token(tokens, test_fraction, seed):
+    """Row indices of train and test, no token in both."""
+    distinct = tokens.unique()
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = distinct[torch.randperm(len(distinct), generator=generator)]
+    n_test = max(1, int(round(test_fraction * len(distinct))))
+    is_test = torch.isin(tokens, shuffled[:n_test])
+    return (~is_test).nonzero()[:, 0], is_test.nonzero()[:, 0]
+
+
+def _k_sparse_main_latents(sample, d_sae, labels, train, test, max_k, f1_jump, l1):
+    """Per letter: main latents, their test F1 and k, by SAEBench's F1-jump rule."""
+    n_letters = labels.shape[1]
+    present = sample.code_latents[train].unique()
+    present = present[present >= 0]
+    row, column, value = sample.code_entries(train, present)
+    codes = scipy_csr(row, column, value, (len(train), len(present)))
+    top = l1_ranking(codes, labels[train], l1=l1, max_k=max_k)
+    ranked = present[top]  # [p, K] latent ids, best first
+    candidates, columns = ranked.unique(return_inverse=True)
+    compact = candidate_codes(sample, candidates, d_sae)  # [r, C]
+    f1_by_k = []
+    for k in range(1, ranked.shape[1] + 1):
+        chosen = columns[:, :k]
+        x_train = compact[train][:, chosen].permute(1, 0, 2)
+        x_test = compact[test][:, chosen].permute(1, 0, 2)
+        probes = fit_probes(x_train, labels[train], max_iter=100)
+        logits = torch.einsum("pnf,pf->np", x_test, probes.weight) + probes.bias
+        f1_by_k.append(f1_scores(logits > 0, labels[test]))
+    f1_by_k = torch.stack(f1_by_k, 1)  # [p, K]
+    main, best_f1, chosen_k = [], [], []
+    for letter in range(n_letters):
+        k_best, f1_best = 1, float(f1_by_k[letter, 0])
+        for k in range(2, ranked.shape[1] + 1):
+            score = float(f1_by_k[letter, k - 1])
+            if score <= f1_best + f1_jump:
+                break
+            k_best, f1_best = k, score
+        main.append(ranked[letter, :k_best].tolist())
+        best_f1.append(f1_best)
+        chosen_k.append(k_best)
+    return main, best_f1, chosen_k
+
+
+def candidate_codes(sample: LetterRows, candidates: torch.Tensor, d_sae: int):
+    """Dense ``[r, len(candidates)]`` activations of a few latents on every row."""
+    column_of = torch.full((d_sae + 1,), -1, dtype=torch.long)
+    column_of[candidates] = torch.arange(len(candidates))
+    columns = column_of[sample.code_latents]  # -1 latents map to slot d_sae: -1
+    hit = columns >= 0
+    out = torch.zeros(len(columns), len(candidates) + 1)
+    out.scatter_(1, torch.where(hit, columns, len(candidates)), sample.code_values)
+    return out[:, :-1]
+
+
+def _score_rows(sample, rows, x, direction, cosines, dec_norm, main, config):
+    """Absorption of one letter's probe direction on its probe-positive rows."""
+    latents = sample.code_latents[rows]
+    values = sample.code_values[rows]
+    safe = latents.clamp_min(0)
+    used = latents >= 0
+    is_main = torch.isin(latents, torch.tensor(main, dtype=latents.dtype)) & used
+    contribution = torch.where(used, values * dec_norm[safe] * cosines[safe], 0.0)
+    other = used & ~is_main
+    scores = absorption_scores(
+        x[rows] @ direction,
+        torch.where(is_main, contribution, 0.0).sum(1),
+        (is_main & (values > 0)).any(1),
+        torch.where(other, contribution, 0.0),
+        torch.where(other, cosines[safe], 0.0),
+        share_threshold=config.share_threshold,
+        cos_threshold=config.absorber_cos_threshold,
+    )
+    top_slot = scores.top_slot.clamp_min(0)
+    top_latent = latents.gather(1, top_slot[:, None])[:, 0]
+    return {
+        "rows": rows,
+        "fraction": scores.fraction,
+        "full": scores.full,
+        "top_latent": torch.where(scores.top_slot >= 0, top_latent, -1),
+        "top_share": scores.top_share,
+    }
+
+
+def _absorbers(scored, sample, cosines, token_text) -> dict:
+    """The latents that most often fully absorb the letter, and example tokens."""
+    full = scored["full"]
+    latents = scored["top_latent"][full]
+    if latents.numel() == 0:
+        return {"absorbing_latents": "", "absorber_probe_cos": "", "examples": ""}
+    found, counts = latents.unique(return_counts=True)
+    order = counts.argsort(descending=True)[:3]
+    found = found[order]
+    tokens = sample.tokens[scored["rows"][full]]
+    examples = []
+    for token, latent in zip(tokens.tolist(), latents.tolist(), strict=True):
+        text = token_text(token) if token_text else str(token)
+        entry = f"{text!r}->{latent}"
+        if entry not in examples:
+            examples.append(entry)
+        if len(examples) == N_EXAMPLES:
+            break
+    return {
+        "absorbing_latents": ", ".join(map(str, found.tolist())),
+        "absorber_probe_cos": ", ".join(f"{c:.2f}" for c in cosines[found].tolist()),
+        "examples": " ".join(examples),
+    }
+
+
+def _row_table(letter, scored, sample, token_text) -> pd.DataFrame:
+    """One line per scored test row."""
+    tokens = sample.tokens[scored["rows"]].tolist()
+    return pd.DataFrame(
+        {
+            "letter": letter,
+            "token": tokens,
+            "text": [token_text(t) if token_text else "" for t in tokens],
+            "absorption_fraction": scored["fraction"].numpy(),
+            "full_absorption": scored["full"].numpy(),
+            "top_latent": scored["top_latent"].numpy(),
+            "top_share": scored["top_share"].numpy(),
+        }
+    )
+
+
+def _metrics(table: pd.DataFrame, config: AbsorptionConfig) -> dict[str, float]:
+    """Means over letters whose ground-truth probe is good enough."""
+    good = table[
+        (table["probe_f1"] >= config.min_probe_f1) & (table["probe_true_positives"] > 0)
+    ]
+    return {
+        "letters_evaluated": int(len(good)),
+        "letters_probed": int(len(table)),
+        "mean_probe_f1": float(table["probe_f1"].mean()),
+        "mean_absorption_rate": float(good["absorption_rate"].mean())
+        if len(good)
+        else float("nan"),
+        "mean_absorption_fraction": float(good["absorption_fraction"].mean())
+        if len(good)
+        else float("nan"),
+        "mean_main_latents": float(good["k"].mean()) if len(good) else float("nan"),
+    }
+
+
+def scipy_csr(rows, columns, values, shape):
+    """A SciPy CSR matrix from ``(row, column, value)`` entries."""
+    from scipy.sparse import csr_matrix
+
+    return csr_matrix((values.numpy(), (rows.numpy(), columns.numpy())), shape=shape)

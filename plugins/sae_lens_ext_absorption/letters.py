@@ -1,0 +1,148 @@
+"""Which tokens start with which letter, and a bounded sample of labelled rows.
+
+Following Chanin et al. (2024) and SAEBench, only tokens that are purely
+alphabetic (ASCII letters, after an optional leading space) take part; the
+label is the lower-cased first letter.  The sample keeps at most
+``rows_per_token`` occurrences of each distinct token and ``letter_rows``
+rows in all, with each row's SAE input and its largest latent activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_UNKNOWN = -2
+
+
+def first_letter(text: str) -> int:
+    """Index (0-25) of the first letter of an alphabetic token, else -1."""
+    word = text.lstrip(" \u2581\u0120")
+    if word and word.isascii() and word.isalpha():
+        return LETTERS.index(word[0].lower())
+    return -1
+
+
+class TokenLetters:
+    """Lazily labels token ids with :func:`first_letter` via a tokenizer."""
+
+    def __init__(self, tokenizer):
+        if tokenizer is None or not hasattr(tokenizer, "decode"):
+            raise TypeError(
+                "the first-letter evaluation needs a tokenizer with decode(); "
+                "pass the model's tokenizer or set letters=False"
+            )
+        self.tokenizer = tokenizer
+        self.labels = torch.full((0,), _UNKNOWN, dtype=torch.long)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Letter index per token id (-1: not an alphabetic token)."""
+        tokens = tokens.long().cpu()
+        top = int(tokens.max()) + 1 if tokens.numel() else 0
+        if top > len(self.labels):
+            grown = torch.full((top,), _UNKNOWN, dtype=torch.long)
+            grown[: len(self.labels)] = self.labels
+            self.labels = grown
+        missing = tokens[self.labels[tokens] == _UNKNOWN].unique()
+        for token in missing.tolist():
+            self.labels[token] = first_letter(self.tokenizer.decode([token]))
+        return self.labels[tokens]
+
+    def text(self, token: int) -> str:
+        """The token's string."""
+        return self.tokenizer.decode([token])
+
+
+@dataclass
+class LetterRows:
+    """The labelled rows kept for probing."""
+
+    sae_in: torch.Tensor  # [r, d_in]
+    tokens: torch.Tensor  # [r]
+    letters: torch.Tensor  # [r] 0-25
+    code_latents: torch.Tensor  # [r, m] int64, -1 where unused
+    code_values: torch.Tensor  # [r, m]
+
+    def code_entries(self, rows: torch.Tensor, columns: torch.Tensor):
+        """Non-zero codes of ``rows`` restricted to latents ``columns``, as
+        ``(row, column, value)`` with rows and columns renumbered from 0."""
+        column_of = torch.full((int(columns.max()) + 2,), -1, dtype=torch.long)
+        column_of[columns] = torch.arange(len(columns))
+        latents = self.code_latents[rows]
+        mapped = column_of[latents.clamp(max=len(column_of) - 2)]
+        mapped = torch.where(latents >= 0, mapped, -1)
+        used = mapped >= 0
+        row_index = torch.arange(len(rows))[:, None].expand_as(latents)[used]
+        return row_index, mapped[used], self.code_values[rows][used]
+
+
+class LetterSampler:
+    """Streams batches into a capped sample of alphabetic-token rows."""
+
+    def __init__(self, tokenizer, *, max_rows: int, rows_per_token: int, n_codes: int):
+        self.letters = TokenLetters(tokenizer)
+        self.max_rows = max_rows
+        self.rows_per_token = rows_per_token
+        self.n_codes = n_codes
+        self.seen = torch.zeros(0, dtype=torch.long)
+        self.parts: list[LetterRows] = []
+        self.n_rows = 0
+
+    @property
+    def full(self) -> bool:
+        """Whether the sample has reached ``max_rows``."""
+        return self.n_rows >= self.max_rows
+
+    def update(self, tokens, sae_in, feature_acts) -> None:
+        """Keep this batch's eligible rows (alphabetic, token not over its cap)."""
+        if self.full:
+            return
+        tokens = tokens.long().cpu()
+        letters = self.letters(tokens)
+        rows = (letters >= 0).nonzero()[:, 0]
+        if rows.numel() == 0:
+            return
+        rows = rows[self._within_cap(tokens[rows])]
+        rows = rows[: self.max_rows - self.n_rows]
+        if rows.numel() == 0:
+            return
+        kept = tokens[rows]
+        self.seen.index_add_(0, kept, torch.ones_like(kept))
+        acts = feature_acts[rows].detach().float().cpu()
+        m = min(self.n_codes, acts.shape[1])
+        values, latents = acts.topk(m, dim=1)
+        latents = torch.where(values > 0, latents, -1)
+        self.parts.append(
+            LetterRows(
+                sae_in[rows].detach().float().cpu(),
+                kept,
+                letters[rows],
+                latents,
+                values.clamp_min(0),
+            )
+        )
+        self.n_rows += rows.numel()
+
+    def _within_cap(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Rows whose occurrence number of their token stays under the cap."""
+        top = int(tokens.max()) + 1
+        if top > len(self.seen):
+            self.seen = torch.cat([self.seen, torch.zeros(top - len(self.seen)).long()])
+        order = tokens.argsort(stable=True)
+        sorted_tokens = tokens[order]
+        first = torch.searchsorted(sorted_tokens, sorted_tokens, right=False)
+        occurrence = torch.empty_like(tokens)
+        occurrence[order] = torch.arange(len(tokens)) - first
+        return self.seen[tokens] + occurrence < self.rows_per_token
+
+    def rows(self) -> LetterRows:
+        """All kept rows as one block."""
+        if not self.parts:
+            raise ValueError(
+                "the first-letter evaluation found no alphabetic tokens; give it "
+                "text data with words, or set letters=False"
+            )
+        fields = zip(*(vars(part).values() for part in self.parts), strict=True)
+        return LetterRows(*(torch.cat(list(field)) for field in fields))

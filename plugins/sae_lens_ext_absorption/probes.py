@@ -1,0 +1,146 @@
+"""Logistic-regression probes: batched LBFGS in torch, L1 ranking by scikit-learn.
+
+Every probe here is one-vs-rest and class-balanced: positives are weighted
+by ``n_negative / n_positive`` in the binary cross-entropy, as in SAEBench.
+Several independent probes are fitted at once by summing their losses (their
+parameters do not interact, so the joint optimum is each one's optimum).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LinearProbes:
+    """``n_probes`` linear probes on raw inputs: ``logits = x @ weight.T + bias``."""
+
+    weight: torch.Tensor  # [n_probes, n_features]
+    bias: torch.Tensor  # [n_probes]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[n, n_probes]`` of inputs ``[n, n_features]``."""
+        return x.float() @ self.weight.T + self.bias
+
+    def directions(self) -> torch.Tensor:
+        """Unit weight vectors ``[n_probes, n_features]``."""
+        return self.weight / self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def balanced_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Class-balanced BCE of ``[n, p]`` logits: mean over rows, sum over probes."""
+    labels = labels.float()
+    n_pos = labels.sum(-2, keepdim=True)
+    n_neg = labels.shape[-2] - n_pos
+    pos_weight = (n_neg / n_pos.clamp_min(1.0)).clamp_min(1e-6)
+    losses = F.binary_cross_entropy_with_logits(
+        logits, labels, pos_weight=pos_weight, reduction="none"
+    )
+    return losses.mean(-2).sum()
+
+
+def fit_probes(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    l2: float = 1e-3,
+    max_iter: int = 200,
+) -> LinearProbes:
+    """One-vs-rest logistic probes by LBFGS.
+
+    ``x`` is ``[n, f]`` (shared by all probes) or ``[p, n, f]`` (one input
+    matrix per probe); ``labels`` is ``[n, p]`` bool.  Inputs are centred
+    and divided by one overall scale for the fit and the probes mapped back,
+    so the result applies to raw inputs.
+    """
+    x = x.float()
+    shared = x.dim() == 2
+    mean = x.mean(-2, keepdim=True)
+    # one scale per input matrix, not per feature: per-feature scaling would
+    # blow up directions that only carry noise in the training rows
+    scale = (x - mean).pow(2).mean((-2, -1), keepdim=True).sqrt().clamp_min(1e-6)
+    z = (x - mean) / scale
+    n_probes, n_features = labels.shape[1], x.shape[-1]
+    weight = torch.zeros(n_probes, n_features, requires_grad=True)
+    bias = torch.zeros(n_probes, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        loss = balanced_bce(_logits(z, weight, bias, shared), labels)
+        loss = loss + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    weight, bias = weight.detach(), bias.detach()
+    if shared:
+        raw_weight = weight / scale[0]
+        raw_bias = bias - (mean[0] / scale[0]) @ weight.T
+    else:
+        raw_weight = weight / scale[:, 0]
+        raw_bias = bias - ((mean[:, 0] / scale[:, 0]) * weight).sum(-1)
+    return LinearProbes(raw_weight, raw_bias)
+
+
+def _logits(z, weight, bias, shared):
+    if shared:
+        return z @ weight.T + bias
+    return torch.einsum("pnf,pf->np", z, weight) + bias
+
+
+def f1_scores(predicted: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """F1 per column of ``[n, p]`` boolean predictions (0 where undefined)."""
+    predicted, labels = predicted.bool(), labels.bool()
+    tp = (predicted & labels).sum(0).float()
+    fp = (predicted & ~labels).sum(0).float()
+    fn = (~predicted & labels).sum(0).float()
+    return torch.where(tp > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+
+
+def l1_ranking(codes, labels: torch.Tensor, *, l1: float, max_k: int) -> torch.Tensor:
+    """Per probe, the ``max_k`` columns of ``codes`` an L1 logistic probe
+    weights most (SAEBench's k-sparse pre-selection).
+
+    ``codes`` is a SciPy CSR matrix ``[n, d]``, scaled by its maximum; each
+    one-vs-rest probe is class-balanced and minimises the mean log loss plus
+    ``l1 * ||w||_1`` (scikit-learn's liblinear).  Latents with equal weight
+    (e.g. 0) are ordered by their mean activation on positives minus
+    negatives.  Returns ``[p, min(max_k, d)]`` column indices.
+    """
+    import numpy as np
+
+    from sae_lens_ext.extras import require
+
+    sklearn = require("sklearn", "absorption", "first-letter k-sparse probing")
+    linear_model = require("sklearn.linear_model", "absorption", "k-sparse probing")
+    codes = codes / max(codes.max(), 1e-6)
+    n_rows, n_columns = codes.shape
+    new_api = tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8)
+    penalty = {"l1_ratio": 1.0} if new_api else {"penalty": "l1"}
+    ranked = []
+    for column in labels.T.numpy():
+        probe = linear_model.LogisticRegression(
+            solver="liblinear",
+            C=1.0 / (l1 * n_rows),
+            class_weight="balanced",
+            **penalty,
+        ).fit(codes, column)
+        weight = probe.coef_[0]
+        positive_mean = np.asarray(codes[column].mean(0)).ravel()
+        negative_mean = np.asarray(codes[~column].mean(0)).ravel()
+        order = np.lexsort((-(positive_mean - negative_mean), -weight))
+        ranked.append(order[: min(max_k, n_columns)])
+    return torch.from_numpy(np.stack(ranked)).long()
