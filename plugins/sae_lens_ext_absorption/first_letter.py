@@ -149,27 +149,30 @@ def _k_sparse_main_latents(sample, d_sae, labels, train, test, max_k, f1_jump, l
     ranked = present[top]  # [p, K] latent ids, best first
     candidates, columns = ranked.unique(return_inverse=True)
     compact = candidate_codes(sample, candidates, d_sae)  # [r, C]
-    f1_by_k = []
-    for k in range(1, ranked.shape[1] + 1):
-        chosen = columns[:, :k]
-        x_train = compact[train][:, chosen].permute(1, 0, 2)
-        x_test = compact[test][:, chosen].permute(1, 0, 2)
-        probes = fit_probes(x_train, labels[train], max_iter=100)
-        logits = torch.einsum("pnf,pf->np", x_test, probes.weight) + probes.bias
-        f1_by_k.append(f1_scores(logits > 0, labels[test]))
-    f1_by_k = torch.stack(f1_by_k, 1)  # [p, K]
-    main, best_f1, chosen_k = [], [], []
-    for letter in range(n_letters):
-        k_best, f1_best = 1, float(f1_by_k[letter, 0])
-        for k in range(2, ranked.shape[1] + 1):
-            score = float(f1_by_k[letter, k - 1])
-            if score <= f1_best + f1_jump:
-                break
-            k_best, f1_best = k, score
-        main.append(ranked[letter, :k_best].tolist())
-        best_f1.append(f1_best)
-        chosen_k.append(k_best)
-    return main, best_f1, chosen_k
+    best_k = torch.ones(n_letters, dtype=torch.long)
+    best_f1 = _sparse_f1(compact, columns[:, :1], labels, train, test)
+    growing = torch.ones(n_letters, dtype=torch.bool)
+    for k in range(2, ranked.shape[1] + 1):
+        # only letters whose F1 jumped at k - 1 are probed further
+        active = growing.nonzero()[:, 0]
+        if active.numel() == 0:
+            break
+        f1 = _sparse_f1(compact, columns[active, :k], labels[:, active], train, test)
+        jumped = f1 > best_f1[active] + f1_jump
+        best_k[active[jumped]] = k
+        best_f1[active[jumped]] = f1[jumped]
+        growing[active[~jumped]] = False
+    main = [ranked[p, : best_k[p]].tolist() for p in range(n_letters)]
+    return main, best_f1.tolist(), best_k.tolist()
+
+
+def _sparse_f1(compact, chosen, labels, train, test) -> torch.Tensor:
+    """Test F1 of probes on the chosen latents (``chosen`` is ``[p, k]``)."""
+    x_train = compact[train][:, chosen].permute(1, 0, 2)
+    x_test = compact[test][:, chosen].permute(1, 0, 2)
+    probes = fit_probes(x_train, labels[train], max_iter=100)
+    logits = torch.einsum("pnf,pf->np", x_test, probes.weight) + probes.bias
+    return f1_scores(logits > 0, labels[test])
 
 
 def candidate_codes(sample: LetterRows, candidates: torch.Tensor, d_sae: int):
