@@ -73,6 +73,29 @@ def test_streaming_equals_offline_computation():
         torch.testing.assert_close(streamed, exact, rtol=1e-6, atol=1e-9)
 
 
+def test_tail_symbols_count_like_dense_ones(monkeypatch):
+    import sae_lens_ext_mdl.histograms as histograms
+
+    monkeypatch.setattr(histograms, "TAIL_BUFFER", 50)  # merge often
+    generator = torch.Generator().manual_seed(1)
+    first = torch.rand(2000, generator=generator)  # sets a narrow dense width
+    later = torch.rand(2000, generator=generator) * 40 - 20  # mostly tail, signed
+    latents = torch.randint(0, 3, (4000,), generator=generator)
+    values = torch.cat([first, later])
+    split = QuantisedHistograms(d_sae=3, precision=0.1)
+    split.add(latents[:2000], first, 2000)
+    split.add(latents[2000:], later, 2000)
+    assert split.tail_keys.numel() > 0
+    wide = QuantisedHistograms(d_sae=3, precision=0.1, width=1000)
+    wide.add(latents, values, 4000)
+    assert wide.tail_keys.numel() == 0
+    for levels in range(6):
+        a, b = split.coarsened(levels), wide.coarsened(levels)
+        torch.testing.assert_close(a.entropy(), b.entropy(), rtol=1e-12, atol=1e-12)
+        assert torch.equal(a.bins_used(), b.bins_used())
+        assert torch.equal(a.nonzero_counts(), b.nonzero_counts())
+
+
 def test_sparse_quantisation_error_equals_dense_decode():
     acts = sparse_codes(seed=5)
     sae = make_sae(d_sae=acts.shape[1])

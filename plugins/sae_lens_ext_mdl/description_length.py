@@ -233,12 +233,11 @@ class MDLAccumulator:
         met = bool(within.any())
         choice = int(table.index[within].max()) if met else 0
         hist = self.finest.coarsened(choice)
-        counts = hist.full_counts()
         l0 = self.nonzero / self.n
         latents = pd.DataFrame(
             {
                 "latent": range(self.sae.cfg.d_sae),
-                "firing_frequency": (1 - counts[:, 0] / self.n).numpy(),
+                "firing_frequency": (hist.nonzero_counts() / self.n).numpy(),
                 "entropy_bits": entropies[choice].numpy(),
                 "bins_used": hist.bins_used().numpy(),
             }

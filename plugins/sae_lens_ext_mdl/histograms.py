@@ -3,18 +3,26 @@
 A latent's activation ``a`` at precision (bin width) ``p`` becomes the symbol
 
 - ``zero`` when ``a == 0`` (the latent is off), else
-- ``(sign(a), floor(|a| / p))``.
+- ``2 * floor(|a| / p) + (a < 0)`` (bin and sign).
 
 Bins at precision ``2p`` are unions of bins at ``p`` (``floor(floor(x)/2)``),
 so a coarser power-of-two precision never increases entropy, and the
 counts at ``p * 2**j`` are pooled from those at ``p`` (``coarsened``): one
-table at the finest precision serves the whole ladder.  Only non-zero
-activations are counted, at index ``latent * width + symbol``;
-zeros are counted as ``n_tokens - n_nonzero``, so the cost of a batch is
-proportional to its L0, and memory is ``O(d_sae x bins)`` whatever the number
-of tokens.  Counts are added in place (``index_add_``), so no table-sized
-temporary is made per batch; counts are int32 (up to 2**31 tokens).  The
-quantised value used for reconstruction is the bin midpoint.
+table at the finest precision serves the whole ladder.
+
+Only non-zero activations are counted; zeros are ``n_tokens - non-zeros``, so
+a batch costs O(L0).  Counts live in two parts:
+
+- a dense ``int32`` table ``[d_sae, width]`` for the common symbols, added in
+  place (``index_add_``); its width is fixed from the first batch (1.5x the
+  99th percentile symbol), so one large outlier does not widen every row;
+  larger symbols land in a sink column and are also buffered for
+- a sparse tail: ``(latent << 32 | symbol)`` keys
+  with counts, buffered and merged (``torch.unique``) when the buffer fills.
+
+Memory is ``O(d_sae x width + distinct tail symbols)`` whatever the number of
+tokens; batches and the entropy are processed in slices, so temporaries stay
+a few MB.  The quantised value used for reconstruction is the bin midpoint.
 """
 
 from __future__ import annotations
@@ -23,17 +31,29 @@ import math
 
 import torch
 
+# Work in slices of this many values or table cells, so temporaries stay small.
+SLICE = 1 << 18
+# Merge the tail buffer into the tail's unique keys when it holds this many.
+TAIL_BUFFER = 1 << 20
+SYMBOL_BITS = 32
+
 
 class QuantisedHistograms:
     """Per-latent histograms of quantised activations at one precision."""
 
-    def __init__(self, d_sae: int, precision: float):
+    def __init__(self, d_sae: int, precision: float, width: int | None = None):
         if not precision > 0:
             raise ValueError(f"precision must be > 0, got {precision}")
         self.d_sae = d_sae
         self.precision = precision
-        self.width = 2  # symbols per latent: 2 * bin + is_negative
-        self.counts = torch.zeros(d_sae, self.width, dtype=torch.int32)
+        self.width = width  # dense symbols per latent; set by the first batch
+        # The dense table has one more column, a sink for tail symbols, so a
+        # batch is counted with one index_add_ and no boolean indexing.
+        self._table = None if width is None else self._zeros(width)
+        self.tail_keys = torch.zeros(0, dtype=torch.long)
+        self.tail_counts = torch.zeros(0, dtype=torch.long)
+        self._buffer: list[torch.Tensor] = []
+        self._buffered = 0
         self.n_tokens = 0
 
     def symbols(self, values: torch.Tensor) -> torch.Tensor:
@@ -46,13 +66,24 @@ class QuantisedHistograms:
         self.n_tokens += n_tokens
         if values.numel() == 0:
             return
-        symbols = self.symbols(values)
-        needed = int(symbols.max()) + 1
-        if needed > self.width:
-            self._grow(max(needed + 64, self.width * 3 // 2))
-        flat = latents.long() * self.width + symbols
-        ones = torch.ones(flat.numel(), dtype=torch.int32)
-        self.counts.view(-1).index_add_(0, flat, ones)
+        if self._table is None:
+            self._set_width(values)
+        stride = self.width + 1
+        for start in range(0, values.numel(), SLICE):
+            part = slice(start, start + SLICE)
+            symbols = self.symbols(values[part])
+            latent = latents[part].long()
+            flat = latent * stride + symbols.clamp_max(self.width)
+            ones = torch.ones(flat.numel(), dtype=torch.int32)
+            self._table.view(-1).index_add_(0, flat, ones)
+            if int(symbols.max()) >= self.width:
+                tail = (symbols >= self.width).nonzero().squeeze(1)
+                self._buffer_tail(latent[tail], symbols[tail])
+
+    @property
+    def counts(self) -> torch.Tensor | None:
+        """The dense counts ``[d_sae, width]`` (symbol ``s`` in column ``s``)."""
+        return None if self._table is None else self._table[:, : self.width]
 
     def dequantise(self, values: torch.Tensor, levels: int = 0) -> torch.Tensor:
         """The bin midpoint of each non-zero value at ``precision * 2**levels``."""
@@ -60,32 +91,47 @@ class QuantisedHistograms:
         bins = torch.floor(values.abs().double() / precision)
         return (torch.sign(values) * (bins + 0.5) * precision).to(values.dtype)
 
-    def full_counts(self, rows: slice = slice(None)) -> torch.Tensor:
-        """Counts with the zero symbol first: ``[latents, 1 + width]``."""
-        counts = self.counts[rows].long()
-        zeros = self.n_tokens - counts.sum(-1, keepdim=True)
-        return torch.cat([zeros, counts], dim=1)
+    def nonzero_counts(self) -> torch.Tensor:
+        """How many tokens each latent was non-zero on ``[d_sae]``."""
+        self._merge_tail()
+        total = torch.zeros(self.d_sae, dtype=torch.long)
+        if self.counts is not None:
+            for rows in self._row_blocks():
+                total[rows] = self.counts[rows].sum(-1, dtype=torch.long)
+        total.index_add_(0, self.tail_keys >> SYMBOL_BITS, self.tail_counts)
+        return total
 
     def entropy(self) -> torch.Tensor:
         """Entropy in bits of each latent's quantised distribution ``[d_sae]``.
 
         Every latent has the same total ``N = n_tokens``, so
-        ``H = log2 N - (1/N) sum_c c log2 c`` over the non-zero counts only.
+        ``H = log2 N - (1/N) sum_c c log2 c`` over the symbols' counts, the
+        zero symbol's ``N - non-zeros`` included.
         """
         n = self.n_tokens
         if n == 0:
             return torch.zeros(self.d_sae, dtype=torch.float64)
-        latent, _ = (self.counts > 0).nonzero(as_tuple=True)
-        counts = self.counts[self.counts > 0].double()
-        zeros = (n - self.counts.sum(-1, dtype=torch.int64)).double()
-        c_log_c = torch.zeros(self.d_sae, dtype=torch.float64)
-        c_log_c.index_add_(0, latent, counts * torch.log2(counts))
-        c_log_c += torch.where(zeros > 0, zeros * torch.log2(zeros.clamp_min(1)), 0.0)
+        zeros = (n - self.nonzero_counts()).double()
+        c_log_c = zeros * torch.log2(zeros.clamp_min(1))
+        if self.counts is not None:
+            for rows in self._row_blocks():
+                counts = self.counts[rows].double()
+                c_log_c[rows] += (counts * torch.log2(counts.clamp_min(1))).sum(-1)
+        tail = self.tail_counts.double()
+        c_log_c.index_add_(0, self.tail_keys >> SYMBOL_BITS, tail * torch.log2(tail))
         return math.log2(n) - c_log_c / n
 
     def bins_used(self) -> torch.Tensor:
         """Number of distinct non-zero symbols each latent used."""
-        return (self.counts > 0).sum(-1)
+        self._merge_tail()
+        used = torch.zeros(self.d_sae, dtype=torch.long)
+        if self.counts is not None:
+            for rows in self._row_blocks():
+                used[rows] = (self.counts[rows] > 0).sum(-1)
+        used.index_add_(
+            0, self.tail_keys >> SYMBOL_BITS, torch.ones_like(self.tail_keys)
+        )
+        return used
 
     def coarsened(self, levels: int) -> QuantisedHistograms:
         """The same counts at precision ``precision * 2**levels``.
@@ -98,18 +144,75 @@ class QuantisedHistograms:
         if levels < 0:
             raise ValueError(f"levels must be >= 0, got {levels}")
         group = 2**levels
+        coarse = QuantisedHistograms(self.d_sae, self.precision * group)
+        coarse.n_tokens = self.n_tokens
+        if self.counts is None:
+            return coarse
         n_bins = -(-self.width // 2)
         padded = -(-n_bins // group) * group
         counts = torch.zeros(self.d_sae, padded, 2, dtype=torch.int32)
         counts.view(self.d_sae, -1)[:, : self.width] = self.counts
-        coarse = QuantisedHistograms(self.d_sae, self.precision * group)
-        coarse.counts = counts.view(self.d_sae, -1, group, 2).sum(2, dtype=torch.int32)
-        coarse.counts = coarse.counts.reshape(self.d_sae, -1)
-        coarse.width = coarse.counts.shape[1]
-        coarse.n_tokens = self.n_tokens
+        pooled = counts.view(self.d_sae, -1, group, 2).sum(2, dtype=torch.int32)
+        coarse.width = padded // group * 2
+        coarse._table = self._zeros(coarse.width)
+        coarse.counts.copy_(pooled.view(self.d_sae, -1))
+        del counts, pooled
+        self._merge_tail()
+        latent = self.tail_keys >> SYMBOL_BITS
+        symbol = self.tail_keys & ((1 << SYMBOL_BITS) - 1)
+        symbol = 2 * ((symbol // 2) >> levels) + symbol % 2
+        dense = symbol < coarse.width
+        coarse._table.view(-1).index_add_(
+            0,
+            latent[dense] * (coarse.width + 1) + symbol[dense],
+            self.tail_counts[dense].to(torch.int32),
+        )
+        coarse.tail_keys, coarse.tail_counts = merge_keys(
+            (latent[~dense] << SYMBOL_BITS) | symbol[~dense], self.tail_counts[~dense]
+        )
         return coarse
 
-    def _grow(self, width: int) -> None:
-        grown = torch.zeros(self.d_sae, width, dtype=torch.int32)
-        grown[:, : self.width] = self.counts
-        self.counts, self.width = grown, width
+    def _set_width(self, values: torch.Tensor) -> None:
+        sample = values[:: max(1, values.numel() // 100_000)]
+        typical = torch.quantile(self.symbols(sample).double(), 0.99).item()
+        self.width = max(2, 2 * math.ceil(0.75 * typical + 1))
+        self._table = self._zeros(self.width)
+
+    def _zeros(self, width: int) -> torch.Tensor:
+        return torch.zeros(self.d_sae, width + 1, dtype=torch.int32)
+
+    def _buffer_tail(self, latents: torch.Tensor, symbols: torch.Tensor) -> None:
+        if int(symbols.max()) >= 1 << SYMBOL_BITS:
+            raise ValueError(
+                f"an activation is over 2**31 bins at precision {self.precision}; "
+                "use a coarser precision"
+            )
+        self._buffer.append((latents << SYMBOL_BITS) | symbols)
+        self._buffered += symbols.numel()
+        if self._buffered >= TAIL_BUFFER:
+            self._merge_tail()
+
+    def _merge_tail(self) -> None:
+        if not self._buffer:
+            return
+        keys = torch.cat([self.tail_keys, *self._buffer])
+        counts = torch.cat(
+            [self.tail_counts, torch.ones(self._buffered, dtype=torch.long)]
+        )
+        self.tail_keys, self.tail_counts = merge_keys(keys, counts)
+        self._buffer, self._buffered = [], 0
+
+    def _row_blocks(self) -> list[slice]:
+        """Slices of latents whose table rows fill about ``SLICE`` cells."""
+        step = max(1, SLICE // max(self.width or 1, 1))
+        return [slice(i, i + step) for i in range(0, self.d_sae, step)]
+
+
+def merge_keys(
+    keys: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum ``counts`` of equal ``keys``: sorted unique keys and their totals."""
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    totals = torch.zeros(unique.numel(), dtype=torch.long)
+    totals.index_add_(0, inverse, counts)
+    return unique, totals
