@@ -1,0 +1,193 @@
+"""LLC: our batched SGLD vs devinterp 2.x, same model, data and hyperparameters.
+
+Two cases, each run on both sides in the same process, one after the other:
+
+- ``model``: the demo release's 2-layer TransformerLens model, every weight
+  sampled, next-token cross-entropy on demo evaluation sequences (devinterp's
+  native setting: a ``datasets.Dataset`` of ``input_ids`` and a per-token loss).
+- ``sae``: the demo SAE ``resid0-topk-1024`` on its own activations, the
+  normalised reconstruction loss of the ``llc`` analysis (for devinterp, row
+  indices travel as ``input_ids`` and the loss looks the activations up).
+
+Both sides use the same chains, draws, burn-in, step size, n*beta,
+localization and minibatch size; ``L(w*)`` is the loss on all the data on both
+sides (devinterp: ``num_init_loss_batches`` = one pass).  devinterp's own
+``llc_mean`` averages burn-in steps too, so its estimate here is taken from its
+per-draw losses (``sampling_loss``) after burn-in, the quantity we estimate.
+Prints seconds, the time ratio, and both estimates with their standard errors
+(over chains); ``--bf16`` adds our bf16-autocast fast path.
+
+    python bench/bench_llc.py                 # both cases, default sizes
+    python bench/bench_llc.py --case sae --draws 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def devinterp_llc(model, dataset, loss_fn, args, n_rows) -> tuple[float, float, float]:
+    """devinterp's estimate and SE from its per-draw losses, and its seconds."""
+    from devinterp.slt.sampling import sample
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        samples = sample(
+            model,
+            dataset,
+            {},
+            lr=args.step_size,
+            n_beta=args.nbeta,
+            localization=args.localization,
+            num_chains=args.chains,
+            num_draws=args.draws,
+            num_burnin_steps=args.burnin,
+            batch_size=args.batch_size,
+            num_init_loss_batches=n_rows // args.batch_size,
+            init_seed=args.seed,
+            loss_fn=loss_fn,
+            device="cpu",
+            output_path=Path(tmp) / "samples.zarr",
+        )
+        draws = samples.dataset.sampling_loss.mean(dim=["batch", "token_pos"])
+        init_loss = float(samples.dataset.init_loss.values.mean())
+        per_chain = args.nbeta * (draws.mean(dim="draw").values - init_loss)
+        seconds = time.perf_counter() - start
+    return float(per_chain.mean()), se(per_chain), seconds
+
+
+def se(per_chain: np.ndarray) -> float:
+    """Standard error of the mean over chains."""
+    return float(np.std(per_chain, ddof=1) / math.sqrt(len(per_chain)))
+
+
+def ours(model, loss_fn, data, args, autocast_dtype=None):
+    """Our estimate, its SE and seconds."""
+    from sae_lens_ext_llc import estimate_llc
+
+    start = time.perf_counter()
+    result = estimate_llc(
+        model,
+        loss_fn,
+        data,
+        num_chains=args.chains,
+        num_draws=args.draws,
+        num_burnin=args.burnin,
+        step_size=args.step_size,
+        nbeta=args.nbeta,
+        localization=args.localization,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        autocast_dtype=autocast_dtype,
+        progress=False,
+    )
+    return result.llc, result.llc_se, time.perf_counter() - start
+
+
+def model_case(args):
+    """The demo TransformerLens model on demo sequences, per-token cross-entropy."""
+    from datasets import Dataset
+    from devinterp.slt.lm_loss import lm_cross_entropy_loss
+
+    from sae_lens_ext.demo import demo_eval_tokens, load_demo_model
+
+    model = load_demo_model()
+    tokens = demo_eval_tokens(args.sequences)[:, : args.context + 1].contiguous()
+
+    def per_token_loss(net, input_ids):
+        return lm_cross_entropy_loss(net(input_ids, return_type="logits"), input_ids)
+
+    def mean_loss(net, input_ids):
+        return per_token_loss(net, input_ids).mean()
+
+    dataset = Dataset.from_dict({"input_ids": tokens.tolist()}).with_format("torch")
+    return model, mean_loss, tokens, dataset, per_token_loss
+
+
+def sae_case(args):
+    """The demo SAE on its own activations (the ``llc`` analysis's loss)."""
+    from datasets import Dataset
+    from sae_lens import SAE
+    from sae_lens_ext_llc import sae_loss_fn
+
+    from sae_lens_ext.demo import demo_eval_tokens, demo_sae_path, load_demo_model
+
+    sae = SAE.load_from_disk(demo_sae_path(args.sae_id))
+    model = load_demo_model()
+    tokens = demo_eval_tokens(max(1, args.sae_tokens // 127 + 1))
+    hook = sae.cfg.metadata.hook_name
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=hook)
+    activations = cache[hook][:, 1:].reshape(-1, sae.cfg.d_in)[: args.sae_tokens]
+    loss = sae_loss_fn(float(activations.pow(2).sum(-1).mean()))
+
+    def per_row_loss(net, input_ids):
+        rows = activations[input_ids[:, 0]]
+        error = (net.decode(net.encode(rows)) - rows).pow(2).sum(-1, keepdim=True)
+        return error / float(activations.pow(2).sum(-1).mean())
+
+    ids = torch.arange(len(activations))
+    dataset = Dataset.from_dict({"input_ids": torch.stack([ids, ids], 1).tolist()})
+    return sae, loss, activations, dataset.with_format("torch"), per_row_loss
+
+
+def run_case(name, args):
+    """Both sides on one case; print and return the row."""
+    build = model_case if name == "model" else sae_case
+    model, loss_fn, data, dataset, per_token = build(args)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    rows = [("ours fp32", *ours(model, loss_fn, data, args))]
+    if args.bf16:
+        rows.append(("ours bf16", *ours(model, loss_fn, data, args, torch.bfloat16)))
+    rows.append(
+        ("devinterp", *devinterp_llc(model, dataset, per_token, args, len(data)))
+    )
+    peer = rows[-1]
+    print(
+        f"\n[{name}] {n_params:,} params, {len(data)} rows, {args.chains} chains x "
+        f"({args.burnin} burn-in + {args.draws} draws), batch {args.batch_size}, "
+        f"eps {args.step_size:g}, nbeta {args.nbeta:g}, gamma {args.localization:g}"
+    )
+    for label, llc, llc_se, seconds in rows:
+        gap = abs(llc - peer[1]) / math.hypot(llc_se, peer[2])
+        print(
+            f"  {label:10s} {seconds:8.1f} s   LLC {llc:10.3f} ± {llc_se:.3f}   "
+            f"speed-up x{peer[3] / seconds:5.1f}   |diff| / SE {gap:.2f}"
+        )
+
+
+def main():
+    """Parse flags and run the cases."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--case", choices=["model", "sae", "both"], default="both")
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--draws", type=int, default=100)
+    parser.add_argument("--burnin", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--step-size", type=float, default=1e-4)
+    parser.add_argument("--nbeta", type=float, default=30.0)
+    parser.add_argument("--localization", type=float, default=100.0)
+    parser.add_argument("--sequences", type=int, default=64, help="model case")
+    parser.add_argument("--context", type=int, default=32, help="model case")
+    parser.add_argument("--sae-id", default="resid0-topk-1024")
+    parser.add_argument("--sae-tokens", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(args.seed)
+    print(f"torch threads: {torch.get_num_threads()}")
+    for name in ("model", "sae") if args.case == "both" else (args.case,):
+        run_case(name, args)
+
+
+if __name__ == "__main__":
+    main()
