@@ -298,3 +298,12 @@ def test_absorption_analysis_in_a_run(tiny_model, tiny_tokens, tmp_path):
         assert (folder / name).is_file()
     card = (output.run_dir / "README.md").read_text()
     assert "Feature absorption" in card and "First-letter absorption skipped" in card
+
+
+def test_card_and_plots_report_the_letters():
+    report = letter_report(planted_letters())
+    card = report.card()
+    rate = report.first_letter.metrics["mean_absorption_rate"]
+    assert f"mean absorption rate **{rate:.3f}**" in card
+    assert set(report.plots()) == {"overlap_histogram", "letter_absorption"}
+    assert {"letters", "letter_rows", "suspects"} <= set(report.tables)

@@ -70,6 +70,7 @@ def _letters_section(report) -> str:
             f"**{metrics['mean_absorption_fraction']:.3f}**, "
             f"{metrics['mean_main_latents']:.1f} main latents per letter."
         )
+    text = text.rstrip("; ").rstrip(".") + "."
     return text + (" " + report.letters_note if report.letters_note else "")
 
 

@@ -30,6 +30,7 @@ from .scoring import absorption_scores
 from .topk import StreamingTopK
 
 _CHUNK = 1024
+_COS_TABLE_ENTRIES = 2**24
 N_ABSORBERS = 5
 N_EXAMPLES = 3
 
@@ -140,10 +141,12 @@ class DiscrepancyAccumulator:
 
     def _score(self, rows: StoredRows) -> dict[str, torch.Tensor]:
         """Absorption of each latent's decoder direction on its decoder rows."""
-        d_sae, n_top = self.decoder.ids.shape
+        d_sae = self.decoder.ids.shape[0]
+        # the [d_sae, chunk] cosine table stays under ~64 MB
+        step = max(16, min(_CHUNK, _COS_TABLE_ENTRIES // d_sae))
         parts: dict[str, list[torch.Tensor]] = {}
-        for start in range(0, d_sae, _CHUNK):
-            chunk = torch.arange(start, min(start + _CHUNK, d_sae))
+        for start in range(0, d_sae, step):
+            chunk = torch.arange(start, min(start + step, d_sae))
             for key, value in self._score_chunk(chunk, rows).items():
                 parts.setdefault(key, []).append(value)
         return {key: torch.cat(values) for key, values in parts.items()}
@@ -284,6 +287,7 @@ class DiscrepancyAccumulator:
                     "absorption_score": row.absorption_score,
                     "full_absorption_rate": row.full_absorption_rate,
                     "overlap": row.overlap,
+                    "firing_frequency": row.firing_frequency,
                     "suspected": row.absorption_score >= self.config.flag_threshold,
                     "absorbers": mine["absorber"].astype(int).tolist(),
                     "absorber_cos": mine["decoder_cos"].round(3).tolist(),

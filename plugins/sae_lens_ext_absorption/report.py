@@ -213,8 +213,8 @@ def _letters_note(result: FirstLetterResult, config: AbsorptionConfig) -> str:
         return (
             f"No letter's ground-truth probe reached F1 {config.min_probe_f1} on "
             f"held-out tokens (mean {metrics['mean_probe_f1']:.2f}): this model "
-            "does not linearly represent first letters at this hook, so the "
-            "per-letter rates below are not meaningful."
+            "does not linearly represent first letters at this hook, so its "
+            "per-letter absorption rates (table letters) are not meaningful."
         )
     return ""
 
