@@ -241,3 +241,31 @@ def test_bad_input_gets_a_clear_error(make_call, error, fix):
     with pytest.raises(error, match=None) as raised:
         make_call(model, inputs)
     assert fix in str(raised.value)
+
+
+def test_calibration_flags_the_diverging_step_and_recommends_a_stable_one():
+    from matplotlib.figure import Figure
+    from sae_lens_ext_llc import calibrate_llc
+
+    inputs, targets = regression_data()
+    model = fitted_linear(inputs, targets)
+    calibration = calibrate_llc(
+        model,
+        mse,
+        (inputs, targets),
+        step_sizes=(2.5e-4, 5e-4, 0.5),
+        nbetas=(1000 / math.log(1000),),
+        num_chains=4,
+        num_draws=300,
+        num_burnin=100,
+        progress=False,
+    )
+    table = calibration.table.set_index("step_size")
+    assert len(table) == 3
+    assert not table.loc[0.5, "healthy"]
+    assert "diverged" in table.loc[0.5, "flags"]
+    chosen = calibration.recommended
+    assert chosen is not None, calibration.reason
+    assert chosen["step_size"] in (2.5e-4, 5e-4)
+    assert chosen["llc"] == pytest.approx(5.0, rel=0.15)
+    assert isinstance(calibration.plot(), Figure)

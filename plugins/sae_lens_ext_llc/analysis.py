@@ -25,12 +25,12 @@ class LLCConfig:
     num_chains: int = field(default=4, metadata={"help": "SGLD chains"})
     num_draws: int = field(default=100, metadata={"help": "draws per chain"})
     num_burnin: int = field(default=50, metadata={"help": "burn-in steps per chain"})
-    step_size: float = field(default=1e-5, metadata={"help": "SGLD step size epsilon"})
+    step_size: float = field(default=3e-4, metadata={"help": "SGLD step size epsilon"})
     nbeta: float | None = field(
         default=None, metadata={"help": "inverse temperature n*beta; default m/log m"}
     )
     localization: float = field(
-        default=100.0, metadata={"help": "strength gamma of the pull towards w*"}
+        default=1000.0, metadata={"help": "strength gamma of the pull towards w*"}
     )
     batch_size: int | None = field(
         default=None, metadata={"help": "minibatch rows per step; default all"}
