@@ -13,11 +13,17 @@ curves, and the steps each arm needs to reach the baseline's final MSE.
     python bench/bench_tokenized.py                      # d_sae 1024, k 16, 600 steps
     python bench/bench_tokenized.py --steps 200 --fp32   # quicker, full precision
     python bench/bench_tokenized.py --pair-buckets 8192  # plus a token-pair arm
+    python bench/bench_tokenized.py --inits mean,unigram # compare table inits
+
+Training times of whole arms run one after the other, so on a shared machine
+they are not comparable; the per-step cost is measured separately with the two
+SAEs' steps interleaved on the same batches (median of ``--timing-steps``).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -38,6 +44,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--eval-fraction", type=float, default=0.1)
     parser.add_argument("--pair-buckets", type=int, default=0, help="add a pair arm")
+    parser.add_argument(
+        "--inits", default="mean", help="table inits, one tokenized arm each"
+    )
+    parser.add_argument("--timing-steps", type=int, default=30)
     parser.add_argument("--ce-sequences", type=int, default=64)
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--seed", type=int, default=0)
@@ -68,7 +78,9 @@ def main() -> None:
         seed=args.seed,
         autocast=not args.fp32,
     )
-    variants = {"tokenized": {}}
+    inits = args.inits.split(",")
+    variants = {"tokenized": {"init": inits[0]}}
+    variants.update({f"tokenized-{init}": {"init": init} for init in inits[1:]})
     if args.pair_buckets:
         variants["tokenized+pairs"] = {"pair_buckets": args.pair_buckets}
     started = time.perf_counter()
@@ -90,11 +102,11 @@ def main() -> None:
         f"total {time.perf_counter() - started:.0f} s\n"
     )
     print(summary_text(result))
-    times = result.table.set_index("arm").train_seconds
+    plain, tokenized = interleaved_step_times(model, tokens, options, args)
     print(
-        f"training time: baseline {times['baseline']:.1f} s, tokenized "
-        f"{times['tokenized']:.1f} s (tokenized / baseline "
-        f"{times['tokenized'] / times['baseline']:.2f}; includes held-out evals)"
+        f"seconds per training step (interleaved, median of {args.timing_steps}): "
+        f"baseline {plain:.4f}, tokenized {tokenized:.4f} "
+        f"(tokenized / baseline {tokenized / plain:.2f})"
     )
     curves = pd.DataFrame(
         {name: arm.curve.set_index("step").mse for name, arm in result.arms.items()}
@@ -106,6 +118,34 @@ def main() -> None:
         print(
             f"\nsaved SAEs, comparison.csv, curves.csv, learning_curves.png in {args.out}"
         )
+
+
+def interleaved_step_times(model, tokens, options, args) -> tuple[float, float]:
+    """Median seconds per ``SAETrainer`` step of both arms, steps alternating."""
+    import dataclasses
+
+    from sae_lens_ext_tokenized.data import packed_rows
+    from sae_lens_ext_tokenized.training import make_trainer, new_training_sae
+
+    rows = packed_rows(model, HOOK, tokens[:64])
+    batches = rows[: len(rows) // args.batch_size * args.batch_size].split(
+        args.batch_size
+    )
+    trainers = {}
+    for tokenized in (False, True):
+        arm = dataclasses.replace(options, tokenized=tokenized)
+        sae = new_training_sae(arm, model.cfg.d_model, model.cfg.d_vocab)
+        trainers[tokenized] = make_trainer(sae, arm, iter(()))
+    d_in = model.cfg.d_model
+    times = {False: [], True: []}
+    for step in range(args.timing_steps + 3):
+        batch = batches[step % len(batches)]
+        for tokenized, trainer in trainers.items():
+            started = time.perf_counter()
+            trainer.step(batch if tokenized else batch[:, :d_in])
+            if step >= 3:  # warm-up
+                times[tokenized].append(time.perf_counter() - started)
+    return statistics.median(times[False]), statistics.median(times[True])
 
 
 if __name__ == "__main__":

@@ -286,6 +286,7 @@ def curve_plot(curve: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(5, 3.2))
     ax = fig.subplots()
     ax.plot(curve.step, curve.mse, "o-", markersize=3)
+    ax.set_yscale("log")
     ax.set_xlabel("training steps before the buffer")
     ax.set_ylabel("MSE on the next, unseen buffer")
     ax.set_title("tokenized SAE trained in the run")

@@ -20,7 +20,7 @@ class Comparison:
 
     ``target_mse`` is the baseline's final held-out MSE; ``steps_to_target``
     gives, per arm, the first evaluated step at or below it (None if never);
-    ``speedup`` is baseline steps / tokenized steps.
+    ``speedup`` is baseline steps / tokenized steps (see :func:`speedup_of`).
     """
 
     arms: dict[str, TrainedSAE]
@@ -74,13 +74,17 @@ def compare_with_baseline(
     reached = {name: steps_to_target(arm.curve, target) for name, arm in arms.items()}
     table["steps_to_baseline_mse"] = [reached[name] for name in table.arm]
     first = next(iter(variants))
-    speedup = (
-        reached["baseline"] / reached[first]
-        if reached["baseline"] and reached[first]
-        else None
-    )
+    speedup = speedup_of(reached["baseline"], reached[first])
     figure = learning_curve_plot({n: a.curve for n, a in arms.items()}, target)
     return Comparison(arms, table, target, reached, speedup, figure)
+
+
+def speedup_of(baseline_steps: int | None, steps: int | None) -> float | None:
+    """Baseline steps / tokenized steps; inf if reached at initialisation, None
+    if either arm never reached the target."""
+    if baseline_steps is None or steps is None:
+        return None
+    return baseline_steps / steps if steps else float("inf")
 
 
 def steps_to_target(curve: pd.DataFrame, target: float) -> int | None:

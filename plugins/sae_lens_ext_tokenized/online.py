@@ -5,8 +5,9 @@ batch at a time: rows are buffered (at most ``buffer_rows`` of them), and
 each full buffer is first *evaluated* by the SAE trained so far (so every
 point of the learning curve is measured on rows the SAE has not trained on,
 progressive validation) and then shuffled and trained on with SAE-Lens's
-``SAETrainer``.  The first buffer also initialises ``b_dec`` and the lookup
-tables from its per-token means.
+``SAETrainer``.  The first buffer, after its evaluation (so step 0 is the
+untrained SAE), initialises ``b_dec`` and the lookup tables from its
+per-token means.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ class OnlineTokenizedTrainer:
         return pd.DataFrame(self.records)
 
     def _train_on(self, rows: torch.Tensor) -> None:
+        metrics = reconstruction_metrics(self.sae, rows)  # before it sees them
         if not self.records:
             init_tables_from_means(self.sae, rows)
-        metrics = reconstruction_metrics(self.sae, rows)
         self.records.append(
             {
                 "step": self.trainer.n_training_steps,

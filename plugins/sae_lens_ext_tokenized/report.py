@@ -58,7 +58,12 @@ def save_comparison(result: Comparison, out: Path) -> None:
 def summary_text(result: Comparison) -> str:
     """The comparison table and the steps-to-target ratio as plain text."""
     table = result.table[SUMMARY_COLUMNS].to_string(index=False, float_format="%.4g")
-    speedup = f"{result.speedup:.2f}x" if result.speedup else "n/a (target not reached)"
+    if result.speedup is None:
+        speedup = "n/a (target not reached)"
+    elif result.speedup == float("inf"):
+        speedup = "reached at initialisation (step 0)"
+    else:
+        speedup = f"{result.speedup:.2f}x"
     return (
         f"{table}\n"
         f"target MSE (baseline's final): {result.target_mse:.4g}; "
