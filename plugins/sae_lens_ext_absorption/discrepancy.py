@@ -91,10 +91,12 @@ class DiscrepancyAccumulator:
         projections = (x.to(self.dtype) @ self.projector).float()
         acts = batch.feature_acts.detach().float().cpu()
         self.decoder.update_dense(projections, offset, payload=acts)
-        bar = self.encoder.threshold.clamp_min(0.0)
-        rows, cols = (acts > bar).nonzero(as_tuple=True)
-        self.encoder.update_entries(cols, acts[rows, cols], rows + offset)
-        self.fire_count += (acts > 0).sum(0)
+        rows, cols = acts.nonzero(as_tuple=True)  # one pass over the codes
+        values = acts[rows, cols]
+        firing = values > 0
+        rows, cols, values = rows[firing], cols[firing], values[firing]
+        self.fire_count += torch.bincount(cols, minlength=len(self.fire_count))
+        self.encoder.update_entries(cols, values, rows + offset)
         self.n_rows += acts.shape[0]
         entered = torch.cat(
             [

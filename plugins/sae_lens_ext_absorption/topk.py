@@ -52,6 +52,18 @@ class StreamingTopK:
         bar = self.threshold
         if floor is not None:
             bar = bar.clamp_min(floor)
+        columns = (scores.amax(0) > bar).nonzero()[:, 0]
+        if columns.numel() == 0:
+            return
+        if columns.numel() < _DENSE_FRACTION * scores.shape[1]:
+            # few columns can change: look only at those
+            qualifies = scores[:, columns] > bar[columns]
+            rows, local = qualifies.nonzero(as_tuple=True)
+            cols = columns[local]
+            self.update_entries(
+                cols, scores[rows, cols], rows + offset, payload[rows, cols]
+            )
+            return
         qualifies = scores > bar
         n_qualify = int(qualifies.sum())
         if n_qualify == 0:

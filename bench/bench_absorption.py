@@ -1,0 +1,406 @@
+"""Benchmark the absorption plugin against a straightforward dense implementation.
+
+SAEBench's own absorption evaluation cannot run here (see docs/absorption.md),
+so the peer is written below the way one would without streaming: keep every
+activation, take exact top-N per latent, score each input in a Python loop
+(as SAEBench's calculator does), and fit every probe with scikit-learn.  Both
+sides get the same activations of the demo model (the model pass is not
+timed) and the same labelled rows and train/test split.
+
+    python bench/bench_absorption.py                 # demo resid0-topk-1024, 65536 tokens
+    python bench/bench_absorption.py --seeds 5       # + planted-hierarchy precision/recall
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from sae_lens import SAE
+from sae_lens_ext_absorption import (
+    AbsorptionAccumulator,
+    AbsorptionConfig,
+    absorption_report,
+    planted_hierarchy,
+)
+from sae_lens_ext_absorption.first_letter import _split_by_token
+from sae_lens_ext_absorption.letters import LETTERS, TokenLetters
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from sae_lens_ext.demo import demo_eval_tokens, demo_sae_path, load_demo_model
+from sae_lens_ext.shared_pass import model_activations
+from sae_lens_ext.tokens import iter_token_batches
+
+
+def demo_batches(sae_id: str, n_tokens: int):
+    """The demo model's activations, encoded, as host-style batches."""
+    model = load_demo_model()
+    sae = SAE.load_from_disk(demo_sae_path(sae_id))
+    tokens = demo_eval_tokens()
+    batches, offset = [], 0
+    for acts in model_activations(
+        model,
+        sae.cfg.metadata.hook_name,
+        iter_token_batches(tokens, 32, n_tokens),
+        skip_bos=True,
+    ):
+        with torch.no_grad():
+            codes = sae.encode(acts.sae_in)
+        batches.append(
+            dict(
+                sae_in=acts.sae_in,
+                feature_acts=codes,
+                tokens=acts.tokens,
+                offset=offset,
+            )
+        )
+        offset += len(acts.sae_in)
+    return model, sae, batches
+
+
+class Batch:
+    """Attribute access to a batch dict."""
+
+    def __init__(self, fields):
+        self.__dict__.update(fields)
+
+
+def ours(sae, batches, tokenizer, config):
+    """The plugin's streaming path."""
+    accumulator = AbsorptionAccumulator(sae, config, tokenizer)
+    for batch in batches:
+        accumulator.update(Batch(batch))
+    return accumulator.result(seed=0)
+
+
+# ----------------------------------------------------------------- dense peer
+def saebench_row(projection, main_ids, acts, cosines, dec_norm, config):
+    """One input, scored the way SAEBench's FeatureAbsorptionCalculator does."""
+    contribution = acts * dec_norm * cosines
+    main = float(contribution[main_ids].sum())
+    mask = np.ones(len(acts), bool)
+    mask[main_ids] = False
+    mask &= (cosines >= config.absorber_cos_threshold) & (contribution > 0)
+    top = np.sort(contribution[mask])[::-1][:3].sum()
+    if main >= projection or top < config.share_threshold * projection:
+        fraction = 0.0
+    elif main <= 0:
+        fraction = 1.0
+    else:
+        absorbed = min(top, projection - main)
+        fraction = float(np.clip(absorbed / (absorbed + main), 0, 1))
+    best = int(np.argmax(contribution))
+    full = (
+        all(acts[main_ids] < 1e-10)
+        and cosines[best] >= 0.025
+        and projection >= 0
+        and contribution[best] >= config.share_threshold * projection
+        and contribution[best] > 0
+    )
+    return fraction, full
+
+
+def dense_discrepancy(sae, x, acts, config):
+    """Exact top-N sets and per-latent absorption scores from all rows."""
+    w_dec = sae.W_dec.detach().float()
+    dec_norm = w_dec.norm(dim=1)
+    unit = w_dec / dec_norm[:, None]
+    projections = (x - sae.b_dec.detach()) @ unit.T
+    encoder = acts.T.topk(config.top_n, dim=1)
+    decoder = projections.T.topk(config.top_n, dim=1)
+    cos_all = (unit @ unit.T).numpy()
+    acts_np, dec_norm_np = acts.numpy(), dec_norm.numpy()
+    overlap, score = [], []
+    for latent in tqdm(range(acts.shape[1]), desc="dense discrepancy", leave=False):
+        enc = set(encoder.indices[latent][encoder.values[latent] > 0].tolist())
+        rows = decoder.indices[latent].tolist()
+        overlap.append(len(enc & set(rows)) / len(rows))
+        fractions = [
+            saebench_row(
+                float(decoder.values[latent, j]),
+                [latent],
+                acts_np[row],
+                cos_all[latent],
+                dec_norm_np,
+                config,
+            )[0]
+            for j, row in enumerate(rows)
+        ]
+        score.append(float(np.mean(fractions)))
+    return pd.DataFrame({"overlap": overlap, "absorption_score": score})
+
+
+def dense_first_letter(sae, batches, tokenizer, config):
+    """Keep every labelled row, probe with scikit-learn, score row by row."""
+    letters_of = TokenLetters(tokenizer)
+    x_rows, code_rows, token_rows, counts = [], [], [], {}
+    for batch in batches:
+        labels = letters_of(batch["tokens"])
+        for i in (labels >= 0).nonzero()[:, 0].tolist():
+            token = int(batch["tokens"][i])
+            if counts.get(token, 0) >= config.rows_per_token:
+                continue
+            if len(token_rows) >= config.letter_rows:
+                break
+            counts[token] = counts.get(token, 0) + 1
+            x_rows.append(batch["sae_in"][i])
+            code_rows.append(batch["feature_acts"][i])
+            token_rows.append(token)
+    tokens = torch.tensor(token_rows)
+    x = (torch.stack(x_rows) - sae.b_dec.detach()).numpy()
+    codes = torch.stack(code_rows).numpy()
+    y = letters_of(tokens).numpy()
+    train, test = (t.numpy() for t in _split_by_token(tokens, config.test_fraction, 0))
+    w_dec = sae.W_dec.detach().float().numpy()
+    dec_norm = np.linalg.norm(w_dec, axis=1)
+    scale = codes.max()
+    records = []
+    for letter in range(26):
+        positive_train, positive_test = y[train] == letter, y[test] == letter
+        if positive_train.sum() < 8 or positive_test.sum() < 4:
+            continue
+        probe = LogisticRegression(class_weight="balanced", max_iter=1000)
+        probe.fit(x[train], positive_train)
+        predicted = probe.predict(x[test])
+        f1 = f1_score(predicted, positive_test)
+        l1 = LogisticRegression(
+            solver="liblinear",
+            C=1.0 / (config.l1_penalty * len(train)),
+            class_weight="balanced",
+            l1_ratio=1.0,
+        ).fit(codes[train] / scale, positive_train)
+        difference = codes[train][positive_train].mean(0) - codes[train][
+            ~positive_train
+        ].mean(0)
+        ranked = np.lexsort((-difference / scale, -l1.coef_[0]))[: config.max_k]
+        best_k, best_f1 = 1, None
+        for k in range(1, len(ranked) + 1):
+            columns = ranked[:k]
+            sparse = LogisticRegression(class_weight="balanced", max_iter=1000)
+            sparse.fit(codes[train][:, columns], positive_train)
+            score = f1_score(sparse.predict(codes[test][:, columns]), positive_test)
+            if best_f1 is None:
+                best_f1 = score
+            elif score > best_f1 + config.f1_jump:
+                best_k, best_f1 = k, score
+            else:
+                break
+        main = ranked[:best_k].tolist()
+        direction = probe.coef_[0] / np.linalg.norm(probe.coef_[0])
+        cosines = w_dec @ direction / dec_norm
+        fractions, fulls = [], []
+        for row in test[positive_test & predicted]:
+            fraction, full = saebench_row(
+                float(x[row] @ direction), main, codes[row], cosines, dec_norm, config
+            )
+            fractions.append(fraction)
+            fulls.append(full)
+        records.append(
+            {
+                "letter": LETTERS[letter],
+                "probe_f1": f1,
+                "main_latents": ", ".join(map(str, main)),
+                "absorption_rate": np.mean(fulls) if fulls else np.nan,
+                "absorption_fraction": np.mean(fractions) if fractions else np.nan,
+            }
+        )
+    return pd.DataFrame(records)
+
+
+def f1_score(predicted, truth) -> float:
+    """F1 of boolean arrays."""
+    tp = float((predicted & truth).sum())
+    return 2 * tp / (2 * tp + (predicted & ~truth).sum() + (~predicted & truth).sum())
+
+
+def dense_peer(sae, batches, tokenizer, config):
+    """Store every activation, then compute both diagnostics exactly."""
+    x = torch.cat([b["sae_in"] for b in batches]).float()
+    acts = torch.cat([b["feature_acts"] for b in batches]).float()
+    latents = dense_discrepancy(sae, x, acts, config)
+    letters = dense_first_letter(sae, batches, tokenizer, config)
+    return latents, letters
+
+
+# ------------------------------------------------------------------ synthetic
+def synthetic_precision(seeds: int) -> pd.DataFrame:
+    """Precision@k and recall of the discrepancy ranking on planted hierarchies."""
+    rows = []
+    for seed in range(seeds):
+        for hierarchical in (True, False):
+            planted = planted_hierarchy(seed=seed, hierarchical=hierarchical)
+            x, _ = planted.sample(20_000, seed=100 + seed)
+            with contextlib.redirect_stderr(io.StringIO()):  # no progress bars
+                report = absorption_report(planted.sae, x, top_n=32)
+            table = report.discrepancy.latents
+            k = len(planted.parents)
+            top = table.sort_values("absorption_score", ascending=False).head(k)
+            flagged = set(table.loc[table["absorption_score"] >= 0.25, "latent"])
+            parents = set(planted.parents)
+            rows.append(
+                {
+                    "seed": seed,
+                    "hierarchy": hierarchical,
+                    "parents_absorbed": float(planted.absorption_of_parents().mean()),
+                    "precision_at_k": len(set(top["latent"]) & parents) / k
+                    if hierarchical
+                    else float("nan"),
+                    "recall": len(flagged & parents) / k
+                    if hierarchical
+                    else float("nan"),
+                    "flagged": len(flagged),
+                    "false_alarms": len(flagged - parents),
+                    "max_score_non_parent": float(
+                        table.loc[
+                            ~table["latent"].isin(parents), "absorption_score"
+                        ].max()
+                    ),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def scale_check(batches, d_sae: int, top_n: int) -> None:
+    """Stream the demo activations through a random, sparse ReLU SAE of width
+    ``d_sae`` and report time and the row store's size (memory bound)."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    d_in = batches[0]["sae_in"].shape[1]
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, d_in**-0.5)
+        sae.W_dec.copy_(sae.W_enc.T)
+        sae.b_enc.fill_(-1.5)  # about 1% of latents fire per token
+    config = AbsorptionConfig(top_n=top_n, letters=False)
+    accumulator = AbsorptionAccumulator(sae, config)
+    start, peak = time.perf_counter(), 0
+    for batch in tqdm(batches, desc=f"d_sae={d_sae}", leave=False):
+        sae_in = batch["sae_in"] / batch["sae_in"].norm(dim=1, keepdim=True)
+        with torch.no_grad():
+            codes = sae.encode(sae_in)
+        accumulator.update(
+            Batch(dict(sae_in=sae_in, feature_acts=codes, offset=batch["offset"]))
+        )
+        peak = max(peak, accumulator.discrepancy.store.size)
+    streamed = time.perf_counter() - start
+    report = accumulator.result()
+    total = time.perf_counter() - start
+    n_rows = sum(len(b["sae_in"]) for b in batches)
+    print(
+        f"\nscale: d_sae={d_sae}, {n_rows} tokens, top_n={top_n}: stream {streamed:.1f} s, "
+        f"total {total:.1f} s; row store peak {peak} rows (bound 2 x d_sae x N = "
+        f"{2 * d_sae * top_n}), {report.metrics['alive_latents']} alive latents"
+    )
+
+
+def main():
+    """Run the comparison and print both times, the ratio and the agreement."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sae-id", default="resid0-topk-1024")
+    parser.add_argument("--n-tokens", type=int, default=65_536)
+    parser.add_argument("--top-n", type=int, default=32)
+    parser.add_argument("--seeds", type=int, default=0, help="planted-hierarchy seeds")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch and BLAS threads for both sides (1 is stable on a shared machine)",
+    )
+    parser.add_argument(
+        "--scale-d-sae", type=int, default=0, help="also stream a random SAE this wide"
+    )
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
+
+    model, sae, batches = demo_batches(args.sae_id, args.n_tokens)
+    n_rows = sum(len(b["sae_in"]) for b in batches)
+    print(
+        f"{args.sae_id}: {n_rows} tokens, d_sae={sae.cfg.d_sae}, top_n={args.top_n}, "
+        f"{args.threads} thread(s)"
+    )
+    timings, reports = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        config = AbsorptionConfig(top_n=args.top_n, dtype=dtype)
+        start = time.perf_counter()
+        reports[dtype] = ours(sae, batches, model.tokenizer, config)
+        timings[f"ours ({dtype} projections)"] = time.perf_counter() - start
+    config = AbsorptionConfig(top_n=args.top_n)
+    start = time.perf_counter()
+    dense_latents, dense_letters = dense_peer(sae, batches, model.tokenizer, config)
+    timings["dense peer"] = time.perf_counter() - start
+    for name, seconds in timings.items():
+        ratio = timings["dense peer"] / seconds
+        print(f"{name:28s} {seconds:8.2f} s   dense/this = {ratio:5.1f}x")
+
+    report = reports["float32"]
+    mine = report.discrepancy.latents
+    alive = ~mine["dead"].to_numpy()
+    print("\nencoder-vs-decoder agreement with the dense peer (alive latents):")
+    same = np.isclose(mine["overlap"], dense_latents["overlap"])[alive]
+    print(f"  overlap identical: {same.mean():.4f}")
+    difference = np.abs(mine["absorption_score"] - dense_latents["absorption_score"])
+    print(f"  absorption score max |diff|: {difference[alive].max():.4f}")
+    top_mine = set(mine[alive].nlargest(50, "absorption_score")["latent"])
+    top_dense = set(dense_latents[alive].nlargest(50, "absorption_score").index)
+    print(f"  top-50 suspects in common: {len(top_mine & top_dense)}/50")
+    bf16 = reports["bfloat16"].discrepancy.latents
+    print(
+        "  bf16 vs fp32 projections: overlap identical "
+        f"{np.isclose(bf16['overlap'], mine['overlap'])[alive].mean():.4f}, "
+        "absorption score max |diff| "
+        f"{np.abs(bf16['absorption_score'] - mine['absorption_score'])[alive].max():.4f}"
+    )
+
+    ours_letters = report.first_letter.letters.set_index("letter")
+    dense_letters = dense_letters.set_index("letter")
+    both = ours_letters.join(dense_letters, rsuffix="_dense", how="inner")
+    print("\nfirst-letter agreement with the dense peer:")
+    print(
+        both[
+            [
+                "probe_f1",
+                "probe_f1_dense",
+                "main_latents",
+                "main_latents_dense",
+                "absorption_rate",
+                "absorption_rate_dense",
+            ]
+        ].round(3)
+    )
+    print(
+        f"  main latents identical for {(both['main_latents'] == both['main_latents_dense']).mean():.0%} "
+        f"of letters; mean absorption rate {both['absorption_rate'].mean():.3f} (ours) vs "
+        f"{both['absorption_rate_dense'].mean():.3f} (dense); mean |diff| per letter "
+        f"{(both['absorption_rate'] - both['absorption_rate_dense']).abs().mean():.3f}"
+    )
+
+    if args.scale_d_sae:
+        scale_check(batches, args.scale_d_sae, args.top_n)
+
+    if args.seeds:
+        table = synthetic_precision(args.seeds)
+        print("\nplanted hierarchies (4 parents x 3 children, 8 free features):")
+        print(table.round(3).to_string(index=False))
+        hierarchy = table[table["hierarchy"]]
+        control = table[~table["hierarchy"]]
+        print(
+            f"  {len(hierarchy)} seeds: precision@k {hierarchy['precision_at_k'].mean():.3f}, "
+            f"recall {hierarchy['recall'].mean():.3f}, false alarms "
+            f"{int(hierarchy['false_alarms'].sum())}; without hierarchy: flagged "
+            f"{int(control['flagged'].sum())}, max score {control['max_score_non_parent'].max():.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
