@@ -23,8 +23,8 @@ class LLCConfig:
         default=256, metadata={"help": "sae_in rows kept (first N tokens) as data"}
     )
     num_chains: int = field(default=4, metadata={"help": "SGLD chains"})
-    num_draws: int = field(default=100, metadata={"help": "draws per chain"})
-    num_burnin: int = field(default=50, metadata={"help": "burn-in steps per chain"})
+    num_draws: int = field(default=75, metadata={"help": "draws per chain"})
+    num_burnin: int = field(default=25, metadata={"help": "burn-in steps per chain"})
     step_size: float = field(default=3e-4, metadata={"help": "SGLD step size epsilon"})
     nbeta: float | None = field(
         default=None, metadata={"help": "inverse temperature n*beta; default m/log m"}

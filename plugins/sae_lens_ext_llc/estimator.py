@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .convergence import effective_sample_size
 from .data import Data, chunks, num_rows, take_rows, to_device
 from .diagnostics import ChainEvidence, LLCDiagnostics, diagnose, exploded_chains
 from .sampler import (
@@ -57,7 +58,6 @@ class LLCResult:
     diagnostics: LLCDiagnostics
     trace: pd.DataFrame
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def llc_std(self) -> float:
@@ -283,8 +283,6 @@ def summarise_chains(
         llc_se = float(kept.std(ddof=1) / math.sqrt(kept.size))
     elif kept.size == 1:
         draws = llc_trace[healthy[0], num_burnin:]
-        from .convergence import effective_sample_size
-
         llc_se = float(
             draws.std(ddof=1) / math.sqrt(effective_sample_size(draws[None]))
         )
