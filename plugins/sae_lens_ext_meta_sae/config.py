@@ -13,7 +13,8 @@ class MetaSAEConfig:
     """How to train a meta-SAE on a base SAE's decoder.
 
     - ``d_meta``: number of meta-latents; None picks the paper's ratio,
-      ``round(d_sae * 2304 / 49152)`` (2304 for a 49152-latent SAE).
+      ``round(n * 2304 / 49152)`` for ``n`` base latents trained on (2304
+      for a 49152-latent SAE; ``n < d_sae`` when dead latents are left out).
     - ``k``: mean number of active meta-latents per base latent (BatchTopK
       keeps the ``k * batch_size`` largest activations of each batch).
     - ``steps``, ``batch_size`` (capped at the number of base latents),
@@ -36,7 +37,8 @@ class MetaSAEConfig:
     """
 
     d_meta: int | None = field(
-        default=None, metadata={"help": "meta-latents; default d_sae * 2304 / 49152"}
+        default=None,
+        metadata={"help": "meta-latents; default: latents used * 2304 / 49152"},
     )
     k: float = field(
         default=4.0, metadata={"help": "mean active meta-latents per base latent"}
