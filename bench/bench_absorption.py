@@ -278,7 +278,9 @@ def scale_check(batches, d_sae: int, top_n: int) -> None:
     with torch.no_grad():
         sae.W_enc.normal_(0, d_in**-0.5)
         sae.W_dec.copy_(sae.W_enc.T)
-        sae.b_enc.fill_(-1.5)  # about 1% of latents fire per token
+        sae.b_enc.fill_(
+            -0.2
+        )  # about 1% of latents fire per token (pre-acts ~ N(0, 1/d_in))
     config = AbsorptionConfig(top_n=top_n, letters=False)
     accumulator = AbsorptionAccumulator(sae, config)
     start, peak = time.perf_counter(), 0
@@ -301,6 +303,83 @@ def scale_check(batches, d_sae: int, top_n: int) -> None:
     )
 
 
+def saebench_scoring_check(wheel_dir: str, model, sae, report) -> None:
+    """Score the same inputs with SAEBench's own ``FeatureAbsorptionCalculator``
+    (imported from an unpacked ``sae_bench`` wheel) and with ours.
+
+    SAEBench builds its prompts, runs the model and scores each word; we
+    score the activations of the very same prompts with
+    :func:`absorption_scores`.  The probe is a random unit vector (this checks
+    the scoring, not the probe) and the main latents are ours for the letter.
+    """
+    import sys
+
+    from sae_lens_ext_absorption.letters import first_letter
+    from sae_lens_ext_absorption.scoring import absorption_scores
+
+    sys.path.insert(0, wheel_dir)
+    from sae_bench.evals.absorption.feature_absorption_calculator import (
+        FeatureAbsorptionCalculator,
+    )
+
+    calculator = FeatureAbsorptionCalculator(
+        model=model,
+        icl_word_list=[],
+        max_icl_examples=0,
+        base_template="{word}:",
+        word_token_pos=-2,
+        shuffle_examples=False,
+        batch_size=20,
+    )
+    vocabulary = [model.tokenizer.decode([i]) for i in range(len(model.tokenizer))]
+    unit = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
+    generator = torch.Generator().manual_seed(0)
+    n_words, worst, same_full = 0, 0.0, 0
+    for row in report.first_letter.letters.head(6).itertuples():
+        words = [
+            w
+            for w in vocabulary
+            if w.startswith(" ") and first_letter(w) == LETTERS.index(row.letter)
+        ][:40]
+        main = [int(m) for m in row.main_latents.split(", ")]
+        probe = torch.randn(sae.cfg.d_in, generator=generator)
+        probe /= probe.norm()
+        with torch.no_grad():
+            theirs = calculator.calculate_absorption(
+                sae, words, probe, main, layer=0, show_progress=False
+            ).word_results
+            tokens = model.to_tokens([result.prompt for result in theirs])
+            _, cache = model.run_with_cache(tokens, names_filter=HOOK)
+            x = cache[HOOK][:, -2]
+            acts = sae.encode(x)
+        cosines = (unit @ probe).expand_as(acts)
+        contribution = acts * sae.W_dec.norm(dim=1) * cosines
+        is_main = torch.zeros(acts.shape[1], dtype=torch.bool)
+        is_main[main] = True
+        mine = absorption_scores(
+            x @ probe,
+            contribution[:, is_main].sum(1),
+            (acts[:, is_main] > 0).any(1),
+            torch.where(is_main, 0.0, contribution),
+            torch.where(is_main, 0.0, cosines),
+            share_threshold=0.4,
+            cos_threshold=0.1,
+        )
+        fractions = torch.tensor([result.absorption_fraction for result in theirs])
+        fulls = torch.tensor([result.is_full_absorption for result in theirs])
+        worst = max(worst, float((fractions - mine.fraction).abs().max()))
+        same_full += int((fulls == mine.full).sum())
+        n_words += len(words)
+    print(
+        f"\nSAEBench's FeatureAbsorptionCalculator vs ours on {n_words} prompts: "
+        f"absorption fraction max |diff| {worst:.2e}, full absorption identical "
+        f"{same_full}/{n_words}"
+    )
+
+
+HOOK = "blocks.0.hook_resid_post"
+
+
 def main():
     """Run the comparison and print both times, the ratio and the agreement."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -315,10 +394,17 @@ def main():
         help="torch and BLAS threads for both sides (1 is stable on a shared machine)",
     )
     parser.add_argument(
+        "--saebench-wheel",
+        default=None,
+        help="folder of an unpacked sae_bench wheel: check our scoring against it",
+    )
+    parser.add_argument(
         "--scale-d-sae", type=int, default=0, help="also stream a random SAE this wide"
     )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_columns", 10)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
@@ -384,6 +470,9 @@ def main():
         f"{both['absorption_rate_dense'].mean():.3f} (dense); mean |diff| per letter "
         f"{(both['absorption_rate'] - both['absorption_rate_dense']).abs().mean():.3f}"
     )
+
+    if args.saebench_wheel:
+        saebench_scoring_check(args.saebench_wheel, model, sae, report)
 
     if args.scale_d_sae:
         scale_check(batches, args.scale_d_sae, args.top_n)

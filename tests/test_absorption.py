@@ -307,3 +307,9 @@ def test_card_and_plots_report_the_letters():
     assert f"mean absorption rate **{rate:.3f}**" in card
     assert set(report.plots()) == {"overlap_histogram", "letter_absorption"}
     assert {"letters", "letter_rows", "suspects"} <= set(report.tables)
+
+
+def test_one_thread_is_restored_after_the_report():
+    torch.set_num_threads(2)
+    letter_report(planted_letters())
+    assert torch.get_num_threads() == 2
