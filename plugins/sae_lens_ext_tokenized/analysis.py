@@ -66,8 +66,8 @@ class TokenIdentityConfig:
     pair_buckets: int = field(
         default=0, metadata={"help": "rows of its hashed token-pair table (0: none)"}
     )
-    batch_size: int = field(default=512, metadata={"help": "its training batch"})
-    lr: float = field(default=2e-3, metadata={"help": "its learning rate"})
+    batch_size: int = field(default=1024, metadata={"help": "its training batch"})
+    lr: float = field(default=4e-3, metadata={"help": "its learning rate"})
     buffer_rows: int = field(
         default=8192,
         metadata={"help": "rows evaluated, then shuffled and trained on, at a time"},
