@@ -103,12 +103,13 @@ def card_text(result: LLCResult) -> str:
     """The model-card section: estimate, settings, verdict and caveats."""
     s = result.settings
     diag = result.diagnostics
-    verdict = (
-        "All diagnostics passed."
-        if diag.ok
-        else "Diagnostics raised concerns:\n\n"
-        + "\n".join(f"- {m}" for m in diag.messages())
-    )
+    notes = "\n".join(f"- {m}" for m in diag.messages())
+    if diag.ok:
+        verdict = "No check raised an error or a warning." + (
+            f" Notes:\n\n{notes}" if notes else ""
+        )
+    else:
+        verdict = f"Diagnostics raised concerns:\n\n{notes}"
     return (
         f"Local learning coefficient of the SAE's {result.n_params:,} weights: "
         f"**{result.llc:.4g} ± {result.llc_se:.2g}** (standard error over "
