@@ -17,7 +17,9 @@ def card_text(report) -> str:
         "absorption fraction with the decoder direction as the probe).",
         "",
         f"- alive latents: {metrics['alive_latents']} of "
-        f"{len(report.discrepancy.latents)}, over {metrics['n_rows']} tokens",
+        f"{len(report.discrepancy.latents)}, over {metrics['n_rows']} tokens; "
+        f"{metrics['rare_latents']} fired fewer than {report.config.top_n} times and "
+        "are left out of the numbers below",
         f"- mean overlap: **{metrics['mean_overlap']:.2f}**; latents with "
         f"overlap < 0.5: {metrics['low_overlap_fraction']:.1%}",
         f"- mean absorption score: **{metrics['mean_absorption_score']:.3f}**; "

@@ -46,16 +46,20 @@ class DiscrepancyResult:
     n_rows: int
 
     def metrics(self, flag_threshold: float) -> dict[str, float]:
-        """Headline numbers over latents that fired at least once."""
+        """Headline numbers over latents that fired at least ``top_n`` times
+        (for rarer ones the encoder list is not full and the comparison says
+        little; they are counted as ``rare_latents``)."""
         alive = self.latents[~self.latents["dead"]]
+        scored = alive[~alive["rare"]]
         return {
             "n_rows": self.n_rows,
             "alive_latents": int(len(alive)),
-            "mean_overlap": float(alive["overlap"].mean()),
-            "low_overlap_fraction": float((alive["overlap"] < 0.5).mean()),
-            "mean_absorption_score": float(alive["absorption_score"].mean()),
+            "rare_latents": int(alive["rare"].sum()),
+            "mean_overlap": float(scored["overlap"].mean()),
+            "low_overlap_fraction": float((scored["overlap"] < 0.5).mean()),
+            "mean_absorption_score": float(scored["absorption_score"].mean()),
             "suspected_latents": int(
-                (alive["absorption_score"] >= flag_threshold).sum()
+                (scored["absorption_score"] >= flag_threshold).sum()
             ),
         }
 
@@ -211,7 +215,9 @@ class DiscrepancyAccumulator:
             {
                 "latent": range(valid.shape[0]),
                 "firing_frequency": (self.fire_count.float() / self.n_rows).numpy(),
+                "fires": self.fire_count.numpy(),
                 "dead": (self.fire_count == 0).numpy(),
+                "rare": (self.fire_count < self.config.top_n).numpy(),
                 "overlap": (in_encoder.sum(1) / n_valid).numpy(),
                 "decoder_only_rows": (valid & ~in_encoder).sum(1).numpy(),
                 "fires_on_decoder_top": (
@@ -273,7 +279,7 @@ class DiscrepancyAccumulator:
         return table.groupby("latent").head(N_ABSORBERS).reset_index(drop=True)
 
     def _suspect_table(self, latents, absorbers, scored, rows, decode) -> pd.DataFrame:
-        alive = latents[~latents["dead"]]
+        alive = latents[~latents["dead"] & ~latents["rare"]]
         ranked = alive.sort_values(
             ["absorption_score", "full_absorption_rate"], ascending=False
         )

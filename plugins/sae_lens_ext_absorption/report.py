@@ -257,7 +257,7 @@ def _flat(table: pd.DataFrame) -> pd.DataFrame:
 
 def overlap_histogram(latents: pd.DataFrame) -> Figure:
     """Histogram of encoder/decoder top-N overlap, suspected latents stacked."""
-    alive = latents[~latents["dead"]]
+    alive = latents[~latents["dead"] & ~latents["rare"]]
     suspected = alive["absorption_score"] > 0
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
@@ -272,7 +272,7 @@ def overlap_histogram(latents: pd.DataFrame) -> Figure:
     ax.set_xlabel("overlap of encoder and decoder top-N inputs")
     ax.set_ylabel("latents")
     ax.legend()
-    ax.set_title(f"{len(alive)} alive latents")
+    ax.set_title(f"{len(alive)} latents firing at least top_n times")
     fig.tight_layout()
     return fig
 
