@@ -313,3 +313,9 @@ def test_one_thread_is_restored_after_the_report():
     torch.set_num_threads(2)
     letter_report(planted_letters())
     assert torch.get_num_threads() == 2
+
+
+def test_report_from_token_ids_runs_the_model(tiny_model, tiny_tokens):
+    report = absorption_report(make_sae(), tiny_tokens, model=tiny_model, top_n=4)
+    assert report.metrics["n_rows"] == tiny_tokens.shape[0] * (tiny_tokens.shape[1] - 1)
+    assert report.first_letter is None and "no tokenizer" in report.letters_note
