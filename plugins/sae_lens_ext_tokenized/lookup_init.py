@@ -3,9 +3,9 @@
 ``"mean"`` (default): ``b_dec`` is the mean activation and ``T[t]`` the mean
 activation of token ``t`` minus it, so at step 0 the SAE already predicts
 every activation by its token's mean; the pair table starts at the mean of
-what remains per (previous, current) bucket.  ``"unigram"`` follows the
-paper's code: ``T[t]`` is ``scale`` times the model's activation at ``t``
-right after BOS (the activation of ``t`` with no context).  ``"zeros"``
+what remains per (previous, current) bucket.  ``"unigram"``: ``T[t]`` is
+``scale`` times the model's activation at ``t`` right after BOS (the
+activation of ``t`` with no context, defined for every token).  ``"zeros"``
 leaves the tables at zero.
 """
 
@@ -66,7 +66,7 @@ def init_tables_from_means(
 def init_tables_from_unigrams(
     sae, model, hook_name: str, scale: float = 0.5, batch_size: int = 1024
 ) -> None:
-    """Paper initialisation: ``T[t] = scale * act([BOS, t])[1]``."""
+    """Unigram initialisation: ``T[t] = scale * act([BOS, t])[1]``."""
     from .data import activation_rows
 
     check_vocab(sae, model.cfg.d_vocab)
