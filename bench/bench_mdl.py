@@ -2,9 +2,11 @@
 
 Both sides see the same generated sparse SAE codes (TopK-like, ``--l0`` active
 latents per token with a Zipf-like firing distribution) and compute every
-latent's entropy at one precision.  Each side runs in its own subprocess so
-its peak memory (max RSS above the process's baseline after imports and data
-generation set-up) is its own.  Prints times, tokens/s, peak memory and ratios.
+latent's entropy at one precision.  The codes are generated once, into one
+safetensors file per chunk; each side runs in its own subprocess reading them
+chunk by chunk, and its peak memory is the peak resident set size (sampled
+every 2 ms) above the level after imports.  Prints times, tokens/s, peak
+memory and ratios.
 
     python bench/bench_mdl.py                       # 1M tokens x 16k latents
     python bench/bench_mdl.py --tokens 100000       # quicker
@@ -17,9 +19,13 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 
 def chunks(n_tokens: int, d_sae: int, l0: int, chunk: int, seed: int = 0):
@@ -42,13 +48,30 @@ def chunks(n_tokens: int, d_sae: int, l0: int, chunk: int, seed: int = 0):
         yield latents.flatten(), values.flatten(), n
 
 
+def write_chunks(args, folder: Path) -> None:
+    """Generate the codes once, one safetensors file per chunk."""
+    codes = chunks(args.tokens, args.d_sae, args.l0, args.chunk)
+    for i, (latents, values, n) in enumerate(codes):
+        save_file(
+            {"latents": latents, "values": values, "n": torch.tensor([n])},
+            folder / f"{i:05d}.safetensors",
+        )
+
+
+def read_chunks(folder: Path):
+    """Yield ``(latents, values, n)`` from the chunk files, in order."""
+    for path in sorted(folder.glob("*.safetensors")):
+        chunk = load_file(path)
+        yield chunk["latents"], chunk["values"], int(chunk["n"])
+
+
 def streaming(args) -> tuple[torch.Tensor, float]:
     """Our way: bincount each chunk into per-latent histograms."""
     from sae_lens_ext_mdl import QuantisedHistograms
 
     hist = QuantisedHistograms(args.d_sae, args.precision)
     elapsed = 0.0
-    for latents, values, n in chunks(args.tokens, args.d_sae, args.l0, args.chunk):
+    for latents, values, n in read_chunks(args.data):
         start = time.perf_counter()
         hist.add(latents, values, n)
         elapsed += time.perf_counter() - start
@@ -65,10 +88,10 @@ def naive(args) -> tuple[torch.Tensor, float]:
     latent's quantised values with ``torch.unique``.
     """
     kept_latents, kept_values, total, elapsed = [], [], 0, 0.0
-    for latents, values, n in chunks(args.tokens, args.d_sae, args.l0, args.chunk):
+    for latents, values, n in read_chunks(args.data):
         start = time.perf_counter()
-        kept_latents.append(latents.clone())
-        kept_values.append(values.clone())
+        kept_latents.append(latents)
+        kept_values.append(values)
         total += n
         elapsed += time.perf_counter() - start
     start = time.perf_counter()
@@ -88,14 +111,42 @@ def naive(args) -> tuple[torch.Tensor, float]:
     return entropy, elapsed + time.perf_counter() - start
 
 
+class RSSPeak:
+    """Peak resident memory (KiB) above the level at entry, sampled every 2 ms."""
+
+    def __enter__(self):
+        self.base = self.peak = current_rss_kb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, current_rss_kb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_kb())
+        self.peak_kb = self.peak - self.base
+
+
+def current_rss_kb() -> int:
+    """This process's resident set size now, in KiB (Linux)."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() // 1024
+
+
 def child(method: str, args) -> None:
     """Run one side, print JSON with its time and peak memory."""
+    import sae_lens_ext_mdl  # noqa: F401  (imported by both sides, before the baseline)
+
     torch.set_num_threads(args.threads)
-    # The generator's own memory (one chunk) is in the baseline.
-    next(chunks(args.chunk, args.d_sae, args.l0, args.chunk, seed=1))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    entropy, seconds = {"streaming": streaming, "naive": naive}[method](args)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+    with RSSPeak() as rss:
+        entropy, seconds = {"streaming": streaming, "naive": naive}[method](args)
+    peak = rss.peak_kb
     print(
         json.dumps(
             {"seconds": seconds, "peak_mb": peak / 1024, "bits": entropy.sum().item()}
@@ -113,15 +164,19 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=32_768)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--child", choices=["streaming", "naive"])
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args)
         return
     results = {}
-    for method in ("streaming", "naive"):
-        cmd = [sys.executable, __file__, "--child", method, *sys.argv[1:]]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        results[method] = json.loads(out.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as folder:
+        write_chunks(args, Path(folder))
+        for method in ("streaming", "naive"):
+            cmd = [sys.executable, __file__, "--child", method, "--data", folder]
+            cmd += sys.argv[1:]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            results[method] = json.loads(out.stdout.strip().splitlines()[-1])
     ours, peer = results["streaming"], results["naive"]
     print(
         f"{args.tokens:,} tokens x {args.d_sae:,} latents, L0 {args.l0}, precision {args.precision}"
