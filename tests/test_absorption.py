@@ -12,8 +12,9 @@ from sae_lens_ext_absorption import absorption_report
 from sae_lens_ext_absorption.config import AbsorptionConfig
 from sae_lens_ext_absorption.discrepancy import DiscrepancyAccumulator
 from sae_lens_ext_absorption.letters import LetterSampler, first_letter
+from sae_lens_ext_absorption.probes import _BalancedBCE, balanced_bce
 from sae_lens_ext_absorption.report import AbsorptionAccumulator
-from sae_lens_ext_absorption.row_store import RowStore, lookup
+from sae_lens_ext_absorption.row_store import RowStore, lookup, top_entries
 from sae_lens_ext_absorption.scoring import absorption_scores
 from sae_lens_ext_absorption.synthetic import (
     WordTokenizer,
@@ -63,15 +64,25 @@ def test_row_store_keeps_every_referenced_row_after_pruning():
         chunk = acts[start : start + 500]
         top.update_dense(chunk, start, floor=0.0)
         entered = top.ids[top.ids >= start].unique()
-        store.add(entered, chunk[entered - start], None, None)
+        slot_of_row = torch.full((len(chunk),), -1)
+        slot_of_row[entered - start] = torch.arange(len(entered))
+        rows, latents = chunk.nonzero(as_tuple=True)
+        store.add_entries(
+            entered, slot_of_row[rows], latents, chunk[rows, latents], None, None
+        )
         store.maybe_prune(top.live_ids)
     rows = store.rows()
     live = top.live_ids()
     where, found = lookup(rows, live)
     assert found.all()
     assert rows.ids.numel() <= 2 * top.ids.numel()
-    expected = acts[live].topk(6, dim=1).values
-    torch.testing.assert_close(rows.code_values[where], expected.clamp_min(0))
+    expected = acts[live].topk(6, dim=1)
+    torch.testing.assert_close(rows.code_values[where], expected.values.clamp_min(0))
+    firing = expected.values > 0
+    assert torch.equal(
+        rows.code_latents[where][firing], expected.indices[firing].to(torch.int32)
+    )
+    assert (rows.code_latents[where][~firing] == -1).all()
 
 
 def test_scoring_follows_saebench_cases():
@@ -319,3 +330,38 @@ def test_report_from_token_ids_runs_the_model(tiny_model, tiny_tokens):
     report = absorption_report(make_sae(), tiny_tokens, model=tiny_model, top_n=4)
     assert report.metrics["n_rows"] == tiny_tokens.shape[0] * (tiny_tokens.shape[1] - 1)
     assert report.first_letter is None and "no tokenizer" in report.letters_note
+
+
+@pytest.mark.parametrize("width", [4, 12])
+def test_top_entries_match_dense_topk(width):
+    # width 12 >= every row's count: entries placed as nonzero gives them;
+    # width 4: the 4 largest searched per row
+    generator = torch.Generator().manual_seed(2)
+    acts = torch.relu(torch.randn(50, 12, generator=generator))
+    rows, latents = acts.nonzero(as_tuple=True)
+    kept = torch.tensor([3, 7, 8, 20, 49])
+    slot_of_row = torch.full((50,), -1)
+    slot_of_row[kept] = torch.arange(len(kept))
+    codes, values = top_entries(
+        len(kept), slot_of_row[rows], latents, acts[rows, latents], width
+    )
+    expected = acts[kept].topk(width, dim=1)
+    order = values.argsort(dim=1, descending=True, stable=True)
+    torch.testing.assert_close(values.gather(1, order), expected.values)
+    firing = expected.values > 0
+    sorted_codes = codes.gather(1, order)
+    assert torch.equal(sorted_codes[firing], expected.indices[firing].to(torch.int32))
+    assert (sorted_codes[~firing] == -1).all()
+
+
+def test_hand_written_probe_gradient_matches_autograd():
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(40, 3, generator=generator)
+    labels = torch.rand(40, 3, generator=generator) < 0.2
+    logits.requires_grad_(True)
+    expected = balanced_bce(logits, labels)
+    expected.backward()
+    objective = _BalancedBCE(labels)
+    loss, grad = objective(logits.detach().T)
+    torch.testing.assert_close(loss, expected.detach())
+    torch.testing.assert_close(grad.T, logits.grad)

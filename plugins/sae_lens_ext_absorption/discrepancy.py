@@ -109,10 +109,14 @@ class DiscrepancyAccumulator:
             ]
         ).unique()
         local = entered - offset
+        slot_of_row = torch.full((acts.shape[0],), -1, dtype=torch.long)
+        slot_of_row[local] = torch.arange(len(local))
         positions = getattr(batch, "positions", None)
-        self.store.add(
+        self.store.add_entries(
             entered,
-            acts[local],
+            slot_of_row[rows],
+            cols,
+            values,
             getattr(batch, "token_context", None),
             positions[local] if positions is not None else None,
         )

@@ -59,26 +59,27 @@ class RowStore:
         self.size = 0
         self._next_prune = 65_536
 
-    def add(
+    def add_entries(
         self,
         ids: torch.Tensor,
-        feature_acts: torch.Tensor,
+        slots: torch.Tensor,
+        latents: torch.Tensor,
+        values: torch.Tensor,
         token_context: torch.Tensor | None,
         positions: torch.Tensor | None,
     ) -> None:
-        """Store rows ``ids - offset`` of a batch (``feature_acts`` already
-        restricted to those rows, ``positions`` too)."""
+        """Store rows ``ids`` of a batch from its firing entries: entry ``e``
+        is latent ``latents[e]`` with activation ``values[e] > 0`` on row
+        ``ids[slots[e]]`` (entries of other rows have ``slots[e] = -1``);
+        ``positions`` is restricted to the stored rows.  Each row keeps its
+        ``n_codes`` largest activations, taken from the entries the caller
+        already has, so no pass over the ``d_sae`` columns of each row."""
         if ids.numel() == 0:
             return
-        acts = feature_acts.float()
-        m = min(self.n_codes, acts.shape[1])
-        values, latents = acts.topk(m, dim=1)
-        latents = torch.where(values > 0, latents, -1).to(torch.int32)
-        values = values.clamp_min(0)
-        if m < self.n_codes:
-            pad = self.n_codes - m
-            latents = torch.nn.functional.pad(latents, (0, pad), value=-1)
-            values = torch.nn.functional.pad(values, (0, pad))
+        codes, code_values = top_entries(len(ids), slots, latents, values, self.n_codes)
+        self._append(ids, codes, code_values, token_context, positions)
+
+    def _append(self, ids, latents, values, token_context, positions) -> None:
         contexts = context_windows(token_context, positions, self.n_context, len(ids))
         self.parts.append(StoredRows(ids.long(), latents, values, contexts))
         self.size += len(ids)
@@ -116,6 +117,39 @@ def context_windows(
     valid = cols >= 0
     tokens = token_context[seq[:, None], cols.clamp_min(0)]
     return torch.where(valid, tokens, -1).to(torch.int32)
+
+
+def top_entries(
+    n_rows: int,
+    slots: torch.Tensor,
+    latents: torch.Tensor,
+    values: torch.Tensor,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, its ``(latent, value)`` entries, or the ``width`` largest.
+
+    Entry ``e`` belongs to row ``slots[e]`` (``-1``: to none).  Returns
+    ``[n_rows, width]`` latents (int32, -1 where unused) and values (0 where
+    unused).  Entries already grouped by row (as ``nonzero`` gives them) with
+    at most ``width`` per row are placed as they come, with no sort; the
+    ``width`` largest are only searched for otherwise.
+    """
+    keep = slots >= 0
+    slots, latents, values = slots[keep], latents[keep], values[keep].float()
+    counts = torch.bincount(slots, minlength=n_rows)
+    grouped = bool((slots[1:] >= slots[:-1]).all())
+    if not grouped or int(counts.max()) > width:
+        order = values.argsort(descending=True, stable=True)
+        slots, latents, values = slots[order], latents[order], values[order]
+        order = slots.argsort(stable=True)
+        slots, latents, values = slots[order], latents[order], values[order]
+    rank = torch.arange(len(slots)) - (counts.cumsum(0) - counts)[slots]
+    keep = rank < width
+    out_latents = torch.full((n_rows, width), -1, dtype=torch.int32)
+    out_values = torch.zeros(n_rows, width)
+    out_latents[slots[keep], rank[keep]] = latents[keep].to(torch.int32)
+    out_values[slots[keep], rank[keep]] = values[keep]
+    return out_latents, out_values
 
 
 def lookup(rows: StoredRows, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
