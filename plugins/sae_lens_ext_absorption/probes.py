@@ -159,7 +159,8 @@ def l1_ranking(codes, labels: torch.Tensor, *, l1: float, max_k: int) -> torch.T
 
     sklearn = require("sklearn", "absorption", "first-letter k-sparse probing")
     linear_model = require("sklearn.linear_model", "absorption", "k-sparse probing")
-    codes = codes / max(codes.max(), 1e-6)
+    # float64 once, not once per fit (liblinear converts to it)
+    codes = (codes / max(codes.max(), 1e-6)).astype(np.float64)
     n_rows, n_columns = codes.shape
     new_api = tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8)
     penalty = {"l1_ratio": 1.0} if new_api else {"penalty": "l1"}
