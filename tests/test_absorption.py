@@ -12,7 +12,7 @@ from sae_lens_ext_absorption import absorption_report
 from sae_lens_ext_absorption.config import AbsorptionConfig
 from sae_lens_ext_absorption.discrepancy import DiscrepancyAccumulator
 from sae_lens_ext_absorption.letters import LetterSampler, first_letter
-from sae_lens_ext_absorption.probes import _BalancedBCE, balanced_bce
+from sae_lens_ext_absorption.probes import _BalancedBCE, balanced_bce, fit_probes
 from sae_lens_ext_absorption.report import AbsorptionAccumulator
 from sae_lens_ext_absorption.row_store import RowStore, lookup, top_entries
 from sae_lens_ext_absorption.scoring import absorption_scores
@@ -365,3 +365,21 @@ def test_hand_written_probe_gradient_matches_autograd():
     loss, grad = objective(logits.detach().T)
     torch.testing.assert_close(loss, expected.detach())
     torch.testing.assert_close(grad.T, logits.grad)
+
+
+def test_whitened_probe_fit_reaches_the_plain_objectives_optimum():
+    # anisotropic inputs (feature scales 0.01..10): the fit runs in whitened
+    # coordinates, but must minimise balanced BCE + l2 ||w||^2 of the plain
+    # (centred, overall-scaled) inputs: its gradient there vanishes
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(600, 6, generator=generator) * torch.logspace(-2, 1, 6)
+    labels = torch.stack([x[:, 0] > 0.005, x[:, 5] + x[:, 1] * 300 > 2], 1)
+    probes = fit_probes(x, labels, max_iter=60)
+    mean = x.mean(0)
+    scale = (x - mean).pow(2).mean().sqrt()
+    weight = (probes.weight * scale).requires_grad_(True)
+    bias = (probes.bias + (mean / scale) @ weight.T).detach().requires_grad_(True)
+    loss = balanced_bce((x - mean) / scale @ weight.T + bias, labels)
+    (loss + 1e-3 * weight.pow(2).sum()).backward()
+    assert weight.grad.abs().max() < 1e-4
+    assert bias.grad.abs().max() < 1e-4
