@@ -64,11 +64,10 @@ class StreamingTopK:
                 cols, scores[rows, cols], rows + offset, payload[rows, cols]
             )
             return
-        qualifies = scores > bar
-        n_qualify = int(qualifies.sum())
-        if n_qualify == 0:
+        rows, cols = (scores > bar).nonzero(as_tuple=True)
+        if rows.numel() == 0:
             return
-        if n_qualify > _DENSE_FRACTION * scores.numel():
+        if rows.numel() > _DENSE_FRACTION * scores.numel():
             k = min(self.n_top, scores.shape[0])
             values, rows = scores.T.contiguous().topk(k, dim=1)
             extra = payload.T.gather(1, rows).float()
@@ -80,7 +79,6 @@ class StreamingTopK:
                 extra = torch.where(keep, extra, 0.0)
             self._merge(values, ids, extra)
             return
-        rows, cols = qualifies.nonzero(as_tuple=True)
         self.update_entries(
             cols, scores[rows, cols], rows + offset, payload[rows, cols]
         )
