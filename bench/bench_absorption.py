@@ -388,6 +388,12 @@ def main():
     parser.add_argument("--top-n", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=0, help="planted-hierarchy seeds")
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed runs per side, taking turns; the median is reported",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -415,19 +421,25 @@ def main():
         f"{args.sae_id}: {n_rows} tokens, d_sae={sae.cfg.d_sae}, top_n={args.top_n}, "
         f"{args.threads} thread(s)"
     )
-    timings, reports = {}, {}
-    for dtype in ("float32", "bfloat16"):
-        config = AbsorptionConfig(top_n=args.top_n, dtype=dtype)
+    samples, reports = {}, {}
+    for _ in range(args.repeats):  # the sides take turns, so drift hits both
+        for dtype in ("float32", "bfloat16"):
+            config = AbsorptionConfig(top_n=args.top_n, dtype=dtype)
+            start = time.perf_counter()
+            reports[dtype] = ours(sae, batches, model.tokenizer, config)
+            samples.setdefault(f"ours ({dtype} projections)", []).append(
+                time.perf_counter() - start
+            )
+        config = AbsorptionConfig(top_n=args.top_n)
         start = time.perf_counter()
-        reports[dtype] = ours(sae, batches, model.tokenizer, config)
-        timings[f"ours ({dtype} projections)"] = time.perf_counter() - start
-    config = AbsorptionConfig(top_n=args.top_n)
-    start = time.perf_counter()
-    dense_latents, dense_letters = dense_peer(sae, batches, model.tokenizer, config)
-    timings["dense peer"] = time.perf_counter() - start
+        dense_latents, dense_letters = dense_peer(sae, batches, model.tokenizer, config)
+        samples.setdefault("dense peer", []).append(time.perf_counter() - start)
+    timings = {name: float(np.median(times)) for name, times in samples.items()}
+    print(f"median of {args.repeats} run(s) per side (all runs in brackets):")
     for name, seconds in timings.items():
         ratio = timings["dense peer"] / seconds
-        print(f"{name:28s} {seconds:8.2f} s   dense/this = {ratio:5.1f}x")
+        runs = ", ".join(f"{t:.2f}" for t in samples[name])
+        print(f"{name:28s} {seconds:8.2f} s   dense/this = {ratio:5.1f}x   [{runs}]")
 
     report = reports["float32"]
     mine = report.discrepancy.latents
