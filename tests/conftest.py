@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -93,3 +99,34 @@ def hub(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     yield double
     double.stop()
+
+
+def prefill_hf_cache(cache: Path, repo_id: str, folder: str, sae) -> None:
+    """Save ``sae`` as ``folder`` of model repo ``repo_id`` in an HF cache layout."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    sae.save_model(repo / "snapshots" / commit / folder)
+
+
+def run_offline(script: str, cache: Path, home: Path) -> list[str]:
+    """Run ``script`` in a fresh Python with ``HF_HUB_OFFLINE=1`` on ``cache``.
+
+    Returns the fields of the line the script printed starting with ``LOADED``.
+    """
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(cache),
+        "HF_HOME": str(home),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("LOADED"))
+    return line.split()[1:]

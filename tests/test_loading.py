@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
-from conftest import make_sae
+from conftest import make_sae, prefill_hf_cache, run_offline
 
 from sae_lens_ext import load_sae
 from sae_lens_ext.loading import SAELoadError
@@ -58,31 +57,16 @@ def test_unknown_sae_id_in_sae_lens_release_lists_close_ids():
 def test_from_pretrained_through_a_prefilled_offline_cache(tmp_path):
     """The real SAE.from_pretrained path, served from an HF cache, no network."""
     sae = make_sae()
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--someone--tiny-saes"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    sae.save_model(repo / "snapshots" / commit / "layer0")
-    script = textwrap.dedent(
+    prefill_hf_cache(tmp_path / "hub", "someone/tiny-saes", "layer0", sae)
+    d_sae, total = run_offline(
         """
-        import torch
         from sae_lens_ext import load_sae
         sae = load_sae("someone/tiny-saes", "layer0")
         print("LOADED", sae.cfg.d_sae, float(sae.W_dec.sum()))
-        """
+        """,
+        tmp_path / "hub",
+        tmp_path / "hf-home",
     )
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_CACHE": str(tmp_path / "hub"),
-        "HF_HOME": str(tmp_path / "hf-home"),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("LOADED"))
-    _, d_sae, total = line.split()
     assert int(d_sae) == sae.cfg.d_sae
     assert float(total) == pytest.approx(sae.W_dec.sum().item(), rel=1e-5)
 

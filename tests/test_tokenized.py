@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
+from conftest import prefill_hf_cache, run_offline
 from sae_lens import SAE, TopKSAE, TopKSAEConfig, TrainingSAE
 from sae_lens_ext_tokenized import (
     NO_PREVIOUS,
@@ -152,12 +148,8 @@ def test_training_sae_saves_to_the_same_inference_outputs(tmp_path, base):
 def test_from_pretrained_loads_a_hub_repo_of_ours(tmp_path):
     """``SAE.from_pretrained(repo, folder)`` through a pre-filled offline HF cache."""
     sae = tokenized_sae(pair_buckets=5)
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--ours--tokenized-saes"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    sae.save_model(repo / "snapshots" / commit / "layer0")
-    script = textwrap.dedent(
+    prefill_hf_cache(tmp_path / "hub", "ours/tokenized-saes", "layer0", sae)
+    name, total = run_offline(
         """
         from sae_lens import SAE
         import sae_lens_ext_tokenized  # importing the plugin registers it
@@ -165,20 +157,10 @@ def test_from_pretrained_loads_a_hub_repo_of_ours(tmp_path):
         from sae_lens_ext.plugins import get_registry
         get_registry()  # the host's hook afterwards is a no-op, not an error
         print("LOADED", type(sae).__name__, float(sae.W_pair_lookup.sum()))
-        """
+        """,
+        tmp_path / "hub",
+        tmp_path / "hf-home",
     )
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_CACHE": str(tmp_path / "hub"),
-        "HF_HOME": str(tmp_path / "hf-home"),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("LOADED"))
-    _, name, total = line.split()
     assert name == "TokenizedTopKSAE"
     assert float(total) == pytest.approx(sae.W_pair_lookup.sum().item(), rel=1e-5)
 
