@@ -28,7 +28,7 @@ from .estimator import (
     settings_record,
     summarise_chains,
 )
-from .sampler import ChainSettings, sample_chains
+from .sampler import ChainSettings
 
 PLATEAU_TOLERANCE = 0.15
 
@@ -150,18 +150,7 @@ def calibrate_llc(
         nbeta=per_chain([b for _, b in grid]),
         localization=torch.full((len(grid) * num_chains,), float(localization)),
     )
-    traces = sample_chains(
-        problem.loss_module,
-        problem.anchor,
-        problem.data,
-        problem.n_rows,
-        settings,
-        num_steps=num_burnin + num_draws,
-        batch_size=problem.batch_size,
-        seed=seed,
-        autocast_dtype=autocast_dtype,
-        progress=progress,
-    )
+    traces = problem.sample(settings, num_burnin + num_draws, seed, progress)
     seconds = time.perf_counter() - started
     results, rows = [], []
     for i, (step_size, nbeta) in enumerate(grid):

@@ -131,6 +131,23 @@ class Problem:
         """Number of sampled parameters d."""
         return sum(p.numel() for p in self.anchor.values())
 
+    def sample(
+        self, settings: ChainSettings, num_steps: int, seed: int, progress: bool
+    ) -> ChainTraces:
+        """Run the chains of ``settings`` from w* for ``num_steps`` SGLD steps."""
+        return sample_chains(
+            self.loss_module,
+            self.anchor,
+            self.data,
+            self.n_rows,
+            settings,
+            num_steps=num_steps,
+            batch_size=self.batch_size,
+            seed=seed,
+            autocast_dtype=self.autocast_dtype,
+            progress=progress,
+        )
+
 
 def _check_loss(loss: Any) -> torch.Tensor:
     if not isinstance(loss, torch.Tensor):
@@ -358,18 +375,7 @@ def estimate_llc(
             (num_chains,), float(localization), dtype=torch.float64
         ),
     )
-    traces = sample_chains(
-        problem.loss_module,
-        problem.anchor,
-        problem.data,
-        problem.n_rows,
-        settings,
-        num_steps=num_burnin + num_draws,
-        batch_size=problem.batch_size,
-        seed=seed,
-        autocast_dtype=autocast_dtype,
-        progress=progress,
-    )
+    traces = problem.sample(settings, num_burnin + num_draws, seed, progress)
     return summarise_chains(
         problem,
         traces,
