@@ -181,9 +181,14 @@ def main():
     parser.add_argument("--sae-tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for both sides"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
     for name in ("model", "sae") if args.case == "both" else (args.case,):
         run_case(name, args)

@@ -15,38 +15,53 @@ import torch
 from torch import nn
 
 from .estimator import LLCResult, estimate_llc
+from .sae_chains import ChainLoss, chain_sae_loss
+
+
+class SAELoss:
+    """``loss_fn(sae, sae_in)``: normalised reconstruction MSE (+ L1 term).
+
+    ``activation_scale`` is the mean squared norm of the activations the
+    loss is normalised by; ``sparsity_coefficient`` > 0 adds the decoder-norm
+    weighted L1 penalty of the latents.  :meth:`batched_for` gives the
+    sampler the same loss for all chains at once where the SAE's
+    architecture allows (see :mod:`.sae_chains`).
+    """
+
+    def __init__(self, activation_scale: float, sparsity_coefficient: float = 0.0):
+        if not activation_scale > 0:
+            raise ValueError(
+                f"activation_scale must be > 0, got {activation_scale}; the "
+                "activations are all zero, so there is nothing to reconstruct"
+            )
+        if sparsity_coefficient < 0:
+            raise ValueError(
+                f"sparsity_coefficient must be >= 0, got {sparsity_coefficient}"
+            )
+        self.activation_scale = activation_scale
+        self.sparsity_coefficient = sparsity_coefficient
+
+    def __call__(self, sae, sae_in: torch.Tensor) -> torch.Tensor:
+        """The loss of ``sae`` on the rows ``sae_in``."""
+        feature_acts = sae.encode(sae_in)
+        reconstruction = sae.decode(feature_acts)
+        error = (reconstruction - sae_in).pow(2).sum(-1).mean() / self.activation_scale
+        if self.sparsity_coefficient == 0:
+            return error
+        decoder_norms = sae.W_dec.norm(dim=-1)
+        penalty = (feature_acts.abs() * decoder_norms).sum(-1).mean()
+        return error + self.sparsity_coefficient * penalty
+
+    def batched_for(self, sae) -> ChainLoss | None:
+        """All chains' losses in one computation for ``sae``, or None."""
+        return chain_sae_loss(sae, self.activation_scale, self.sparsity_coefficient)
 
 
 def sae_loss_fn(
     activation_scale: float, sparsity_coefficient: float = 0.0
 ) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
-    """``loss_fn(sae, sae_in)``: normalised reconstruction MSE (+ L1 term).
-
-    ``activation_scale`` is the mean squared norm of the activations the
-    loss is normalised by; ``sparsity_coefficient`` > 0 adds the decoder-norm
-    weighted L1 penalty of the latents.
-    """
-    if not activation_scale > 0:
-        raise ValueError(
-            f"activation_scale must be > 0, got {activation_scale}; the "
-            "activations are all zero, so there is nothing to reconstruct"
-        )
-    if sparsity_coefficient < 0:
-        raise ValueError(
-            f"sparsity_coefficient must be >= 0, got {sparsity_coefficient}"
-        )
-
-    def loss_fn(sae, sae_in: torch.Tensor) -> torch.Tensor:
-        feature_acts = sae.encode(sae_in)
-        reconstruction = sae.decode(feature_acts)
-        error = (reconstruction - sae_in).pow(2).sum(-1).mean() / activation_scale
-        if sparsity_coefficient == 0:
-            return error
-        decoder_norms = sae.W_dec.norm(dim=-1)
-        penalty = (feature_acts.abs() * decoder_norms).sum(-1).mean()
-        return error + sparsity_coefficient * penalty
-
-    return loss_fn
+    """The :class:`SAELoss` with this scale and sparsity coefficient."""
+    return SAELoss(activation_scale, sparsity_coefficient)
 
 
 def estimate_sae_llc(

@@ -8,6 +8,11 @@ respect to chain c's slice is chain c's own gradient).  C chains thus cost one
 batched forward and backward pass per step instead of C Python-level passes;
 differentiating outside ``vmap`` is faster here than ``vmap(grad(...))``.
 
+All chains' weights live in one flat ``[chains, d]`` buffer (the model's
+parameters are views of it), so the update below is a handful of fused
+passes over one tensor, and the Gaussian noise of the next step is drawn on a
+worker thread while the current step's forward and backward passes run.
+
 The update is the localised SGLD of Lau et al. (2023), exactly as devinterp
 2.x's ``SGMCMC.sgld`` applies it::
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +87,99 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class FlatChains:
+    """The sampled parameters of every chain in one ``[chains, d]`` buffer.
+
+    ``anchor`` maps parameter names to their values at w*; the buffer has
+    their common (promoted) floating dtype, and :meth:`views` gives each
+    chain's parameters back in their own shapes and dtypes.
+    """
+
+    def __init__(self, anchor: dict[str, torch.Tensor], num_chains: int):
+        values = list(anchor.values())
+        self.names = list(anchor)
+        self.shapes = [value.shape for value in values]
+        self.dtypes = [value.dtype for value in values]
+        self.sizes = [value.numel() for value in values]
+        dtype = values[0].dtype
+        for value in values[1:]:
+            dtype = torch.promote_types(dtype, value.dtype)
+        self.anchor = torch.cat(
+            [value.detach().reshape(-1).to(dtype) for value in values]
+        )
+        self.weights = self.anchor.repeat(num_chains, 1)
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-parameter ``[chains, *shape]`` views of a ``[chains, d]`` tensor."""
+        parts = flat.split(self.sizes, dim=1)
+        return {
+            name: part.view(flat.shape[0], *shape).to(dtype)
+            for name, part, shape, dtype in zip(
+                self.names, parts, self.shapes, self.dtypes, strict=True
+            )
+        }
+
+
+class GaussianNoise:
+    """Standard normal ``shape`` blocks from one seeded generator, one per step.
+
+    On CPU the next block is drawn on a worker thread while the caller uses
+    the current one (two buffers take turns), so drawing the noise overlaps
+    the step's forward and backward passes; the sequence of blocks is the
+    same as drawing them one after the other.
+    """
+
+    def __init__(self, shape, dtype, device: torch.device, seed: int):
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.buffers = [torch.empty(shape, dtype=dtype, device=device) for _ in "ab"]
+        self.worker = ThreadPoolExecutor(1) if device.type == "cpu" else None
+        self.turn = 0
+        self.pending = self._draw(0)
+
+    def _fill(self, index: int) -> int:
+        self.buffers[index].normal_(generator=self.generator)
+        return index
+
+    def _draw(self, index: int):
+        if self.worker is None:
+            return self._fill(index)
+        return self.worker.submit(self._fill, index)
+
+    def next(self) -> torch.Tensor:
+        """The next block; valid until the call after this one."""
+        index = self.pending if self.worker is None else self.pending.result()
+        self.turn = 1 - index
+        self.pending = self._draw(self.turn)
+        return self.buffers[index]
+
+    def close(self) -> None:
+        """Stop the worker thread."""
+        if self.worker is not None:
+            self.worker.shutdown(wait=True, cancel_futures=True)
+
+
+def chain_losses(loss_module: LossModule) -> Callable:
+    """``losses(params, batch) -> [chains]`` for ``[chains, ...]`` parameters.
+
+    A ``loss_fn`` with a ``batched_for(model)`` method that returns a
+    function of ``(params, batch)`` (parameter names as in
+    ``model.named_parameters()``) supplies its own batched form; otherwise
+    the loss is a ``vmap`` of ``functional_call`` over the chains.
+    """
+    batched_for = getattr(loss_module.loss_fn, "batched_for", None)
+    own = batched_for(loss_module.model) if batched_for is not None else None
+    if own is not None:
+        prefix = "model."
+        return lambda params, batch: own(
+            {name.removeprefix(prefix): value for name, value in params.items()}, batch
+        )
+
+    def loss_of(params, batch):
+        return functional_call(loss_module, params, (batch,))
+
+    return vmap(loss_of, in_dims=(0, None), randomness="different")
+
+
 def sample_chains(
     loss_module: LossModule,
     anchor: dict[str, torch.Tensor],
@@ -103,24 +202,20 @@ def sample_chains(
     """
     device = next(iter(anchor.values())).device
     num_chains = settings.num_chains
-    generator = torch.Generator(device=device).manual_seed(seed)
-    batch_generator = torch.Generator().manual_seed(seed + 1)
-    batches = minibatches(n_rows, batch_size, batch_generator)
+    batches = minibatches(n_rows, batch_size, torch.Generator().manual_seed(seed + 1))
+    chains = FlatChains(anchor, num_chains)
+    weights = chains.weights
+    noise = GaussianNoise(weights.shape, weights.dtype, device, seed)
 
-    stacked = {
-        name: value.unsqueeze(0).repeat(num_chains, *([1] * value.dim())).clone()
-        for name, value in anchor.items()
-    }
-    half_step = (-0.5 * settings.step_size).to(device=device, dtype=torch.float32)
-    noise_scale = settings.step_size.sqrt().to(device=device, dtype=torch.float32)
-    nbeta = settings.nbeta.to(device=device, dtype=torch.float32)
-    localization = settings.localization.to(device=device, dtype=torch.float32)
+    def column(values: torch.Tensor) -> torch.Tensor:
+        return values.to(device=device, dtype=weights.dtype)[:, None]
 
-    def loss_of(params, batch):
-        return functional_call(loss_module, params, (batch,))
+    # w += -(eps/2) nbeta grad - (eps/2) gamma (w - w*) + sqrt(eps) noise
+    grad_factor = column(-0.5 * settings.step_size * settings.nbeta)
+    pull_factor = column(-0.5 * settings.step_size * settings.localization)
+    noise_factor = column(settings.step_size.sqrt())
 
-    batched_loss = vmap(loss_of, in_dims=(0, None), randomness="different")
-    names = list(stacked)
+    batched_loss = chain_losses(loss_module)
     loss_trace = torch.full((num_chains, num_steps), float("nan"), dtype=torch.float64)
     distance_trace = torch.full_like(loss_trace, float("nan"))
     alive = torch.ones(num_chains, dtype=torch.bool, device=device)
@@ -132,44 +227,34 @@ def sample_chains(
         leave=False,
     )
     full_batch = batch_size >= n_rows
-    for step in bar:
-        batch = data if full_batch else take_rows(data, next(batches))
-        for value in stacked.values():
-            value.requires_grad_(True)
-        with autocast_context(device, autocast_dtype):
-            losses = batched_loss(stacked, batch)
-        gradients = torch.autograd.grad(
-            losses.float().sum(), [stacked[n] for n in names]
-        )
-        grads = dict(zip(names, gradients, strict=True))
-        for value in stacked.values():
-            value.requires_grad_(False)
-        losses = losses.detach().float()
-        alive &= torch.isfinite(losses)
-        loss_trace[:, step] = torch.where(alive, losses, float("nan")).double().cpu()
-        if not alive.any():
-            break
-        with torch.no_grad():
-            squared_distance = torch.zeros(num_chains, device=device)
-            for name, current in stacked.items():
-                shape = (num_chains,) + (1,) * (current.dim() - 1)
-                offset = current - anchor[name]
-                squared_distance += offset.pow(2).flatten(1).sum(1)
-                drift = grads[name].float() * nbeta.view(shape) + offset * (
-                    localization.view(shape)
+    try:
+        for step in bar:
+            batch = data if full_batch else take_rows(data, next(batches))
+            weights.requires_grad_(True)
+            with autocast_context(device, autocast_dtype):
+                losses = batched_loss(chains.views(weights), batch)
+            (gradient,) = torch.autograd.grad(losses.float().sum(), weights)
+            weights.requires_grad_(False)
+            losses = losses.detach().float()
+            alive &= torch.isfinite(losses)
+            loss_trace[:, step] = (
+                torch.where(alive, losses, float("nan")).double().cpu()
+            )
+            if not alive.any():
+                break
+            with torch.no_grad():
+                offset = weights - chains.anchor
+                distance = torch.linalg.vector_norm(offset, dim=1)
+                distance_trace[:, step] = (
+                    torch.where(alive, distance, float("nan")).double().cpu()
                 )
-                noise = torch.randn(
-                    current.shape,
-                    generator=generator,
-                    device=device,
-                    dtype=current.dtype,
-                )
-                update = drift * half_step.view(shape) + noise * noise_scale.view(shape)
+                update = gradient.mul_(grad_factor)
+                update.addcmul_(offset, pull_factor)
+                update.addcmul_(noise.next(), noise_factor)
                 if not alive.all():
-                    update = torch.where(alive.view(shape), update, 0.0)
-                current.add_(update.to(current.dtype))
-        distance_trace[:, step] = (
-            torch.where(alive, squared_distance.sqrt(), float("nan")).double().cpu()
-        )
-    bar.close()
+                    update = torch.where(alive[:, None], update, 0.0)
+                weights.add_(update)
+    finally:
+        noise.close()
+        bar.close()
     return ChainTraces(loss=loss_trace, distance=distance_trace)
