@@ -148,7 +148,12 @@ def _k_sparse_main_latents(sample, d_sae, labels, train, test, max_k, f1_jump, l
     present = sample.code_latents[train].unique()
     present = present[present >= 0]
     row, column, value = sample.code_entries(train, present)
-    codes = scipy_csr(row, column, value, (len(train), len(present)))
+    codes = torch.sparse_coo_tensor(
+        torch.stack([row, column]),
+        value,
+        (len(train), len(present)),
+        check_invariants=False,
+    )
     top = l1_ranking(codes, labels[train], l1=l1, max_k=max_k)
     ranked = present[top]  # [p, K] latent ids, best first
     candidates, columns = ranked.unique(return_inverse=True)
@@ -277,10 +282,3 @@ def _metrics(table: pd.DataFrame, config: AbsorptionConfig) -> dict[str, float]:
         else float("nan"),
         "mean_main_latents": float(good["k"].mean()) if len(good) else float("nan"),
     }
-
-
-def scipy_csr(rows, columns, values, shape):
-    """A SciPy CSR matrix from ``(row, column, value)`` entries."""
-    from scipy.sparse import csr_matrix
-
-    return csr_matrix((values.numpy(), (rows.numpy(), columns.numpy())), shape=shape)

@@ -1,4 +1,4 @@
-"""Logistic-regression probes: batched LBFGS in torch, L1 ranking by scikit-learn.
+"""Logistic-regression probes: batched LBFGS, and the L1 ranking of sparse codes.
 
 Every probe here is one-vs-rest and class-balanced: positives are weighted
 by ``n_negative / n_positive`` in the binary cross-entropy, as in SAEBench.
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .l1_logistic import SparseDesign, l1_logistic
 
 
 @dataclass
@@ -190,38 +192,31 @@ def f1_scores(predicted: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.where(tp > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
 
 
-def l1_ranking(codes, labels: torch.Tensor, *, l1: float, max_k: int) -> torch.Tensor:
+def l1_ranking(codes: torch.Tensor, labels: torch.Tensor, *, l1: float, max_k: int):
     """Per probe, the ``max_k`` columns of ``codes`` an L1 logistic probe
     weights most (SAEBench's k-sparse pre-selection).
 
-    ``codes`` is a SciPy CSR matrix ``[n, d]``, scaled by its maximum; each
-    one-vs-rest probe is class-balanced and minimises the mean log loss plus
-    ``l1 * ||w||_1`` (scikit-learn's liblinear).  Latents with equal weight
-    (e.g. 0) are ordered by their mean activation on positives minus
-    negatives.  Returns ``[p, min(max_k, d)]`` column indices.
+    ``codes`` is a sparse COO tensor ``[n, d]``, scaled here by its maximum;
+    each one-vs-rest probe is class-balanced and minimises the mean log loss
+    plus ``l1 * (||w||_1 + |b|)``, scikit-learn's liblinear objective, solved
+    by :func:`.l1_logistic.l1_logistic` for all probes at once.  Columns with
+    equal weight (e.g. 0) are ordered by their mean activation on positives
+    minus negatives.  Returns ``[p, min(max_k, d)]`` column indices.
     """
-    import numpy as np
-
-    from sae_lens_ext.extras import require
-
-    sklearn = require("sklearn", "absorption", "first-letter k-sparse probing")
-    linear_model = require("sklearn.linear_model", "absorption", "k-sparse probing")
-    # float64 once, not once per fit (liblinear converts to it)
-    codes = (codes / max(codes.max(), 1e-6)).astype(np.float64)
-    n_rows, n_columns = codes.shape
-    new_api = tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8)
-    penalty = {"l1_ratio": 1.0} if new_api else {"penalty": "l1"}
-    ranked = []
-    for column in labels.T.numpy():
-        probe = linear_model.LogisticRegression(
-            solver="liblinear",
-            C=1.0 / (l1 * n_rows),
-            class_weight="balanced",
-            **penalty,
-        ).fit(codes, column)
-        weight = probe.coef_[0]
-        positive_mean = np.asarray(codes[column].mean(0)).ravel()
-        negative_mean = np.asarray(codes[~column].mean(0)).ravel()
-        order = np.lexsort((-(positive_mean - negative_mean), -weight))
-        ranked.append(order[: min(max_k, n_columns)])
-    return torch.from_numpy(np.stack(ranked)).long()
+    codes = codes.coalesce()
+    rows, columns = codes.indices()
+    values = codes.values().double()
+    values = values / values.max().clamp_min(1e-6)
+    design = SparseDesign.from_entries(rows, columns, values, tuple(codes.shape))
+    weight = l1_logistic(design, labels, l1=l1).weight
+    labels = labels.double()
+    positive = labels / labels.sum(0).clamp_min(1)
+    negative = (1 - labels) / (1 - labels).sum(0).clamp_min(1)
+    means = design.transposed @ torch.cat([positive, negative], 1)  # [d + 1, 2p]
+    p = labels.shape[1]
+    difference = (means[:-1, :p] - means[:-1, p:]).T  # [p, d]
+    order = torch.sort(-difference, dim=1, stable=True).indices
+    order = order.gather(
+        1, torch.sort(-weight.gather(1, order), dim=1, stable=True).indices
+    )
+    return order[:, : min(max_k, codes.shape[1])]
