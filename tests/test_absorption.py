@@ -43,7 +43,7 @@ def test_streaming_topk_equals_exact_topk():
     top = StreamingTopK(40, 7)
     offset = 0
     for chunk, extra in zip(scores.split(256), payload.split(256), strict=True):
-        top.update_dense(chunk, offset, payload=extra, floor=0.0)
+        top.update_dense(chunk.T, offset, payload=extra.T, floor=0.0)
         offset += len(chunk)
     exact = scores.clamp_min(0).T.topk(7, dim=1)
     positive = exact.values > 0
@@ -62,7 +62,7 @@ def test_row_store_keeps_every_referenced_row_after_pruning():
     store._next_prune = 200
     for start in range(0, 5000, 500):
         chunk = acts[start : start + 500]
-        top.update_dense(chunk, start, floor=0.0)
+        top.update_dense(chunk.T, start, floor=0.0)
         entered = top.ids[top.ids >= start].unique()
         slot_of_row = torch.full((len(chunk),), -1)
         slot_of_row[entered - start] = torch.arange(len(entered))

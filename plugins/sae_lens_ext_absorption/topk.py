@@ -43,45 +43,46 @@ class StreamingTopK:
         floor: float | None = None,
         payload: torch.Tensor | None = None,
     ) -> None:
-        """Merge a ``[n_rows, n_columns]`` score matrix whose rows have ids
-        ``offset + arange(n_rows)``; entries not above ``floor`` are ignored.
-        ``payload`` (same shape as ``scores``) is kept alongside."""
+        """Merge a ``[n_columns, n_rows]`` score matrix (one row of scores per
+        column of the top-N, so the per-column passes read contiguous memory)
+        whose rows have ids ``offset + arange(n_rows)``; entries not above
+        ``floor`` are ignored.  ``payload`` (same shape as ``scores``, any
+        strides) is kept alongside."""
         scores = scores.float()
-        if payload is None:
-            payload = torch.zeros_like(scores)
         bar = self.threshold
         if floor is not None:
             bar = bar.clamp_min(floor)
-        columns = (scores.amax(0) > bar).nonzero()[:, 0]
+        columns = (scores.amax(1) > bar).nonzero()[:, 0]
         if columns.numel() == 0:
             return
-        if columns.numel() < _DENSE_FRACTION * scores.shape[1]:
+        if columns.numel() < _DENSE_FRACTION * scores.shape[0]:
             # few columns can change: look only at those
-            qualifies = scores[:, columns] > bar[columns]
-            rows, local = qualifies.nonzero(as_tuple=True)
+            local, rows = (scores[columns] > bar[columns, None]).nonzero(as_tuple=True)
             cols = columns[local]
-            self.update_entries(
-                cols, scores[rows, cols], rows + offset, payload[rows, cols]
-            )
-            return
-        rows, cols = (scores > bar).nonzero(as_tuple=True)
-        if rows.numel() == 0:
-            return
-        if rows.numel() > _DENSE_FRACTION * scores.numel():
-            k = min(self.n_top, scores.shape[0])
-            values, rows = scores.T.contiguous().topk(k, dim=1)
-            extra = payload.T.gather(1, rows).float()
-            ids = rows + offset
-            if floor is not None:
-                keep = values > floor
-                values = torch.where(keep, values, float("-inf"))
-                ids = torch.where(keep, ids, -1)
-                extra = torch.where(keep, extra, 0.0)
-            self._merge(values, ids, extra)
-            return
-        self.update_entries(
-            cols, scores[rows, cols], rows + offset, payload[rows, cols]
+        else:
+            cols, rows = (scores > bar[:, None]).nonzero(as_tuple=True)
+            if rows.numel() > _DENSE_FRACTION * scores.numel():
+                self._merge_dense(scores, offset, floor, payload)
+                return
+        extra = None if payload is None else payload[cols, rows]
+        self.update_entries(cols, scores[cols, rows], rows + offset, extra)
+
+    def _merge_dense(self, scores, offset, floor, payload) -> None:
+        """Merge each column's top-N of a ``[n_columns, n_rows]`` batch."""
+        k = min(self.n_top, scores.shape[1])
+        values, rows = scores.topk(k, dim=1)
+        extra = (
+            torch.zeros_like(values)
+            if payload is None
+            else payload.gather(1, rows).float()
         )
+        ids = rows + offset
+        if floor is not None:
+            keep = values > floor
+            values = torch.where(keep, values, float("-inf"))
+            ids = torch.where(keep, ids, -1)
+            extra = torch.where(keep, extra, 0.0)
+        self._merge(values, ids, extra)
 
     def update_entries(
         self,
