@@ -52,6 +52,7 @@ CASES = [
     ("relu", {}, 0.0),
     ("relu", {"apply_b_dec_to_input": False}, 0.2),
     ("topk", {}, 0.0),
+    ("topk", {"apply_b_dec_to_input": False}, 0.2),
     ("topk", {"rescale_acts_by_decoder_norm": True}, 0.3),
     ("jumprelu", {}, 0.1),
 ]
@@ -85,6 +86,22 @@ def test_batched_loss_and_gradients_match_vmap(kind, options, sparsity):
         zero = torch.zeros_like(params[name])
         got, want = (zero if g is None else g for g in (got, want))
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["relu", "topk"])
+def test_batched_loss_under_bf16_autocast_matches_vmap(kind):
+    """Under autocast the batched loss is differentiated by autograd."""
+    sae = build(kind)
+    x = torch.randn(32, D_IN, generator=torch.Generator().manual_seed(2))
+    module = LossModule(sae, sae_loss_fn(float(x.pow(2).sum(-1).mean())))
+    params = {f"model.{n}": v for n, v in stacked(sae).items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = chain_losses(module)(params, x)
+        generic = vmap(
+            lambda p, b: functional_call(module, p, (b,)), in_dims=(0, None)
+        )(params, x)
+    torch.testing.assert_close(fast.float(), generic.float(), rtol=2e-2, atol=1e-3)
+    assert fast.requires_grad
 
 
 def test_unsupported_sae_uses_the_generic_path():

@@ -8,6 +8,12 @@ chains' weights are ``[chains, ...]`` tensors and the loss is written with
 batched products; a TopK SAE decodes only its ``k`` active latents per row
 (a gather of ``k`` decoder rows instead of a dense ``d_sae`` product).
 
+Without autocast, the backward pass is written by hand
+(:class:`_PlainSAELoss`): it skips the ``[chains, n, d_in]`` gradient
+of the centred input, since ``b_dec``'s share of it is just
+``-(sum of the pre-activation gradients) @ W_enc^T``, and accumulates the
+TopK decoder gradient into the ``k`` rows each input used.
+
 It is the loss of :class:`.sae.SAELoss`, and is checked against the generic
 path (values and gradients) in the tests.  Other SAE classes, activation
 normalisation and ``hook_z`` reshaping fall back to the generic path.
@@ -16,6 +22,7 @@ normalisation and ``hook_z`` reshaping fall back to the generic path.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +62,19 @@ def chain_sae_loss(
             return own[name].expand(chains, *own[name].shape)
 
         w_enc, b_enc, w_dec, b_dec = map(weight, ("W_enc", "b_enc", "W_dec", "b_dec"))
+        if not torch.is_autocast_enabled(sae_in.device.type):
+            threshold = weight("threshold") if activation == "jumprelu" else None
+            spec = _Spec(
+                activation,
+                getattr(cfg, "k", 0),
+                rescale,
+                cfg.apply_b_dec_to_input,
+                activation_scale,
+                sparsity_coefficient,
+            )
+            return _PlainSAELoss.apply(
+                sae_in.to(w_enc.dtype), w_enc, b_enc, w_dec, b_dec, threshold, spec
+            )
         x = sae_in.to(w_enc.dtype)
         centred = (
             x - b_dec[:, None, :]
@@ -103,3 +123,127 @@ def _decode_active(acts, latents, w_dec, b_dec, decoder_norms):
         acts = acts / decoder_norms.reshape(-1)[flat]
     mixed = torch.bmm(acts.reshape(chains * n, 1, k), rows.view(chains * n, k, d_in))
     return mixed.view(chains, n, d_in) + b_dec[:, None, :]
+
+
+class _Spec(NamedTuple):
+    """What :class:`_PlainSAELoss` computes besides the weights."""
+
+    activation: str  # "relu", "topk" or "jumprelu"
+    k: int
+    rescale_acts_by_decoder_norm: bool
+    apply_b_dec_to_input: bool
+    activation_scale: float
+    sparsity_coefficient: float
+
+
+class _PlainSAELoss(torch.autograd.Function):
+    """Per-chain SAE loss ``[chains]`` with a hand-written backward pass."""
+
+    @staticmethod
+    def forward(ctx, x, w_enc, b_enc, w_dec, b_dec, threshold, spec: _Spec):
+        chains, d_sae, d_in = w_dec.shape
+        n = x.shape[0]
+        if spec.apply_b_dec_to_input:
+            centred = x - b_dec[:, None, :]
+        else:
+            centred = x.expand(chains, n, d_in)
+        hidden_pre = torch.baddbmm(b_enc[:, None, :], centred, w_enc)
+        norms = (
+            w_dec.norm(dim=-1)
+            if spec.rescale_acts_by_decoder_norm or spec.sparsity_coefficient
+            else None
+        )
+        if spec.activation == "topk":
+            if spec.rescale_acts_by_decoder_norm:
+                # select by W_dec-norm-scaled pre-activations; the decoder then
+                # divides by the norm again, so each active latent contributes
+                # relu(hidden_pre) * W_dec[latent]
+                _, latents = (hidden_pre * norms[:, None, :]).topk(
+                    spec.k, dim=-1, sorted=False
+                )
+                acts = hidden_pre.gather(-1, latents).relu()
+            else:
+                values, latents = hidden_pre.topk(spec.k, dim=-1, sorted=False)
+                acts = values.relu()  # [chains, n, k]
+            offsets = torch.arange(chains, device=x.device) * d_sae
+            flat = latents + offsets[:, None, None]
+            rows = F.embedding(flat.view(-1), w_dec.reshape(chains * d_sae, d_in))
+            rows = rows.view(chains * n, spec.k, d_in)
+            mixed = torch.bmm(acts.view(chains * n, 1, spec.k), rows)
+            reconstruction = mixed.view(chains, n, d_in) + b_dec[:, None, :]
+        else:
+            acts = hidden_pre.relu()
+            if spec.activation == "jumprelu":
+                acts = acts * (hidden_pre > threshold[:, None, :])
+            reconstruction = torch.baddbmm(b_dec[:, None, :], acts, w_dec)
+            flat = rows = None
+        error = reconstruction - x
+        losses = error.pow(2).sum(-1).mean(-1) / spec.activation_scale
+        if spec.sparsity_coefficient:
+            # SAE-Lens's feature activations are acts * norm when rescaling
+            weights = _penalty_weights(norms, flat, spec)
+            penalty = (acts * weights).sum(-1).mean(-1)
+            losses = losses + spec.sparsity_coefficient * penalty
+        ctx.spec = spec
+        ctx.save_for_backward(centred, acts, error, w_enc, w_dec, flat, rows, norms)
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        centred, acts, error, w_enc, w_dec, flat, rows, norms = ctx.saved_tensors
+        spec = ctx.spec
+        chains, d_sae, d_in = w_dec.shape
+        n = error.shape[1]
+        per_row = grad_losses[:, None, None] / n  # d loss / d (row's term)
+        grad_out = error * (2.0 / spec.activation_scale) * per_row  # [chains, n, d_in]
+        grad_b_dec = grad_out.sum(1)
+        if spec.activation == "topk":
+            k = spec.k
+            grad_acts = torch.bmm(rows, grad_out.view(chains * n, d_in, 1))
+            grad_acts = grad_acts.view(chains, n, k)
+            outer = acts[..., None] * grad_out[:, :, None, :]  # [chains, n, k, d_in]
+            grad_w_dec = w_dec.new_zeros(chains * d_sae, d_in)
+            grad_w_dec.index_add_(0, flat.view(-1), outer.view(-1, d_in))
+            grad_w_dec = grad_w_dec.view(chains, d_sae, d_in)
+        else:
+            grad_acts = torch.bmm(grad_out, w_dec.transpose(1, 2))
+            grad_w_dec = torch.bmm(acts.transpose(1, 2), grad_out)
+        if spec.sparsity_coefficient:
+            coefficient = spec.sparsity_coefficient * per_row
+            grad_acts = grad_acts + coefficient * _penalty_weights(norms, flat, spec)
+            if flat is not None:
+                summed = acts.new_zeros(chains * d_sae)
+                summed.index_add_(0, flat.view(-1), (acts * coefficient).view(-1))
+                summed = summed.view(chains, d_sae)
+            else:
+                summed = (acts * coefficient).sum(1)
+            # d(norm)/d W_dec = W_dec / norm; d(norm^2)/d W_dec = 2 W_dec
+            if spec.rescale_acts_by_decoder_norm:
+                direction = 2.0 * w_dec
+            else:
+                direction = w_dec / norms.clamp_min(1e-12)[..., None]
+            grad_w_dec = grad_w_dec + summed[..., None] * direction
+        grad_pre_active = grad_acts * (acts > 0)
+        if spec.activation == "topk":
+            grad_pre = acts.new_zeros(chains, n, d_sae)
+            latents = flat.view(chains * n, spec.k) % d_sae
+            grad_pre.view(chains * n, d_sae).scatter_(
+                1, latents, grad_pre_active.view(chains * n, spec.k)
+            )
+        else:
+            grad_pre = grad_pre_active
+        grad_b_enc = grad_pre.sum(1)
+        grad_w_enc = torch.bmm(centred.transpose(1, 2), grad_pre)
+        if spec.apply_b_dec_to_input:
+            # d/d b_dec of x - b_dec: minus the summed pre-activation gradient
+            # pulled back through W_enc
+            pulled = torch.bmm(grad_b_enc[:, None, :], w_enc.transpose(1, 2))
+            grad_b_dec = grad_b_dec - pulled[:, 0]
+        return None, grad_w_enc, grad_b_enc, grad_w_dec, grad_b_dec, None, None
+
+
+def _penalty_weights(norms, flat, spec: _Spec) -> torch.Tensor:
+    """What each activation is multiplied by in the sparsity penalty:
+    the decoder norm, squared when activations are rescaled by it."""
+    weights = norms.pow(2) if spec.rescale_acts_by_decoder_norm else norms
+    return weights.view(-1)[flat] if flat is not None else weights[:, None, :]
