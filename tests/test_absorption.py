@@ -54,6 +54,32 @@ def test_streaming_topk_equals_exact_topk():
     torch.testing.assert_close(top.payload[positive], expected_payload[positive])
 
 
+def test_streaming_topk_on_mostly_silent_columns_equals_exact_topk(monkeypatch):
+    # every column scores in the first chunk (the dense path), later only 30
+    # of 400 do, fewer and fewer beating their lists (the column-subset path)
+    generator = torch.Generator().manual_seed(5)
+    scores = torch.full((4000, 400), -10.0)
+    scores[:250] = torch.randn(250, 400, generator=generator)
+    distinct = torch.randperm(3750 * 30, generator=generator).float() / 3750 / 30
+    scores[250:, :30] = distinct.view(3750, 30) * 4  # no ties
+    paths = []
+    for name in ("_merge_dense", "update_entries"):
+        original = getattr(StreamingTopK, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            paths.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(StreamingTopK, name, spy)
+    top = StreamingTopK(400, 5)
+    for start in range(0, 4000, 250):
+        top.update_dense(scores[start : start + 250].T, start)
+    exact = scores.T.topk(5, dim=1)
+    torch.testing.assert_close(top.values, exact.values)
+    assert torch.equal(top.ids, exact.indices)
+    assert {"_merge_dense", "update_entries"} <= set(paths)
+
+
 def test_row_store_keeps_every_referenced_row_after_pruning():
     generator = torch.Generator().manual_seed(1)
     acts = torch.relu(torch.randn(5000, 30, generator=generator) - 1.0)

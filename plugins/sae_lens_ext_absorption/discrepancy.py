@@ -27,7 +27,7 @@ import torch
 from .config import AbsorptionConfig
 from .row_store import RowStore, StoredRows, lookup
 from .scoring import absorption_scores
-from .topk import StreamingTopK
+from .topk import StreamingTopK, entries_above
 
 _CHUNK = 1024
 _COS_TABLE_ENTRIES = 2**24
@@ -97,10 +97,8 @@ class DiscrepancyAccumulator:
         projections = (self.projector @ x.to(self.dtype).T).float()
         acts = batch.feature_acts.detach().float().cpu()
         self.decoder.update_dense(projections, offset, payload=acts.T)
-        rows, cols = acts.nonzero(as_tuple=True)  # one pass over the codes
+        rows, cols = entries_above(acts, 0.0)  # one pass over the codes
         values = acts[rows, cols]
-        firing = values > 0
-        rows, cols, values = rows[firing], cols[firing], values[firing]
         self.fire_count += torch.bincount(cols, minlength=len(self.fire_count))
         self.encoder.update_entries(cols, values, rows + offset)
         self.n_rows += acts.shape[0]
