@@ -73,7 +73,8 @@ class TokenIdentityConfig:
         metadata={"help": "rows evaluated, then shuffled and trained on, at a time"},
     )
     bf16: bool = field(
-        default=True, metadata={"help": "train under bf16 autocast (fast on AMX)"}
+        default=True,
+        metadata={"help": "train under bf16 autocast (fast with AVX-512 BF16 or AMX)"},
     )
 
 

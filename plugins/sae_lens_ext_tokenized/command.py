@@ -103,7 +103,11 @@ def add_command(cli: click.Group) -> None:
     )
     @click.option("--device", default="cpu", show_default=True)
     @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--autocast", is_flag=True, help="bf16 autocast (fast on AMX CPUs)")
+    @click.option(
+        "--autocast",
+        is_flag=True,
+        help="bf16 autocast (fast on CPUs with AVX-512 BF16 or AMX)",
+    )
     @click.option(
         "--baseline", is_flag=True, help="also train the plain SAE and compare"
     )
