@@ -133,7 +133,6 @@ class GaussianNoise:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.buffers = [torch.empty(shape, dtype=dtype, device=device) for _ in "ab"]
         self.worker = ThreadPoolExecutor(1) if device.type == "cpu" else None
-        self.turn = 0
         self.pending = self._draw(0)
 
     def _fill(self, index: int) -> int:
@@ -148,8 +147,7 @@ class GaussianNoise:
     def next(self) -> torch.Tensor:
         """The next block; valid until the call after this one."""
         index = self.pending if self.worker is None else self.pending.result()
-        self.turn = 1 - index
-        self.pending = self._draw(self.turn)
+        self.pending = self._draw(1 - index)
         return self.buffers[index]
 
     def close(self) -> None:
