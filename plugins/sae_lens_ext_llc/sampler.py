@@ -92,7 +92,8 @@ class FlatChains:
 
     ``anchor`` maps parameter names to their values at w*; the buffer has
     their common (promoted) floating dtype, and :meth:`views` gives each
-    chain's parameters back in their own shapes and dtypes.
+    chain's parameters back in their own shapes and dtypes; ``columns[i]``
+    is the slice of the buffer's columns that holds parameter ``i``.
     """
 
     def __init__(self, anchor: dict[str, torch.Tensor], num_chains: int):
@@ -101,6 +102,10 @@ class FlatChains:
         self.shapes = [value.shape for value in values]
         self.dtypes = [value.dtype for value in values]
         self.sizes = [value.numel() for value in values]
+        ends = torch.tensor(self.sizes).cumsum(0).tolist()
+        self.columns = [
+            slice(end - size, end) for end, size in zip(ends, self.sizes, strict=True)
+        ]
         dtype = values[0].dtype
         for value in values[1:]:
             dtype = torch.promote_types(dtype, value.dtype)
@@ -229,9 +234,13 @@ def sample_chains(
         for step in bar:
             batch = data if full_batch else take_rows(data, next(batches))
             weights.requires_grad_(True)
+            params = chains.views(weights)
             with autocast_context(device, autocast_dtype):
-                losses = batched_loss(chains.views(weights), batch)
-            (gradient,) = torch.autograd.grad(losses.float().sum(), weights)
+                losses = batched_loss(params, batch)
+            # gradients of the views, not of the flat buffer: no concatenation
+            gradients = torch.autograd.grad(
+                losses.float().sum(), list(params.values()), allow_unused=True
+            )
             weights.requires_grad_(False)
             losses = losses.detach().float()
             alive &= torch.isfinite(losses)
@@ -246,9 +255,13 @@ def sample_chains(
                 distance_trace[:, step] = (
                     torch.where(alive, distance, float("nan")).double().cpu()
                 )
-                update = gradient.mul_(grad_factor)
-                update.addcmul_(offset, pull_factor)
+                update = offset.mul_(pull_factor)
                 update.addcmul_(noise.next(), noise_factor)
+                for columns, gradient in zip(chains.columns, gradients, strict=True):
+                    if gradient is not None:
+                        update[:, columns].addcmul_(
+                            gradient.reshape(num_chains, -1), grad_factor
+                        )
                 if not alive.all():
                     update = torch.where(alive[:, None], update, 0.0)
                 weights.add_(update)
