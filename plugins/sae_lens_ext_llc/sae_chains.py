@@ -8,11 +8,12 @@ chains' weights are ``[chains, ...]`` tensors and the loss is written with
 batched products; a TopK SAE decodes only its ``k`` active latents per row
 (a gather of ``k`` decoder rows instead of a dense ``d_sae`` product).
 
-Without autocast, the backward pass is written by hand
-(:class:`_PlainSAELoss`): it skips the ``[chains, n, d_in]`` gradient
-of the centred input, since ``b_dec``'s share of it is just
-``-(sum of the pre-activation gradients) @ W_enc^T``, and accumulates the
-TopK decoder gradient into the ``k`` rows each input used.
+The backward pass is written by hand (:class:`_PlainSAELoss`): it skips the
+``[chains, n, d_in]`` gradient of the centred input, since ``b_dec``'s share
+of it is just ``-(sum of the pre-activation gradients) @ W_enc^T``, and
+accumulates the TopK decoder gradient into the ``k`` rows each input used.  Under autocast
+the dense products (encoder, ReLU decoder and their gradients) run in the
+autocast dtype and everything else in float32.
 
 It is the loss of :class:`.sae.SAELoss`, and is checked against the generic
 path (values and gradients) in the tests.  Other SAE classes, activation
@@ -62,67 +63,24 @@ def chain_sae_loss(
             return own[name].expand(chains, *own[name].shape)
 
         w_enc, b_enc, w_dec, b_dec = map(weight, ("W_enc", "b_enc", "W_dec", "b_dec"))
-        if not torch.is_autocast_enabled(sae_in.device.type):
-            threshold = weight("threshold") if activation == "jumprelu" else None
-            spec = _Spec(
-                activation,
-                getattr(cfg, "k", 0),
-                rescale,
-                cfg.apply_b_dec_to_input,
-                activation_scale,
-                sparsity_coefficient,
-            )
+        threshold = weight("threshold") if activation == "jumprelu" else None
+        device_type = sae_in.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        spec = _Spec(
+            activation,
+            getattr(cfg, "k", 0),
+            rescale,
+            cfg.apply_b_dec_to_input,
+            activation_scale,
+            sparsity_coefficient,
+            torch.get_autocast_dtype(device_type) if autocast else None,
+        )
+        with torch.autocast(device_type, enabled=False):
             return _PlainSAELoss.apply(
                 sae_in.to(w_enc.dtype), w_enc, b_enc, w_dec, b_dec, threshold, spec
             )
-        x = sae_in.to(w_enc.dtype)
-        centred = (
-            x - b_dec[:, None, :]
-            if cfg.apply_b_dec_to_input
-            else x.expand(chains, *x.shape)
-        )
-        hidden_pre = torch.baddbmm(b_enc[:, None, :], centred, w_enc)
-        decoder_norms = w_dec.norm(dim=-1) if rescale or sparsity_coefficient else None
-        if activation == "topk":
-            if rescale:
-                hidden_pre = hidden_pre * decoder_norms[:, None, :]
-            values, latents = hidden_pre.topk(cfg.k, dim=-1, sorted=False)
-            acts = values.relu()  # [chains, n, k]
-            reconstruction = _decode_active(acts, latents, w_dec, b_dec, decoder_norms)
-            if sparsity_coefficient:
-                active_norms = decoder_norms.gather(1, latents.flatten(1))
-                acts_times_norms = acts * active_norms.view_as(acts)
-        else:
-            acts = hidden_pre.relu()
-            if activation == "jumprelu":
-                acts = acts * (hidden_pre > weight("threshold")[:, None, :])
-            reconstruction = torch.baddbmm(b_dec[:, None, :], acts, w_dec)
-            if sparsity_coefficient:
-                acts_times_norms = acts * decoder_norms[:, None, :]
-        error = (reconstruction - x).pow(2).sum(-1).mean(-1) / activation_scale
-        if not sparsity_coefficient:
-            return error
-        penalty = acts_times_norms.abs().sum(-1).mean(-1)
-        return error + sparsity_coefficient * penalty
 
     return losses
-
-
-def _decode_active(acts, latents, w_dec, b_dec, decoder_norms):
-    """``sum_j acts[..., j] * W_dec[latents[..., j]] + b_dec`` per chain.
-
-    ``acts`` and ``latents`` are ``[chains, n, k]``; ``decoder_norms`` (or
-    None) divides the activations first, as ``rescale_acts_by_decoder_norm``
-    does in SAE-Lens.
-    """
-    chains, n, k = latents.shape
-    d_sae, d_in = w_dec.shape[1:]
-    flat = latents + torch.arange(chains, device=latents.device)[:, None, None] * d_sae
-    rows = F.embedding(flat.reshape(-1), w_dec.reshape(chains * d_sae, d_in))
-    if decoder_norms is not None:
-        acts = acts / decoder_norms.reshape(-1)[flat]
-    mixed = torch.bmm(acts.reshape(chains * n, 1, k), rows.view(chains * n, k, d_in))
-    return mixed.view(chains, n, d_in) + b_dec[:, None, :]
 
 
 class _Spec(NamedTuple):
@@ -134,6 +92,14 @@ class _Spec(NamedTuple):
     apply_b_dec_to_input: bool
     activation_scale: float
     sparsity_coefficient: float
+    matmul_dtype: torch.dtype | None  # the dense products' dtype under autocast
+
+
+def _product(a: torch.Tensor, b: torch.Tensor, spec: _Spec) -> torch.Tensor:
+    """``bmm(a, b)``, in ``spec.matmul_dtype`` (result float32) if set."""
+    if spec.matmul_dtype is None:
+        return torch.bmm(a, b)
+    return torch.bmm(a.to(spec.matmul_dtype), b.to(spec.matmul_dtype)).to(a.dtype)
 
 
 class _PlainSAELoss(torch.autograd.Function):
@@ -147,7 +113,7 @@ class _PlainSAELoss(torch.autograd.Function):
             centred = x - b_dec[:, None, :]
         else:
             centred = x.expand(chains, n, d_in)
-        hidden_pre = torch.baddbmm(b_enc[:, None, :], centred, w_enc)
+        hidden_pre = _product(centred, w_enc, spec) + b_enc[:, None, :]
         norms = (
             w_dec.norm(dim=-1)
             if spec.rescale_acts_by_decoder_norm or spec.sparsity_coefficient
@@ -175,7 +141,7 @@ class _PlainSAELoss(torch.autograd.Function):
             acts = hidden_pre.relu()
             if spec.activation == "jumprelu":
                 acts = acts * (hidden_pre > threshold[:, None, :])
-            reconstruction = torch.baddbmm(b_dec[:, None, :], acts, w_dec)
+            reconstruction = _product(acts, w_dec, spec) + b_dec[:, None, :]
             flat = rows = None
         error = reconstruction - x
         losses = error.pow(2).sum(-1).mean(-1) / spec.activation_scale
@@ -206,8 +172,8 @@ class _PlainSAELoss(torch.autograd.Function):
             grad_w_dec.index_add_(0, flat.view(-1), outer.view(-1, d_in))
             grad_w_dec = grad_w_dec.view(chains, d_sae, d_in)
         else:
-            grad_acts = torch.bmm(grad_out, w_dec.transpose(1, 2))
-            grad_w_dec = torch.bmm(acts.transpose(1, 2), grad_out)
+            grad_acts = _product(grad_out, w_dec.transpose(1, 2), spec)
+            grad_w_dec = _product(acts.transpose(1, 2), grad_out, spec)
         if spec.sparsity_coefficient:
             coefficient = spec.sparsity_coefficient * per_row
             grad_acts = grad_acts + coefficient * _penalty_weights(norms, flat, spec)
@@ -233,7 +199,7 @@ class _PlainSAELoss(torch.autograd.Function):
         else:
             grad_pre = grad_pre_active
         grad_b_enc = grad_pre.sum(1)
-        grad_w_enc = torch.bmm(centred.transpose(1, 2), grad_pre)
+        grad_w_enc = _product(centred.transpose(1, 2), grad_pre, spec)
         if spec.apply_b_dec_to_input:
             # d/d b_dec of x - b_dec: minus the summed pre-activation gradient
             # pulled back through W_enc
