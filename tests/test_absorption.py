@@ -12,7 +12,12 @@ from sae_lens_ext_absorption import absorption_report
 from sae_lens_ext_absorption.config import AbsorptionConfig
 from sae_lens_ext_absorption.discrepancy import DiscrepancyAccumulator
 from sae_lens_ext_absorption.letters import LetterSampler, first_letter
-from sae_lens_ext_absorption.probes import _BalancedBCE, balanced_bce, fit_probes
+from sae_lens_ext_absorption.probes import (
+    _BalancedBCE,
+    balanced_bce,
+    fit_probes,
+    fit_sparse_probes,
+)
 from sae_lens_ext_absorption.report import AbsorptionAccumulator
 from sae_lens_ext_absorption.row_store import RowStore, lookup, top_entries
 from sae_lens_ext_absorption.scoring import absorption_scores
@@ -408,3 +413,27 @@ def test_whitened_probe_fit_reaches_the_plain_objectives_optimum():
     (loss + 1e-3 * weight.pow(2).sum()).backward()
     assert weight.grad.abs().max() < 1e-4
     assert bias.grad.abs().max() < 1e-4
+
+
+def test_sparse_probe_fit_reaches_the_full_objectives_optimum():
+    # rows where none of a probe's features fire are merged into one row;
+    # the optimum must still be that of the plain objective over all rows
+    generator = torch.Generator().manual_seed(6)
+    fires = torch.rand(3, 800, 4, generator=generator) < 0.08
+    x = torch.where(fires, torch.rand(3, 800, 4, generator=generator) * 5, 0.0)
+    labels = (x[:, :, 0] + x[:, :, 1] > 2).T | (
+        torch.rand(800, 3, generator=generator) < 0.05
+    )
+    probes = fit_sparse_probes(x, labels)
+    mean = x.mean(1, keepdim=True)
+    scale = (x - mean).pow(2).mean((1, 2), keepdim=True).sqrt()
+    z = ((x - mean) / scale).double()
+    weight = (probes.weight.double() * scale[:, 0]).requires_grad_(True)
+    bias = probes.bias.double() + (mean[:, 0] * probes.weight).sum(1)
+    bias = bias.detach().requires_grad_(True)
+    logits = torch.einsum("pnf,pf->np", z, weight) + bias
+    loss = balanced_bce(logits, labels) + 1e-3 * weight.pow(2).sum()
+    loss.backward()
+    assert weight.grad.abs().max() < 1e-5
+    assert bias.grad.abs().max() < 1e-5
+    assert (probes.weight[:, :2] > 0).all()  # the label's features

@@ -25,7 +25,7 @@ import torch
 
 from .config import AbsorptionConfig
 from .letters import LETTERS, LetterRows
-from .probes import f1_scores, fit_probes, l1_ranking
+from .probes import f1_scores, fit_probes, fit_sparse_probes, l1_ranking
 from .scoring import absorption_scores
 
 # LBFGS iterations of the ground-truth probes (fitted in whitened
@@ -179,7 +179,7 @@ def _sparse_f1(compact, chosen, labels, train, test) -> torch.Tensor:
     """Test F1 of probes on the chosen latents (``chosen`` is ``[p, k]``)."""
     x_train = compact[train][:, chosen].permute(1, 0, 2)
     x_test = compact[test][:, chosen].permute(1, 0, 2)
-    probes = fit_probes(x_train, labels[train], max_iter=100)
+    probes = fit_sparse_probes(x_train, labels[train])
     logits = torch.einsum("pnf,pf->np", x_test, probes.weight) + probes.bias
     return f1_scores(logits > 0, labels[test])
 

@@ -82,38 +82,64 @@ def fit_probes(
     l2: float = 1e-3,
     max_iter: int = 200,
 ) -> LinearProbes:
-    """One-vs-rest logistic probes by LBFGS.
+    """One-vs-rest logistic probes sharing the inputs ``x`` ``[n, f]``, by
+    LBFGS (``max_iter`` iterations) in whitened coordinates.
 
-    ``x`` is ``[n, f]`` (shared by all probes) or ``[p, n, f]`` (one input
-    matrix per probe); ``labels`` is ``[n, p]`` bool.  Inputs are centred
-    and divided by one overall scale for the fit and the probes mapped back,
-    so the result applies to raw inputs.  The objective is
-    :func:`balanced_bce` plus ``l2 * ||weight||^2``.
+    ``labels`` is ``[n, p]`` bool.  Inputs are centred and divided by one
+    overall scale for the fit and the probes mapped back, so the result
+    applies to raw inputs.  The objective is :func:`balanced_bce` plus
+    ``l2 * ||weight||^2``.
     """
     x = x.float()
-    shared = x.dim() == 2
-    mean = x.mean(-2, keepdim=True)
-    # one scale per input matrix, not per feature: per-feature scaling would
-    # blow up directions that only carry noise in the training rows
-    scale = (x - mean).pow(2).mean((-2, -1), keepdim=True).sqrt().clamp_min(1e-6)
+    mean = x.mean(0, keepdim=True)
+    # one scale, not one per feature: per-feature scaling would blow up
+    # directions that only carry noise in the training rows
+    scale = (x - mean).pow(2).mean().sqrt().clamp_min(1e-6)
     z = (x - mean) / scale
+    weight, bias = _fit_shared(z, _BalancedBCE(labels), l2, max_iter)
+    return LinearProbes(weight / scale, bias - (mean[0] / scale) @ weight.T)
+
+
+def fit_sparse_probes(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    l2: float = 1e-3,
+    max_steps: int = 100,
+) -> LinearProbes:
+    """One probe per input matrix: ``x`` is ``[p, n, k]`` (a few sparse
+    features per probe, e.g. SAE latents), ``labels`` ``[n, p]`` bool.
+
+    Same objective and input scaling as :func:`fit_probes` (per input
+    matrix), solved exactly by Newton's method.  Rows whose ``k`` features
+    are all zero have identical inputs, so each probe's are merged into one
+    row carrying their summed loss weights: the fit then costs in the number
+    of rows where a feature fires, not in ``n``.  ``weight`` is ``[p, k]``.
+    """
+    x = x.double()
+    p, n, k = x.shape
+    mean = x.mean(1)  # [p, k]
+    scale = (x - mean[:, None]).pow(2).mean((1, 2)).sqrt().clamp_min(1e-6)
+    active = (x != 0).any(2)  # [p, n]
+    size = active.sum(1)
+    n_slots = int(size.max())
+    probe, row = active.nonzero(as_tuple=True)
+    slot = (active.cumsum(1) - 1)[probe, row]
+    rows = torch.zeros(p, n_slots, dtype=torch.long)
+    rows[probe, slot] = row
+    used = torch.arange(n_slots)[None, :] < size[:, None]
     objective = _BalancedBCE(labels)
-    if shared:
-        weight, bias = _fit_shared(z, objective, l2, max_iter)
-    else:
-        weight, bias = _lbfgs(
-            labels.shape[1],
-            z.shape[-1],
-            max_iter,
-            lambda w, b: _per_probe_loss_and_grads(z, objective, l2, w, b),
-        )
-    if shared:
-        raw_weight = weight / scale[0]
-        raw_bias = bias - (mean[0] / scale[0]) @ weight.T
-    else:
-        raw_weight = weight / scale[:, 0]
-        raw_bias = bias - ((mean[:, 0] / scale[:, 0]) * weight).sum(-1)
-    return LinearProbes(raw_weight, raw_bias)
+    weights = []
+    for per_row in (objective.coefficient.double(), objective.weighted.double()):
+        kept = torch.where(used, per_row.gather(1, rows), 0.0)
+        weights.append(torch.cat([kept, (per_row.sum(1) - kept.sum(1))[:, None]], 1))
+    inputs = x[torch.arange(p)[:, None], rows]  # [p, slots, k]
+    inputs = torch.cat([inputs, torch.zeros(p, 1, k, dtype=torch.float64)], 1)
+    z = (inputs - mean[:, None]) / scale[:, None, None]
+    weight, bias = _newton(z, *weights, l2, max_steps)
+    raw_weight = weight / scale[:, None]
+    raw_bias = bias - (mean / scale[:, None] * weight).sum(1)
+    return LinearProbes(raw_weight.float(), raw_bias.float())
 
 
 # Ridge added to the input covariance used as preconditioner (inputs are
@@ -151,12 +177,50 @@ def _fit_shared(z, objective, l2, max_iter):
     return torch.linalg.solve_triangular(chol, v, upper=False, left=False), bias
 
 
-def _per_probe_loss_and_grads(z, objective, l2, weight, bias):
-    """Loss and gradients of probes with one input matrix each (``[p, n, f]``)."""
-    logits = torch.bmm(z, weight[:, :, None])[..., 0] + bias[:, None]
-    loss, grad = objective(logits)
-    weight_grad = torch.bmm(grad[:, None, :], z)[:, 0] + (2 * l2) * weight
-    return loss + l2 * weight.pow(2).sum(), weight_grad, grad.sum(1)
+def _newton(z, coefficient, weighted, l2, max_steps, tolerance=1e-7):
+    """Minimise ``sum_r (coefficient softplus(l) - weighted l) + l2 ||w||^2``
+    over logits ``l = z w + b``, per probe (``z`` ``[p, r, k]``), by Newton's
+    method with Armijo backtracking, in float64; stops when every gradient
+    entry is below ``tolerance``.  With a handful of features the
+    ``[p, k + 1, k + 1]`` Hessians cost less than a gradient."""
+    p, _, k = z.shape
+    z1 = torch.cat([z, torch.ones(*z.shape[:2], 1, dtype=z.dtype)], 2)
+    penalty = torch.full((k + 1,), 2 * l2, dtype=torch.float64)
+    penalty[-1] = 0.0  # the bias (weight of the constant 1) is not penalised
+
+    def losses(theta):
+        logits = torch.bmm(z1, theta[:, :, None])[..., 0]
+        loss = (coefficient * F.softplus(logits) - weighted * logits).sum(1)
+        return loss + l2 * theta[:, :-1].pow(2).sum(1), logits
+
+    theta = torch.zeros(p, k + 1, dtype=torch.float64)
+    loss, logits = losses(theta)
+    for _ in range(max_steps):
+        probability = torch.sigmoid(logits)
+        residual = coefficient * probability - weighted
+        gradient = torch.bmm(residual[:, None, :], z1)[:, 0] + penalty * theta
+        moving = gradient.abs().amax(1) > tolerance
+        if not bool(moving.any()):
+            break
+        curvature = coefficient * probability * (1 - probability)
+        hessian = torch.bmm(z1.transpose(1, 2), z1 * curvature[..., None])
+        hessian = hessian + torch.diag_embed(penalty + 1e-12)
+        step = -torch.linalg.solve(hessian, gradient)
+        step = torch.where(moving[:, None], step, 0.0)  # converged probes stay
+        length = torch.ones(p, dtype=torch.float64)
+        slope = (gradient * step).sum(1)
+        for _ in range(30):  # halve each probe's step until it decreases
+            trial_loss, trial_logits = losses(theta + length[:, None] * step)
+            bad = moving & (trial_loss > loss + 1e-4 * length * slope)
+            if not bool(bad.any()):
+                break
+            length = torch.where(bad, length / 2, length)
+        else:  # no decrease found for some probes: they stay put
+            length = torch.where(bad, 0.0, length)
+            trial_loss, trial_logits = losses(theta + length[:, None] * step)
+        theta = theta + length[:, None] * step
+        loss, logits = trial_loss, trial_logits
+    return theta[:, :-1], theta[:, -1]
 
 
 def _lbfgs(n_probes, n_features, max_iter, loss_and_grads):
