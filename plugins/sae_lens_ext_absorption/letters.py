@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .row_store import top_entries
+from .topk import entries_above
+
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _UNKNOWN = -2
 
@@ -111,16 +114,19 @@ class LetterSampler:
         kept = tokens[rows]
         self.seen.index_add_(0, kept, torch.ones_like(kept))
         acts = feature_acts[rows].detach().float().cpu()
-        m = min(self.n_codes, acts.shape[1])
-        values, latents = acts.topk(m, dim=1)
-        latents = torch.where(values > 0, latents, -1)
+        # each row's firing latents (its n_codes largest if more fire), from
+        # one pass over the codes rather than a top-k per row
+        row, latent = entries_above(acts, 0.0)
+        latents, values = top_entries(
+            len(rows), row, latent, acts[row, latent], min(self.n_codes, acts.shape[1])
+        )
         self.parts.append(
             LetterRows(
                 sae_in[rows].detach().float().cpu(),
                 kept,
                 letters[rows],
-                latents,
-                values.clamp_min(0),
+                latents.long(),
+                values,
             )
         )
         self.n_rows += rows.numel()

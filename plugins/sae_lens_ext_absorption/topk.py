@@ -135,22 +135,39 @@ class StreamingTopK:
         columns, values, ids, extra, rank = (
             t[keep] for t in (columns, values, ids, extra, rank)
         )
-        new_values = torch.full_like(self.values, float("-inf"))
-        new_ids = torch.full_like(self.ids, -1)
-        new_extra = torch.zeros_like(self.payload)
-        new_values[columns, rank] = values
-        new_ids[columns, rank] = ids
-        new_extra[columns, rank] = extra
-        self._merge(new_values, new_ids, new_extra)
+        # merge only the columns that received entries
+        touched = (counts > 0).nonzero()[:, 0]
+        slot = torch.zeros_like(counts)
+        slot[touched] = torch.arange(len(touched))
+        where = slot[columns], rank
+        shape = (len(touched), self.n_top)
+        new_values = torch.full(shape, float("-inf"))
+        new_ids = torch.full(shape, -1, dtype=self.ids.dtype)
+        new_extra = torch.zeros(shape)
+        new_values[where] = values
+        new_ids[where] = ids
+        new_extra[where] = extra
+        self._merge(new_values, new_ids, new_extra, touched)
 
     def _merge(
-        self, values: torch.Tensor, ids: torch.Tensor, extra: torch.Tensor
+        self,
+        values: torch.Tensor,
+        ids: torch.Tensor,
+        extra: torch.Tensor,
+        columns: torch.Tensor | None = None,
     ) -> None:
-        both_values = torch.cat([self.values, values], dim=1)
+        """Merge sorted candidate lists into those of ``columns`` (all: None)."""
+        if columns is None:
+            columns = torch.arange(self.values.shape[0])
+        both_values = torch.cat([self.values[columns], values], dim=1)
         top = both_values.topk(self.n_top, dim=1)
-        self.values = top.values
-        self.ids = torch.cat([self.ids, ids], dim=1).gather(1, top.indices)
-        self.payload = torch.cat([self.payload, extra], dim=1).gather(1, top.indices)
+        self.values[columns] = top.values
+        self.ids[columns] = torch.cat([self.ids[columns], ids], 1).gather(
+            1, top.indices
+        )
+        self.payload[columns] = torch.cat([self.payload[columns], extra], 1).gather(
+            1, top.indices
+        )
 
     def live_ids(self) -> torch.Tensor:
         """The distinct row ids held in any column, sorted."""
