@@ -27,7 +27,7 @@ import torch
 from .config import AbsorptionConfig
 from .row_store import RowStore, StoredRows, lookup
 from .scoring import absorption_scores
-from .topk import StreamingTopK, entries_above
+from .topk import StreamingTopK, entries_above, take
 
 _CHUNK = 1024
 _COS_TABLE_ENTRIES = 2**24
@@ -98,7 +98,7 @@ class DiscrepancyAccumulator:
         acts = batch.feature_acts.detach().float().cpu()
         self.decoder.update_dense(projections, offset, payload=acts.T)
         rows, cols = entries_above(acts, 0.0)  # one pass over the codes
-        values = acts[rows, cols]
+        values = take(acts, rows, cols)
         self.fire_count += torch.bincount(cols, minlength=len(self.fire_count))
         self.encoder.update_entries(cols, values, rows + offset)
         self.n_rows += acts.shape[0]
@@ -114,7 +114,7 @@ class DiscrepancyAccumulator:
         positions = getattr(batch, "positions", None)
         self.store.add_entries(
             entered,
-            slot_of_row[rows],
+            slot_of_row.index_select(0, rows),
             cols,
             values,
             getattr(batch, "token_context", None),

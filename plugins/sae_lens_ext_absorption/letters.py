@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .row_store import top_entries
-from .topk import entries_above
+from .topk import entries_above, take
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _UNKNOWN = -2
@@ -118,7 +118,11 @@ class LetterSampler:
         # one pass over the codes rather than a top-k per row
         row, latent = entries_above(acts, 0.0)
         latents, values = top_entries(
-            len(rows), row, latent, acts[row, latent], min(self.n_codes, acts.shape[1])
+            len(rows),
+            row,
+            latent,
+            take(acts, row, latent),
+            min(self.n_codes, acts.shape[1]),
         )
         self.parts.append(
             LetterRows(

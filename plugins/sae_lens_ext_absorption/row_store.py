@@ -134,22 +134,25 @@ def top_entries(
     at most ``width`` per row are placed as they come, with no sort; the
     ``width`` largest are only searched for otherwise.
     """
-    keep = slots >= 0
-    slots, latents, values = slots[keep], latents[keep], values[keep].float()
+    keep = (slots >= 0).nonzero()[:, 0]
+    slots, latents, values = (t.index_select(0, keep) for t in (slots, latents, values))
+    values = values.float()
     counts = torch.bincount(slots, minlength=n_rows)
     grouped = bool((slots[1:] >= slots[:-1]).all())
     if not grouped or int(counts.max()) > width:
         order = values.argsort(descending=True, stable=True)
-        slots, latents, values = slots[order], latents[order], values[order]
+        slots, latents, values = (t[order] for t in (slots, latents, values))
         order = slots.argsort(stable=True)
-        slots, latents, values = slots[order], latents[order], values[order]
-    rank = torch.arange(len(slots)) - (counts.cumsum(0) - counts)[slots]
-    keep = rank < width
-    out_latents = torch.full((n_rows, width), -1, dtype=torch.int32)
-    out_values = torch.zeros(n_rows, width)
-    out_latents[slots[keep], rank[keep]] = latents[keep].to(torch.int32)
-    out_values[slots[keep], rank[keep]] = values[keep]
-    return out_latents, out_values
+        slots, latents, values = (t[order] for t in (slots, latents, values))
+    rank = torch.arange(len(slots)) - (counts.cumsum(0) - counts).index_select(0, slots)
+    keep = (rank < width).nonzero()[:, 0]
+    # flat positions in the [n_rows, width] outputs
+    where = (slots * width + rank).index_select(0, keep)
+    out_latents = torch.full((n_rows * width,), -1, dtype=torch.int32)
+    out_values = torch.zeros(n_rows * width)
+    out_latents[where] = latents.index_select(0, keep).to(torch.int32)
+    out_values[where] = values.index_select(0, keep)
+    return out_latents.view(n_rows, width), out_values.view(n_rows, width)
 
 
 def lookup(rows: StoredRows, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

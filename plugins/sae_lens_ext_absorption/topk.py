@@ -32,6 +32,23 @@ def entries_above(scores: torch.Tensor, bar, limit: int | None = None):
     return flat // scores.shape[1], flat % scores.shape[1]
 
 
+def take(matrix: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor):
+    """``matrix[rows, columns]`` by one flat ``index_select`` when ``matrix``
+    or its transpose is contiguous (indexing with two index tensors is ~15x
+    slower on CPU here)."""
+    if matrix.is_contiguous():
+        return matrix.view(-1).index_select(0, rows * matrix.shape[1] + columns)
+    if matrix.T.is_contiguous():
+        return matrix.T.reshape(-1).index_select(0, columns * matrix.shape[0] + rows)
+    return matrix[rows, columns]
+
+
+def _select(index: torch.Tensor, *tensors: torch.Tensor):
+    """Each tensor's elements at ``index`` (1-d ``index_select``, several
+    times faster than ``tensor[index]`` on CPU)."""
+    return tuple(t.index_select(0, index) for t in tensors)
+
+
 class StreamingTopK:
     """The ``n_top`` largest values seen per column, with their row ids.
 
@@ -83,8 +100,8 @@ class StreamingTopK:
                 self._merge_dense(scores, offset, floor, payload)
                 return
             cols, rows = found
-        extra = None if payload is None else payload[cols, rows]
-        self.update_entries(cols, scores[cols, rows], rows + offset, extra)
+        extra = None if payload is None else take(payload, cols, rows)
+        self.update_entries(cols, take(scores, cols, rows), rows + offset, extra)
 
     def _merge_dense(self, scores, offset, floor, payload) -> None:
         """Merge each column's top-N of a ``[n_columns, n_rows]`` batch."""
@@ -115,25 +132,20 @@ class StreamingTopK:
             return
         values = values.float()
         extra = torch.zeros_like(values) if payload is None else payload.float()
-        keep = values > self.threshold[columns]
-        columns, values, ids, extra = (
-            columns[keep],
-            values[keep],
-            ids[keep],
-            extra[keep],
-        )
-        if columns.numel() == 0:
+        keep = (values > self.threshold.index_select(0, columns)).nonzero()[:, 0]
+        if keep.numel() == 0:
             return
+        columns, values, ids, extra = _select(keep, columns, values, ids, extra)
         order = values.argsort(descending=True, stable=True)
-        columns, values, ids, extra = (t[order] for t in (columns, values, ids, extra))
+        columns, values, ids, extra = _select(order, columns, values, ids, extra)
         order = columns.argsort(stable=True)
-        columns, values, ids, extra = (t[order] for t in (columns, values, ids, extra))
+        columns, values, ids, extra = _select(order, columns, values, ids, extra)
         counts = torch.bincount(columns, minlength=self.values.shape[0])
         starts = counts.cumsum(0) - counts
-        rank = torch.arange(columns.numel()) - starts[columns]
-        keep = rank < self.n_top
-        columns, values, ids, extra, rank = (
-            t[keep] for t in (columns, values, ids, extra, rank)
+        rank = torch.arange(columns.numel()) - starts.index_select(0, columns)
+        keep = (rank < self.n_top).nonzero()[:, 0]
+        columns, values, ids, extra, rank = _select(
+            keep, columns, values, ids, extra, rank
         )
         # merge only the columns that received entries
         touched = (counts > 0).nonzero()[:, 0]
