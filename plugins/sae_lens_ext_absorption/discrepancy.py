@@ -27,7 +27,7 @@ import torch
 from .config import AbsorptionConfig
 from .row_store import RowStore, StoredRows, lookup
 from .scoring import absorption_scores
-from .topk import StreamingTopK, entries_above, take
+from .topk import StreamingTopK, entries_above, flat_nonzero, take
 
 _CHUNK = 1024
 _COS_TABLE_ENTRIES = 2**24
@@ -240,11 +240,16 @@ class DiscrepancyAccumulator:
         """For each latent, the latents firing on its decoder-only rows."""
         decoder_only = scored["valid"] & ~scored["in_encoder"]  # [d, N]
         latents = scored["code_latents"]  # [d, N, m]
-        mask = decoder_only[..., None] & (latents >= 0)
-        owner = torch.arange(latents.shape[0])[:, None, None].expand_as(latents)
-        pairs_owner, pairs_other = owner[mask], latents[mask]
-        shares, cosines = scored["code_shares"][mask], scored["code_cosines"][mask]
-        is_top = (scored["top_latent"][..., None] == latents)[mask]
+        # flat positions of the (latent, row, code) entries to count
+        width = latents.shape[1] * latents.shape[2]
+        flat = flat_nonzero(decoder_only[..., None] & (latents >= 0))
+        pairs_owner = flat // width
+        pairs_other, shares, cosines = (
+            scored[key].reshape(-1).index_select(0, flat)
+            for key in ("code_latents", "code_shares", "code_cosines")
+        )
+        top = scored["top_latent"].reshape(-1).index_select(0, flat // latents.shape[2])
+        is_top = top == pairs_other
         columns = [
             "latent",
             "absorber",

@@ -32,6 +32,12 @@ def entries_above(scores: torch.Tensor, bar, limit: int | None = None):
     return flat // scores.shape[1], flat % scores.shape[1]
 
 
+def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the true entries of a CPU boolean tensor (by NumPy,
+    as in :func:`entries_above`)."""
+    return torch.from_numpy(np.flatnonzero(mask.contiguous().numpy()))
+
+
 def take(matrix: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor):
     """``matrix[rows, columns]`` by one flat ``index_select`` when ``matrix``
     or its transpose is contiguous (indexing with two index tensors is ~15x
