@@ -31,13 +31,17 @@ from sae_lens_ext_absorption import (
 )
 from sae_lens_ext_absorption.first_letter import _split_by_token
 from sae_lens_ext_absorption.letters import LETTERS, TokenLetters
-from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from sae_lens_ext.demo import demo_eval_tokens, demo_sae_path, load_demo_model
+from sae_lens_ext.extras import require
 from sae_lens_ext.shared_pass import model_activations
 from sae_lens_ext.tokens import iter_token_batches
+
+LogisticRegression = require(
+    "sklearn.linear_model", "bench", "The dense peer's probes"
+).LogisticRegression
 
 
 def demo_batches(sae_id: str, n_tokens: int):

@@ -33,10 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sae_lens_ext.extras import require
+
 
 def devinterp_llc(model, dataset, loss_fn, args, n_rows) -> tuple[float, float, float]:
     """devinterp's estimate and SE from its per-draw losses, and its seconds."""
-    from devinterp.slt.sampling import sample
+    sample = require("devinterp.slt.sampling", "bench", "The devinterp side").sample
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -95,7 +97,9 @@ def ours(model, loss_fn, data, args, autocast_dtype=None):
 def model_case(args):
     """The demo TransformerLens model on demo sequences, per-token cross-entropy."""
     from datasets import Dataset
-    from devinterp.slt.lm_loss import lm_cross_entropy_loss
+
+    lm_loss = require("devinterp.slt.lm_loss", "bench", "The devinterp side")
+    lm_cross_entropy_loss = lm_loss.lm_cross_entropy_loss
 
     from sae_lens_ext.demo import demo_eval_tokens, load_demo_model
 

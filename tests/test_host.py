@@ -240,9 +240,9 @@ def test_third_party_plugin_is_found_listed_and_run(
 def test_missing_extra_names_the_install_command():
     from sae_lens_ext.extras import MissingExtraError, require
 
-    with pytest.raises(MissingExtraError, match=r"pip install 'sae-lens-ext\[llc\]'"):
-        require("no_such_module_xyz", "llc", "Comparing against devinterp")
-    assert require("json", "llc", "JSON").dumps([1]) == "[1]"
+    with pytest.raises(MissingExtraError, match=r"pip install 'sae-lens-ext\[bench\]'"):
+        require("no_such_module_xyz", "bench", "Comparing against devinterp")
+    assert require("json", "bench", "JSON").dumps([1]) == "[1]"
 
 
 def test_a_broken_plugin_is_listed_not_fatal(tmp_path, monkeypatch, fresh_registry):
