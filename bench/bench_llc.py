@@ -14,11 +14,14 @@ localization and minibatch size; ``L(w*)`` is the loss on all the data on both
 sides (devinterp: ``num_init_loss_batches`` = one pass).  devinterp's own
 ``llc_mean`` averages burn-in steps too, so its estimate here is taken from its
 per-draw losses (``sampling_loss``) after burn-in, the quantity we estimate.
-Prints seconds, the time ratio, and both estimates with their standard errors
-(over chains); ``--bf16`` adds our bf16-autocast fast path.
+Prints seconds, each run's speed-up over devinterp's best time, and both
+estimates with their standard errors (over chains); ``--bf16`` adds our
+bf16-autocast fast path, ``--threads 1,2`` runs both sides at each thread
+count (on two cores, one torch thread leaves the other core to our noise
+worker; which is faster depends on the size of the model).
 
     python bench/bench_llc.py                 # both cases, default sizes
-    python bench/bench_llc.py --case sae --draws 200
+    python bench/bench_llc.py --case sae --draws 200 --threads 1,2
 """
 
 from __future__ import annotations
@@ -144,27 +147,40 @@ def sae_case(args):
 
 
 def run_case(name, args):
-    """Both sides on one case; print and return the row."""
+    """Both sides on one case at each thread count; print every run and the
+    ratio of the two sides' best times."""
     build = model_case if name == "model" else sae_case
     model, loss_fn, data, dataset, per_token = build(args)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    rows = [("ours fp32", *ours(model, loss_fn, data, args))]
-    if args.bf16:
-        rows.append(("ours bf16", *ours(model, loss_fn, data, args, torch.bfloat16)))
-    rows.append(
-        ("devinterp", *devinterp_llc(model, dataset, per_token, args, len(data)))
-    )
-    peer = rows[-1]
     print(
         f"\n[{name}] {n_params:,} params, {len(data)} rows, {args.chains} chains x "
         f"({args.burnin} burn-in + {args.draws} draws), batch {args.batch_size}, "
         f"eps {args.step_size:g}, nbeta {args.nbeta:g}, gamma {args.localization:g}"
     )
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        rows.append((f"ours fp32, {threads} thr", *ours(model, loss_fn, data, args)))
+        if args.bf16:
+            rows.append(
+                (
+                    f"ours bf16, {threads} thr",
+                    *ours(model, loss_fn, data, args, torch.bfloat16),
+                )
+            )
+        rows.append(
+            (
+                f"devinterp, {threads} thr",
+                *devinterp_llc(model, dataset, per_token, args, len(data)),
+            )
+        )
+    peers = [row for row in rows if row[0].startswith("devinterp")]
+    peer = min(peers, key=lambda row: row[3])
     for label, llc, llc_se, seconds in rows:
         gap = abs(llc - peer[1]) / math.hypot(llc_se, peer[2])
         print(
-            f"  {label:10s} {seconds:8.1f} s   LLC {llc:10.3f} ± {llc_se:.3f}   "
-            f"speed-up x{peer[3] / seconds:5.1f}   |diff| / SE {gap:.2f}"
+            f"  {label:20s} {seconds:8.1f} s   LLC {llc:10.3f} ± {llc_se:.3f}   "
+            f"vs devinterp's best x{peer[3] / seconds:5.1f}   |diff| / SE {gap:.2f}"
         )
 
 
@@ -186,14 +202,15 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads for both sides"
+        "--threads",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[torch.get_num_threads()],
+        help="comma-separated torch thread counts to run both sides at, e.g. 1,2",
     )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.manual_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch threads: {torch.get_num_threads()}")
+    print(f"torch threads: {', '.join(map(str, args.threads))}")
     for name in ("model", "sae") if args.case == "both" else (args.case,):
         run_case(name, args)
 

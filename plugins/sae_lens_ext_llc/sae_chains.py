@@ -165,7 +165,9 @@ class _PlainSAELoss(torch.autograd.Function):
         grad_b_dec = grad_out.sum(1)
         if spec.activation == "topk":
             k = spec.k
-            grad_acts = torch.bmm(rows, grad_out.view(chains * n, d_in, 1))
+            # k dot products per row: faster as multiply-and-sum than as a
+            # batch of chains * n matrix-vector products
+            grad_acts = (rows * grad_out.view(chains * n, 1, d_in)).sum(-1)
             grad_acts = grad_acts.view(chains, n, k)
             outer = acts[..., None] * grad_out[:, :, None, :]  # [chains, n, k, d_in]
             grad_w_dec = w_dec.new_zeros(chains * d_sae, d_in)

@@ -230,6 +230,7 @@ def sample_chains(
         leave=False,
     )
     full_batch = batch_size >= n_rows
+    offset = torch.empty_like(weights)  # w - w*, reused every step
     try:
         for step in bar:
             batch = data if full_batch else take_rows(data, next(batches))
@@ -250,7 +251,7 @@ def sample_chains(
             if not alive.any():
                 break
             with torch.no_grad():
-                offset = weights - chains.anchor
+                offset = torch.sub(weights, chains.anchor, out=offset)
                 distance = torch.linalg.vector_norm(offset, dim=1)
                 distance_trace[:, step] = (
                     torch.where(alive, distance, float("nan")).double().cpu()
