@@ -130,3 +130,12 @@ def run_offline(script: str, cache: Path, home: Path) -> list[str]:
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("LOADED"))
     return line.split()[1:]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread avoids contention on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

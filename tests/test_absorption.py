@@ -30,14 +30,7 @@ from sae_lens_ext_absorption.topk import StreamingTopK
 
 from sae_lens_ext import run
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_streaming_topk_equals_exact_topk():

@@ -10,13 +10,7 @@ from sae_lens_ext_absorption.probes import l1_ranking
 L1 = 1e-3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sparse_problem(seed: int, n: int = 600, d: int = 40, p: int = 4):

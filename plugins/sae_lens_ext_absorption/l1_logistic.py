@@ -262,18 +262,28 @@ def _signs(w: torch.Tensor, g: torch.Tensor, l1: float):
     return torch.where(entering, -torch.sign(g), torch.sign(w)), entering
 
 
+def packed_slots(active: torch.Tensor):
+    """The True entries of each row of a ``[q, width]`` bool mask, packed left.
+
+    Returns ``(row, column, slot, index, used)``: each True entry's row,
+    column and slot; ``index`` ``[q, slots]``, the column held in each slot
+    (0 where unused); and ``used``, which slots hold an entry.
+    """
+    size = active.sum(1)
+    n_slots = int(size.max())
+    row, column = active.nonzero(as_tuple=True)
+    slot = (active.cumsum(1) - 1)[row, column]
+    index = torch.zeros(active.shape[0], n_slots, dtype=torch.long)
+    index[row, slot] = column
+    used = torch.arange(n_slots)[None, :] < size[:, None]
+    return row, column, slot, index, used
+
+
 def _newton_direction(design, h, sign, entering, pseudo) -> torch.Tensor:
     """Newton step on each probe's signed weights, zero elsewhere; an entering
     weight whose step points out of its orthant stays at zero."""
     q, width = sign.shape
-    active = sign != 0
-    size = active.sum(1)
-    n_slots = int(size.max())
-    probe, column = active.nonzero(as_tuple=True)
-    slot = (active.cumsum(1) - 1)[probe, column]
-    columns = torch.zeros(q, n_slots, dtype=torch.long)
-    columns[probe, slot] = column
-    used = torch.arange(n_slots)[None, :] < size[:, None]
+    probe, column, slot, columns, used = packed_slots(sign != 0)
     hessian = design.hessian_blocks(h, columns)
     both = used[:, :, None] & used[:, None, :]
     ridge = _RIDGE * hessian.diagonal(dim1=1, dim2=2).amax(1).clamp_min(1e-300)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .l1_logistic import SparseDesign, l1_logistic
+from .l1_logistic import SparseDesign, l1_logistic, packed_slots
 
 
 @dataclass
@@ -120,14 +120,7 @@ def fit_sparse_probes(
     p, n, k = x.shape
     mean = x.mean(1)  # [p, k]
     scale = (x - mean[:, None]).pow(2).mean((1, 2)).sqrt().clamp_min(1e-6)
-    active = (x != 0).any(2)  # [p, n]
-    size = active.sum(1)
-    n_slots = int(size.max())
-    probe, row = active.nonzero(as_tuple=True)
-    slot = (active.cumsum(1) - 1)[probe, row]
-    rows = torch.zeros(p, n_slots, dtype=torch.long)
-    rows[probe, slot] = row
-    used = torch.arange(n_slots)[None, :] < size[:, None]
+    *_, rows, used = packed_slots((x != 0).any(2))  # rows where a latent fires
     objective = _BalancedBCE(labels)
     weights = []
     for per_row in (objective.coefficient.double(), objective.weighted.double()):
