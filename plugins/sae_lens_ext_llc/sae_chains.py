@@ -10,8 +10,9 @@ batched products; a TopK SAE decodes only its ``k`` active latents per row
 
 The backward pass is written by hand (:class:`_PlainSAELoss`): it skips the
 ``[chains, n, d_in]`` gradient of the centred input, since ``b_dec``'s share
-of it is just ``-(sum of the pre-activation gradients) @ W_enc^T``, and
-accumulates the TopK decoder gradient into the ``k`` rows each input used.  Under autocast
+of it is just ``-(sum of the pre-activation gradients) @ W_enc^T``, and for
+a TopK SAE accumulates the decoder and encoder gradients into the ``k`` rows
+and columns each input used.  Under autocast
 the dense products (encoder, ReLU decoder and their gradients) run in the
 autocast dtype and everything else in float32.
 
@@ -193,15 +194,19 @@ class _PlainSAELoss(torch.autograd.Function):
             grad_w_dec = grad_w_dec + summed[..., None] * direction
         grad_pre_active = grad_acts * (acts > 0)
         if spec.activation == "topk":
-            grad_pre = acts.new_zeros(chains, n, d_sae)
-            latents = flat.view(chains * n, spec.k) % d_sae
-            grad_pre.view(chains * n, d_sae).scatter_(
-                1, latents, grad_pre_active.view(chains * n, spec.k)
-            )
+            # only k pre-activations per row carry a gradient: accumulate
+            # their outer products with the input into W_enc's columns
+            # (k * d_in numbers per row instead of a dense d_sae product)
+            outer = grad_pre_active[..., None] * centred[:, :, None, :]
+            columns = w_enc.new_zeros(chains * d_sae, d_in)
+            columns.index_add_(0, flat.view(-1), outer.view(-1, d_in))
+            grad_w_enc = columns.view(chains, d_sae, d_in).transpose(1, 2)
+            grad_b_enc = acts.new_zeros(chains * d_sae)
+            grad_b_enc.index_add_(0, flat.view(-1), grad_pre_active.view(-1))
+            grad_b_enc = grad_b_enc.view(chains, d_sae)
         else:
-            grad_pre = grad_pre_active
-        grad_b_enc = grad_pre.sum(1)
-        grad_w_enc = _product(centred.transpose(1, 2), grad_pre, spec)
+            grad_b_enc = grad_pre_active.sum(1)
+            grad_w_enc = _product(centred.transpose(1, 2), grad_pre_active, spec)
         if spec.apply_b_dec_to_input:
             # d/d b_dec of x - b_dec: minus the summed pre-activation gradient
             # pulled back through W_enc

@@ -259,9 +259,10 @@ def sample_chains(
                 update = offset.mul_(pull_factor)
                 update.addcmul_(noise.next(), noise_factor)
                 for columns, gradient in zip(chains.columns, gradients, strict=True):
-                    if gradient is not None:
-                        update[:, columns].addcmul_(
-                            gradient.reshape(num_chains, -1), grad_factor
+                    if gradient is not None:  # in its own layout: no copy
+                        shape = (num_chains,) + (1,) * (gradient.dim() - 1)
+                        update[:, columns].view(gradient.shape).addcmul_(
+                            gradient, grad_factor.view(shape)
                         )
                 if not alive.all():
                     update = torch.where(alive[:, None], update, 0.0)
