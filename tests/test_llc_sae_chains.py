@@ -130,3 +130,21 @@ def test_sampler_traces_are_the_same_on_both_paths():
         fast.trace["loss"], generic.trace["loss"], rtol=1e-4, atol=1e-7
     )
     assert fast.llc == pytest.approx(generic.llc, rel=1e-3)
+
+
+def test_frozen_parameters_keep_their_value_on_the_batched_path():
+    """A parameter that does not require grad is not sampled; the batched loss
+    takes the SAE's own value for it in every chain, as the vmap path does."""
+    sae = build("topk")
+    sae.b_dec.requires_grad_(False)
+    x = torch.randn(64, D_IN, generator=torch.Generator().manual_seed(4))
+    loss = sae_loss_fn(float(x.pow(2).sum(-1).mean()))
+    options = dict(num_chains=2, num_draws=10, num_burnin=0, step_size=1e-4)
+    fast = estimate_llc(sae, loss, x, progress=False, **options)
+    generic = estimate_llc(
+        sae, lambda model, batch: loss(model, batch), x, progress=False, **options
+    )
+    assert fast.n_params == D_IN * D_SAE * 2 + D_SAE
+    np.testing.assert_allclose(
+        fast.trace["loss"], generic.trace["loss"], rtol=1e-4, atol=1e-7
+    )
