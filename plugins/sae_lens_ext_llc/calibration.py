@@ -158,10 +158,6 @@ def calibrate_llc(
             problem,
             traces,
             slice(i * num_chains, (i + 1) * num_chains),
-            num_burnin=num_burnin,
-            step_size=step_size,
-            nbeta=nbeta,
-            localization=float(localization),
             settings=settings_record(
                 problem,
                 num_chains=num_chains,

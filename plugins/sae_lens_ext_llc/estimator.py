@@ -267,14 +267,12 @@ def summarise_chains(
     traces: ChainTraces,
     chains: slice,
     *,
-    num_burnin: int,
-    step_size: float,
-    nbeta: float,
-    localization: float,
     settings: dict[str, Any],
     seconds: float,
 ) -> LLCResult:
-    """The estimate, trace table and diagnostics of the chains ``chains``."""
+    """The estimate, trace table and diagnostics of the chains ``chains``,
+    sampled with ``settings`` (a :func:`settings_record`)."""
+    num_burnin, nbeta = settings["num_burnin"], settings["nbeta"]
     loss = traces.loss[chains].numpy()
     distance = traces.distance[chains].numpy()
     llc_trace = nbeta * (loss - problem.init_loss)
@@ -287,8 +285,8 @@ def summarise_chains(
         init_grad_norm=problem.init_grad_norm,
         n_params=problem.n_params,
         nbeta=nbeta,
-        step_size=step_size,
-        localization=localization,
+        step_size=settings["step_size"],
+        localization=settings["localization"],
     )
     bad = set(exploded_chains(evidence))
     healthy = [c for c in range(loss.shape[0]) if c not in bad]
@@ -380,10 +378,6 @@ def estimate_llc(
         problem,
         traces,
         slice(None),
-        num_burnin=num_burnin,
-        step_size=float(step_size),
-        nbeta=nbeta,
-        localization=float(localization),
         settings=settings_record(
             problem,
             num_chains=num_chains,
