@@ -3,6 +3,13 @@
 from .analysis import ActivationBatch, Analysis, AnalysisResult, NoConfig, RunContext
 from .hookspecs import hookimpl
 from .loading import load_model_for_sae, load_sae
+from .reconstruction import (
+    CodeMap,
+    UnsupportedSAEError,
+    code_map,
+    flat_rows,
+    require_reconstruction,
+)
 from .releases import Release
 from .runner import RunOutput, run
 
@@ -12,15 +19,20 @@ __all__ = [
     "ActivationBatch",
     "Analysis",
     "AnalysisResult",
+    "CodeMap",
     "NoConfig",
     "PublishError",
     "Release",
     "RunContext",
     "RunOutput",
+    "UnsupportedSAEError",
+    "code_map",
+    "flat_rows",
     "hookimpl",
     "load_model_for_sae",
     "load_sae",
     "push_to_hub",
+    "require_reconstruction",
     "run",
     "__version__",
 ]

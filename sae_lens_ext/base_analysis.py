@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from .analysis import ActivationBatch, Analysis, AnalysisResult
+from .reconstruction import require_reconstruction
 
 
 @dataclass
@@ -38,6 +39,7 @@ class BaseAnalysis(Analysis):
 
     def __init__(self, config: BaseConfig, context):
         super().__init__(config, context)
+        require_reconstruction(context.sae, "base")
         d_sae = context.sae.cfg.d_sae
         self.fire_count = torch.zeros(d_sae, dtype=torch.float64)
         self.act_sum = torch.zeros(d_sae, dtype=torch.float64)

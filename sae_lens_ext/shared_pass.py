@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .analysis import ActivationBatch, Analysis
+from .reconstruction import flat_rows
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
@@ -102,7 +103,8 @@ def run_shared_pass(
     """
     offset = 0
     dtype = sae.W_dec.dtype
-    with tqdm(total=total_rows, unit="tok", desc="shared pass") as bar:
+    # hook_z SAEs see flat rows [n, n_heads * d_head]: the same math
+    with flat_rows(sae), tqdm(total=total_rows, unit="tok", desc="shared pass") as bar:
         for hook_acts in activations:
             sae_in = hook_acts.sae_in.to(dtype)
             check_activations(sae_in, sae.cfg.d_in, hook_name)

@@ -13,6 +13,11 @@ list also holds and *decoder-only* rows.  On every decoder row the
 absorption of ``d_i`` is scored with the latent's own decoder direction as
 the probe (:func:`.scoring.absorption_scores`): latent ``i`` is the main
 latent, and the other active latents contribute ``a_j W_dec[j] . d_i``.
+Contributions and projections are those of SAE-Lens's decode
+(:func:`sae_lens_ext.code_map`): a latent's row is ``W_dec[j] / |W_dec[j]|``
+when ``rescale_acts_by_decoder_norm`` is on, the output normalisation's
+per-row scale multiplies every contribution, and the projection is of
+``x - decode(0)`` (``x - b_dec`` without normalisation).
 A latent's absorption score is the mean absorption fraction over its
 decoder list; latents that fire on decoder-only rows are its absorbers.
 """
@@ -23,6 +28,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
+
+from sae_lens_ext import UnsupportedSAEError, code_map, require_reconstruction
 
 from .config import AbsorptionConfig
 from .row_store import RowStore, StoredRows, lookup
@@ -69,15 +76,11 @@ class DiscrepancyAccumulator:
 
     def __init__(self, sae, config: AbsorptionConfig):
         self.config = config
+        self.code_map = decoder_code_map(sae)
         w_dec = sae.W_dec.detach().float().cpu()
-        self.dec_norm = w_dec.norm(dim=1)
-        self.unit_dec = w_dec / self.dec_norm[:, None].clamp_min(1e-12)
-        b_dec = getattr(sae, "b_dec", None)
-        self.b_dec = (
-            b_dec.detach().float().cpu()
-            if b_dec is not None
-            else torch.zeros(w_dec.shape[1])
-        )
+        # what one unit of each latent adds to the reconstruction, in length
+        self.dec_norm = self.code_map.row_norms.float().cpu()
+        self.unit_dec = w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.dtype = getattr(torch, config.dtype)
         self.projector = self.unit_dec.to(self.dtype)
         d_sae = w_dec.shape[0]
@@ -91,14 +94,23 @@ class DiscrepancyAccumulator:
         """Merge one :class:`~sae_lens_ext.ActivationBatch` (or any object with
         ``sae_in``, ``feature_acts``, ``offset`` and optional token fields)."""
         offset = batch.offset
-        x = batch.sae_in.detach().float().cpu() - self.b_dec
+        sae_in = batch.sae_in.detach().cpu()
+        x = sae_in.float() - self.code_map.zero_code(sae_in).float()
         # [d_sae, rows]: a latent's projections are contiguous (the product is
         # also ~15% faster in this layout)
         projections = (self.projector @ x.to(self.dtype).T).float()
         acts = batch.feature_acts.detach().float().cpu()
-        self.decoder.update_dense(projections, offset, payload=acts.T)
         rows, cols = entries_above(acts, 0.0)  # one pass over the codes
         values = take(acts, rows, cols)
+        # the decoder list and the row store keep each activation times its
+        # row's output scale (what its contribution is made of); the encoder
+        # list ranks the activations themselves
+        lengths, length_values = acts, values
+        scale = self.code_map.row_scale(sae_in)
+        if scale is not None:
+            scale = scale.float()
+            lengths, length_values = acts * scale[:, None], values * scale[rows]
+        self.decoder.update_dense(projections, offset, payload=lengths.T)
         self.fire_count += torch.bincount(cols, minlength=len(self.fire_count))
         self.encoder.update_entries(cols, values, rows + offset)
         self.n_rows += acts.shape[0]
@@ -116,7 +128,7 @@ class DiscrepancyAccumulator:
             entered,
             slot_of_row.index_select(0, rows),
             cols,
-            values,
+            length_values,
             getattr(batch, "token_context", None),
             positions[local] if positions is not None else None,
         )
@@ -331,6 +343,20 @@ class DiscrepancyAccumulator:
                 _render(rows, i, decode) for i in encoder_ids.tolist()
             ),
         }
+
+
+def decoder_code_map(sae):
+    """:func:`sae_lens_ext.code_map` of ``sae``, or a clear error if it has none."""
+    require_reconstruction(sae, "absorption")
+    found = code_map(sae)
+    if found is None:
+        raise UnsupportedSAEError(
+            f"absorption does not support SAE-Lens architecture "
+            f"{sae.cfg.architecture()!r} with normalize_activations="
+            f"{sae.cfg.normalize_activations!r}: latents' contributions need a "
+            "decoder that is linear in the code. Leave it out with `-p no:absorption`."
+        )
+    return found
 
 
 def _render(rows: StoredRows, row_id: int, decode) -> str:

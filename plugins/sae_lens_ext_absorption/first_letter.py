@@ -18,12 +18,13 @@ and test vocabularies:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import torch
 
 from .config import AbsorptionConfig
+from .discrepancy import decoder_code_map
 from .letters import LETTERS, LetterRows
 from .probes import f1_scores, fit_probes, fit_sparse_probes, l1_ranking
 from .scoring import absorption_scores
@@ -60,6 +61,7 @@ def first_letter_absorption(
     """
     w_dec = sae.W_dec.detach().float().cpu()
     d_sae = w_dec.shape[0]
+    decoding = decoder_code_map(sae)
     train, test = _split_by_token(sample.tokens, config.test_fraction, seed)
     labels = torch.nn.functional.one_hot(sample.letters, len(LETTERS)).bool()
     usable = (labels[train].sum(0) >= MIN_TRAIN_POSITIVES) & (
@@ -72,8 +74,9 @@ def first_letter_absorption(
             "raise letter_rows or the number of tokens"
         )
     labels = labels[:, letters]
-    b_dec = sae.b_dec.detach().float().cpu() if config.subtract_b_dec else 0.0
-    x = sample.sae_in - b_dec
+    # decode(0): b_dec, moved by the output normalisation where there is one
+    zero_code = decoding.zero_code(sample.sae_in).float()
+    x = sample.sae_in - zero_code if config.subtract_b_dec else sample.sae_in
     torch.manual_seed(seed)
     probes = fit_probes(x[train], labels[train], max_iter=GROUND_TRUTH_ITERATIONS)
     probe_positive = probes.logits(x[test]) > 0
@@ -93,16 +96,21 @@ def first_letter_absorption(
     directions = probes.directions()
     unit_dec = w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
     cosines = unit_dec @ directions.T  # [d_sae, n_letters]
+    # contributions: activation x row output scale x length of its decoder row
+    scale = decoding.row_scale(sample.sae_in)
+    lengths = sample
+    if scale is not None:
+        lengths = replace(sample, code_values=sample.code_values * scale[:, None])
     records, row_records = [], []
     for column, letter in enumerate(letters.tolist()):
         rows = test[labels[test, column] & probe_positive[:, column]]
         scored = _score_rows(
-            sample,
+            lengths,
             rows,
             x,
             directions[column],
             cosines[:, column],
-            w_dec.norm(dim=1),
+            decoding.row_norms.float(),
             main_latents[column],
             config,
         )

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from sae_lens_ext import Analysis, AnalysisResult
+from sae_lens_ext import Analysis, AnalysisResult, require_reconstruction
 
 from .estimator import LLCResult
 from .sae import estimate_sae_llc
@@ -54,6 +54,7 @@ class LLCAnalysis(Analysis):
 
     def __init__(self, config: LLCConfig, context):
         super().__init__(config, context)
+        require_reconstruction(context.sae, "llc")
         if config.max_tokens < 1:
             raise ValueError(
                 f"llc.max_tokens must be at least 1, got {config.max_tokens}"

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from sae_lens_ext import flat_rows, require_reconstruction
+
 from .estimator import LLCResult, estimate_llc
 from .sae_chains import ChainLoss, chain_sae_loss
 
@@ -82,6 +84,7 @@ def estimate_sae_llc(
             "activations must be a 2-D tensor [n_tokens, d_in] of the SAE's "
             f"inputs, got {getattr(activations, 'shape', type(activations).__name__)}"
         )
+    require_reconstruction(sae, "llc")
     d_in = sae.cfg.d_in
     if activations.shape[1] != d_in:
         raise ValueError(
@@ -91,4 +94,5 @@ def estimate_sae_llc(
     activations = activations.to(sae.W_dec.device, sae.W_dec.dtype)
     scale = float(activations.pow(2).sum(-1).mean()) if len(activations) else 1.0
     loss_fn = sae_loss_fn(scale, sparsity_coefficient)
-    return estimate_llc(sae, loss_fn, activations, **options)
+    with flat_rows(sae):  # a hook_z SAE's loss on flat rows: the same math
+        return estimate_llc(sae, loss_fn, activations, **options)

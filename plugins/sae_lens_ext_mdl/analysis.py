@@ -31,7 +31,9 @@ class MDLAnalysis(Analysis):
 
     def update(self, batch) -> None:
         """Histogram this batch's quantised activations at every precision."""
-        self.accumulator.update(batch.sae_in, batch.feature_acts, batch.token_context)
+        self.accumulator.update(
+            batch.sae_in, batch.feature_acts, batch.token_context, batch.sae_out
+        )
 
     def finish(self) -> AnalysisResult:
         """Choose the precision and report bits per token."""

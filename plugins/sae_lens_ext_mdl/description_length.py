@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from sae_lens_ext import code_map, flat_rows, require_reconstruction
+
 from .histograms import QuantisedHistograms
 
 NON_NEGATIVE_ARCHITECTURES = {
@@ -91,6 +93,7 @@ class MDLAccumulator:
 
     def __init__(self, sae, config: MDLConfig, model=None, hook_name=None):
         check_config(config)
+        require_reconstruction(sae, "mdl")
         self.sae, self.config = sae, config
         self.model, self.hook_name = model, hook_name
         d_sae = sae.cfg.d_sae
@@ -109,9 +112,7 @@ class MDLAccumulator:
         self.ce = torch.zeros(len(ladder) + 1, dtype=torch.float64)
         self.ce_batches_done = 0
         self.non_negative = sae.cfg.architecture() in NON_NEGATIVE_ARCHITECTURES
-        self.linear_decoder = (
-            self.non_negative and sae.cfg.normalize_activations == "none"
-        )
+        self.code_map = code_map(sae)
 
     def histograms(self) -> Iterator[QuantisedHistograms]:
         """The histogram at each precision of the ladder, finest first.
@@ -123,9 +124,18 @@ class MDLAccumulator:
             yield self.finest.coarsened(level)
 
     def update(
-        self, sae_in: torch.Tensor, feature_acts: torch.Tensor, token_context=None
+        self,
+        sae_in: torch.Tensor,
+        feature_acts: torch.Tensor,
+        token_context=None,
+        sae_out: torch.Tensor | None = None,
     ):
-        """Add one batch of hook activations and their SAE encoding."""
+        """Add one batch of hook activations and their SAE encoding.
+
+        ``sae_out`` is ``sae.decode(feature_acts)`` where the caller has it
+        (decoding again is not possible for normalisations that keep
+        per-row state from ``encode``).
+        """
         rows, latents = feature_acts.nonzero(as_tuple=True)
         values = feature_acts[rows, latents]
         if self.non_negative and values.numel() and values.min() < 0:
@@ -141,7 +151,9 @@ class MDLAccumulator:
             self.max_abs = max(self.max_abs, values.abs().max().item())
         x = sae_in.double()
         with torch.no_grad():
-            batch_error = x - self.sae.decode(feature_acts).double()
+            if sae_out is None:
+                sae_out = self.sae.decode(feature_acts)
+            batch_error = x - sae_out.reshape(x.shape).double()
             self.sq_err_clean += batch_error.pow(2).sum().item()
             self.finest.add(latents, values, n)
             for level in range(self.n_levels):
@@ -155,21 +167,21 @@ class MDLAccumulator:
     def _quantised_sq_err(self, x, batch_error, feature_acts, rows, latents, quantised):
         """Squared reconstruction error with the non-zero values quantised.
 
-        With a linear decoder the reconstruction moves by ``delta @ W_dec``,
-        where ``delta`` (quantised minus exact) is as sparse as the code, so a
-        sparse product replaces a dense decode per precision.
+        Where the decode is affine in the code (:func:`sae_lens_ext.code_map`:
+        decoder-norm rescaling and the output normalisation included), the
+        reconstruction moves by ``delta @ rows`` times the row's output scale,
+        with ``delta`` (quantised minus exact) as sparse as the code: a sparse
+        product replaces a dense decode per precision.  Otherwise SAE-Lens
+        encodes and decodes the quantised code.
         """
-        if not self.linear_decoder:
+        if self.code_map is None:
             dense = torch.zeros_like(feature_acts)
-            dense[rows, latents] = quantised
-            return (x - self.sae.decode(dense).double()).pow(2).sum().item()
-        delta = torch.sparse_coo_tensor(
-            torch.stack([rows, latents]),
-            (quantised - feature_acts[rows, latents]).double(),
-            feature_acts.shape,
-            check_invariants=False,
-        )
-        moved = torch.sparse.mm(delta, self.sae.W_dec.double())
+            dense[rows, latents] = quantised.to(dense.dtype)
+            self.sae.encode(x.to(feature_acts.dtype))  # per-row state, if any
+            decoded = self.sae.decode(dense).reshape(x.shape)
+            return (x - decoded.double()).pow(2).sum().item()
+        deltas = quantised.double() - feature_acts[rows, latents].double()
+        moved = self.code_map.moved(x, rows, latents, deltas)
         return (batch_error - moved).pow(2).sum().item()
 
     def _add_ce(self, tokens: torch.Tensor) -> None:
@@ -218,7 +230,7 @@ class MDLAccumulator:
                 "precision": [self.finest.precision * 2**j for j in range(len(bits))],
                 "bits_per_token": bits,
                 "mse": mse,
-                "relative_mse_increase": [(m - mse_clean) / mse_clean for m in mse],
+                "relative_mse_increase": [relative_increase(m, mse_clean) for m in mse],
             }
         )
         if self.config.loss == "ce":
@@ -257,6 +269,14 @@ class MDLAccumulator:
         )
 
 
+def relative_increase(loss: float, clean: float) -> float:
+    """``(loss - clean) / clean``; with a perfect reconstruction (``clean`` 0)
+    a lossless precision gives 0 and any loss gives infinity."""
+    if clean > 0:
+        return (loss - clean) / clean
+    return 0.0 if loss <= clean else math.inf
+
+
 def check_config(config: MDLConfig) -> None:
     """Raise ValueError for settings that cannot work."""
     if config.precision is not None and not config.precision > 0:
@@ -290,9 +310,11 @@ def description_length(
     hook_name = options.pop("hook_name", None)
     config = MDLConfig(precision=precision, tolerance=tolerance, loss=loss, **options)
     accumulator = MDLAccumulator(sae, config, model=model, hook_name=hook_name)
-    for item in activations_source:
-        sae_in, tokens = item if isinstance(item, tuple) else (item, None)
-        with torch.no_grad():
-            feats = sae.encode(sae_in.to(sae.W_dec.dtype))
-        accumulator.update(sae_in, feats, tokens)
+    with flat_rows(sae):
+        for item in activations_source:
+            sae_in, tokens = item if isinstance(item, tuple) else (item, None)
+            with torch.no_grad():
+                feats = sae.encode(sae_in.to(sae.W_dec.dtype))
+                sae_out = sae.decode(feats)
+            accumulator.update(sae_in, feats, tokens, sae_out)
     return accumulator.result()

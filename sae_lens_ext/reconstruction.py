@@ -1,0 +1,176 @@
+"""How an SAE-Lens SAE's reconstruction depends on its code, for shortcuts.
+
+Analyses that move a few latents of a code (quantise them, drop one, score
+its share of a projection) need ``decode(f') - decode(f)`` without a dense
+decode per variant.  For SAE-Lens's inference architectures with a linear
+decoder, :func:`code_map` gives the exact form
+
+    decode(f)[r] = scale[r] * (f[r] @ rows + bias) + shift[r]
+
+where ``rows`` is ``W_dec`` divided by its row norms when
+``rescale_acts_by_decoder_norm`` is set, and ``scale``/``shift`` come from
+the ``normalize_activations`` mode (``constant_norm_rescale``: the input's
+norm over sqrt(d_in); ``layer_norm``: its standard deviation and mean; the
+other modes are the identity at inference).  Architectures whose
+reconstruction is not ``decode(encode(x))`` of its input are refused by
+:func:`require_reconstruction` with the reason; others get ``None`` from
+:func:`code_map`, and callers fall back to SAE-Lens's own
+``encode``/``decode``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+# inference architectures whose decode is ``f @ W_dec (+ b_dec)`` (with
+# ``f`` divided by the decoder norms where rescaling is on), then the
+# output normalisation
+LINEAR_DECODERS = {
+    "standard",
+    "gated",
+    "jumprelu",
+    "topk",
+    "abstopk",
+    "matching_pursuit",
+}
+# normalize_activations modes that SAE-Lens applies as the identity at
+# inference (their factors are folded into the weights)
+IDENTITY_NORMALIZATIONS = {"none", "expected_average_only_in", "covariance_whitening"}
+ROW_NORMALIZATIONS = {"constant_norm_rescale", "layer_norm"}
+
+_NOT_RECONSTRUCTIONS = {
+    "transcoder": "its decoder writes another hook's activations (d_out), so "
+    "it does not reconstruct its input",
+    "temporal": "its output adds codes predicted from earlier positions "
+    "(forward(x) is not decode(encode(x))) and its encoder needs whole "
+    "sequences, not rows of activations",
+}
+
+
+class UnsupportedSAEError(ValueError):
+    """An analysis cannot work on this SAE's architecture; the message says why."""
+
+
+def _kind(sae) -> str:
+    architecture = sae.cfg.architecture()
+    if hasattr(sae.cfg, "d_out") or "transcoder" in architecture:
+        return "transcoder"
+    return architecture
+
+
+def require_reconstruction(sae, analysis: str) -> None:
+    """Raise UnsupportedSAEError if ``sae`` does not reconstruct its input.
+
+    ``analysis`` names the analysis in the message, which also says how to
+    leave it out of a run.
+    """
+    reason = _NOT_RECONSTRUCTIONS.get(_kind(sae))
+    if reason is None:
+        return
+    raise UnsupportedSAEError(
+        f"{analysis} does not support SAE-Lens architecture "
+        f"{sae.cfg.architecture()!r}: {reason}. Leave it out with "
+        f"`-p no:{analysis}` (Python: plugins=['no:{analysis}'])."
+    )
+
+
+@dataclass
+class CodeMap:
+    """``decode(f) = scale * (f @ rows + bias) + shift`` for one SAE."""
+
+    rows: torch.Tensor  # [d_sae, d_out], float64
+    bias: torch.Tensor  # [d_out], float64
+    normalization: str
+    d_in: int
+
+    @property
+    def row_norms(self) -> torch.Tensor:
+        """Length of each latent's contribution per unit of its activation."""
+        return self.rows.norm(dim=1)
+
+    def row_scale(self, sae_in: torch.Tensor) -> torch.Tensor | None:
+        """Per-row output scale ``[n]`` (float64), or None where it is 1."""
+        if self.normalization in IDENTITY_NORMALIZATIONS:
+            return None
+        x = sae_in.double().reshape(sae_in.shape[0], -1)
+        if self.normalization == "constant_norm_rescale":
+            return x.norm(dim=-1) / math.sqrt(self.d_in)
+        return (x - x.mean(dim=-1, keepdim=True)).std(dim=-1)
+
+    def zero_code(self, sae_in: torch.Tensor) -> torch.Tensor:
+        """``decode(0)`` for each row ``[n, d_out]`` (float64)."""
+        scale = self.row_scale(sae_in)
+        if scale is None:
+            return self.bias.expand(sae_in.shape[0], -1)
+        zero = scale[:, None] * self.bias
+        if self.normalization == "layer_norm":
+            zero = zero + sae_in.double().mean(dim=-1, keepdim=True)
+        return zero
+
+    def moved(
+        self,
+        sae_in: torch.Tensor,
+        row_ids: torch.Tensor,
+        latent_ids: torch.Tensor,
+        deltas: torch.Tensor,
+    ) -> torch.Tensor:
+        """``decode(f + delta) - decode(f)`` ``[n, d_out]`` (float64) for a
+        sparse ``delta`` given as (row, latent, value) entries."""
+        n = sae_in.shape[0]
+        delta = torch.sparse_coo_tensor(
+            torch.stack([row_ids, latent_ids]),
+            deltas.double(),
+            (n, self.rows.shape[0]),
+            check_invariants=False,
+        )
+        moved = torch.sparse.mm(delta, self.rows.to(deltas.device))
+        scale = self.row_scale(sae_in)
+        return moved if scale is None else moved * scale[:, None]
+
+
+def code_map(sae) -> CodeMap | None:
+    """The affine form of ``sae``'s decode in its code, or None if unknown.
+
+    Known: the architectures in ``LINEAR_DECODERS`` and subclasses of their
+    SAE-Lens classes (a subclass may add a term that does not depend on the
+    code, such as a token table; the moves of :meth:`CodeMap.moved` are
+    unchanged by it).
+    """
+    from sae_lens import GatedSAE, JumpReLUSAE, StandardSAE, TopKSAE
+
+    cfg = sae.cfg
+    linear = cfg.architecture() in LINEAR_DECODERS or isinstance(
+        sae, (StandardSAE, GatedSAE, JumpReLUSAE, TopKSAE)
+    )
+    mode = cfg.normalize_activations
+    if not linear or mode not in IDENTITY_NORMALIZATIONS | ROW_NORMALIZATIONS:
+        return None
+    rows = sae.W_dec.detach().double()
+    if getattr(cfg, "rescale_acts_by_decoder_norm", False):
+        rows = rows / rows.norm(dim=1, keepdim=True)
+    adds_b_dec = cfg.architecture() != "matching_pursuit" or cfg.apply_b_dec_to_input
+    bias = sae.b_dec.detach().double() if adds_b_dec else torch.zeros(rows.shape[1])
+    return CodeMap(rows=rows, bias=bias, normalization=mode, d_in=cfg.d_in)
+
+
+@contextlib.contextmanager
+def flat_rows(sae) -> Iterator[None]:
+    """Inside the block, a ``hook_z`` SAE takes and returns flat rows ``[n, d_in]``.
+
+    SAE-Lens's ``hook_z`` reshaping only merges ``(n_heads, d_head)`` into
+    ``d_in`` and splits it back, so on rows the math is unchanged; the
+    setting is restored on exit.
+    """
+    if not getattr(sae, "hook_z_reshaping_mode", False):
+        yield
+        return
+    sae.turn_off_forward_pass_hook_z_reshaping()
+    try:
+        yield
+    finally:
+        sae.turn_on_forward_pass_hook_z_reshaping()
