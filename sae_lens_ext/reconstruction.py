@@ -87,6 +87,8 @@ class CodeMap:
     bias: torch.Tensor  # [d_out], float64
     normalization: str
     d_in: int
+    # a subclass that may add code-independent terms: decode(0) through it
+    subclass_sae: object = None
 
     @property
     def row_norms(self) -> torch.Tensor:
@@ -104,6 +106,8 @@ class CodeMap:
 
     def zero_code(self, sae_in: torch.Tensor) -> torch.Tensor:
         """``decode(0)`` for each row ``[n, d_out]`` (float64)."""
+        if self.subclass_sae is not None:
+            return _decode_zero(self.subclass_sae, sae_in, self.normalization)
         scale = self.row_scale(sae_in)
         if scale is None:
             return self.bias.expand(sae_in.shape[0], -1)
@@ -155,7 +159,18 @@ def code_map(sae) -> CodeMap | None:
         rows = rows / rows.norm(dim=1, keepdim=True)
     adds_b_dec = cfg.architecture() != "matching_pursuit" or cfg.apply_b_dec_to_input
     bias = sae.b_dec.detach().double() if adds_b_dec else torch.zeros(rows.shape[1])
-    return CodeMap(rows=rows, bias=bias, normalization=mode, d_in=cfg.d_in)
+    subclass = None if cfg.architecture() in LINEAR_DECODERS else sae
+    return CodeMap(rows, bias, mode, cfg.d_in, subclass)
+
+
+def _decode_zero(sae, sae_in: torch.Tensor, normalization: str) -> torch.Tensor:
+    """SAE-Lens's ``decode`` of the zero code for each row (float64)."""
+    n = sae_in.shape[0]
+    with torch.no_grad():
+        if normalization in ROW_NORMALIZATIONS:
+            sae.encode(sae_in.to(sae.W_dec.dtype))  # the per-row statistics
+        zeros = sae_in.new_zeros(n, sae.cfg.d_sae, dtype=sae.W_dec.dtype)
+        return sae.decode(zeros).reshape(n, -1).double()
 
 
 @contextlib.contextmanager

@@ -282,8 +282,13 @@ def reference(case: Case, sae, x: torch.Tensor, tokens: torch.Tensor) -> Referen
 
 
 def float64_copy(sae):
-    """The same weights in float64 (exact: every half value is a double)."""
-    return copy.deepcopy(sae).to(torch.float64)
+    """The same weights in float64 (exact: every half value is a double),
+    built afresh from the config (not every SAE class deep-copies)."""
+    cfg = copy.copy(sae.cfg)
+    cfg.dtype = "float64"
+    twin = SAE_CLASS_REGISTRY[cfg.architecture()][0](cfg)
+    twin.load_state_dict({k: v.double() for k, v in sae.state_dict().items()})
+    return twin
 
 
 @dataclasses.dataclass
@@ -339,3 +344,50 @@ def absorption_config():
     from sae_lens_ext_absorption.config import AbsorptionConfig
 
     return AbsorptionConfig(top_n=8, codes_per_row=D_SAE, letters=False)
+
+
+class Float64Calls(SAECalls):
+    """SAE-Lens's calls on a float64 copy of the case's SAE: its decoder math
+    without the SAE dtype's rounding (the codes still come from the SAE)."""
+
+    def __init__(self, case: Case, sae, tokens: torch.Tensor):
+        super().__init__(case, float64_copy(sae), tokens)
+
+    def decode_rows(self, x: torch.Tensor, codes: torch.Tensor, tokens=None):
+        """``decode(codes[r])`` right after ``encode(x[r])``, per row."""
+        bound = self.tokens if tokens is None else tokens
+        with torch.no_grad(), bound_tokens(self.sae, bound):
+            if self.case.normalize in ROW_NORMALIZATIONS or self.case.hook_z:
+                # decode reads what encode kept: the per-row statistics of
+                # these modes, hook_z's head width (others keep nothing, and
+                # matching pursuit's encode is slow)
+                self.sae.encode(self.native(x))
+            out = self.sae.decode(codes.double())
+        return out.reshape(len(x), -1)
+
+    def directions(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit direction each latent moves the reconstruction in ``[d_sae, d_in]``:
+        ``decode(e_i) - decode(0)`` on one row (any row: a normalisation only
+        scales it by a positive number)."""
+        rows = x[:1].expand(D_SAE + 1, -1)
+        codes = torch.cat([torch.eye(D_SAE), torch.zeros(1, D_SAE)]).double()
+        tokens = self.tokens[:1].expand(D_SAE + 1)
+        out = self.decode_rows(rows, codes, tokens)
+        moves = out[:-1] - out[-1]
+        return moves / moves.norm(dim=1, keepdim=True)
+
+    def contributions(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """``[n, d_sae, d_in]``: what each latent adds to each row's
+        reconstruction, ``decode(f) - decode(f without it)``."""
+        n = len(x)
+        without = codes[:, None, :].repeat(1, D_SAE, 1)
+        without[:, torch.arange(D_SAE), torch.arange(D_SAE)] = 0.0
+        rows = x.repeat_interleave(D_SAE, dim=0)
+        tokens = self.tokens.repeat_interleave(D_SAE)
+        dropped = self.decode_rows(rows, without.reshape(n * D_SAE, D_SAE), tokens)
+        full = self.decode_rows(x, codes)
+        return full[:, None, :] - dropped.view(n, D_SAE, -1)
+
+    def zero_code(self, x: torch.Tensor) -> torch.Tensor:
+        """``decode(0)`` per row ``[n, d_in]``."""
+        return self.decode_rows(x, torch.zeros(len(x), D_SAE))
