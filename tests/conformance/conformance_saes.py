@@ -35,30 +35,39 @@ N_SEQ, SEQ_LEN, VOCAB = 8, 24, 32
 HOOK = "blocks.0.hook_resid_post"
 HOOK_Z = "blocks.0.attn.hook_z"
 
-# architectures whose output is not a reconstruction of their input: the
-# analyses that compare the two refuse them with a message (asserted)
-NOT_RECONSTRUCTIONS = {
-    "transcoder",
-    "skip_transcoder",
-    "jumprelu_transcoder",
-    "jumprelu_skip_transcoder",
-    "temporal",
-}
-
 # Tolerances by the SAE's dtype, relative to the compared quantity.  The
 # plugins take the SAE's own encode/decode outputs (rounded to the SAE's
 # dtype) and do their arithmetic in float32/float64; the references call
 # SAE-Lens again, so the two differ by the SAE dtype's rounding of the
-# reconstruction: unit roundoff u = 2^-24 (fp32), 2^-11 (fp16), 2^-8 (bf16),
-# amplified at most ~|reconstruction| / |error| (~3 on these random SAEs)
-# in a squared error.  Sums of 192 x 16 terms in float32 add ~1e-6.
-RTOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2}
+# reconstruction and of sums in that dtype: unit roundoff u = 2^-24 (fp32),
+# 2^-11 = 4.9e-4 (fp16), 2^-8 = 3.9e-3 (bf16), times a small factor (a squared
+# error doubles a relative rounding; |reconstruction| / |error| is ~1-3 on
+# these random SAEs).  Largest seen on these cases: 2.8e-3 (bf16) and 6e-4
+# (fp16), the LLC loss summed in the SAE's dtype.  Float32 sums of 192 x 16
+# terms: ~1e-6.
+RTOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
 def architectures() -> list[str]:
     """Every inference architecture registered, ours included."""
     get_registry()  # plugins register their architectures on load
     return sorted(SAE_CLASS_REGISTRY)
+
+
+@cache
+def refused_architectures() -> list[str]:
+    """Registered architectures the host refuses as not reconstructing their
+    input (transcoders, temporal SAEs): asserted to say so, in
+    test_conformance_unsupported."""
+    from sae_lens_ext import UnsupportedSAEError, require_reconstruction
+
+    refused = []
+    for arch in architectures():
+        try:
+            require_reconstruction(build_sae(Case(arch)), "base")
+        except UnsupportedSAEError:
+            refused.append(arch)
+    return refused
 
 
 def normalization_modes() -> list[str]:
@@ -110,7 +119,7 @@ def cases() -> list[Case]:
     """
     found = []
     for arch in architectures():
-        if arch in NOT_RECONSTRUCTIONS:
+        if arch in refused_architectures():
             continue
         variants = [
             Case(arch),
@@ -131,11 +140,11 @@ def cases() -> list[Case]:
                     hook_z=True,
                 ),
             ]
-        found += [case for case in variants if _valid(case)]
+        found += [case for case in variants if valid_case(case)]
     return found
 
 
-def _valid(case: Case) -> bool:
+def valid_case(case: Case) -> bool:
     """Whether the architecture's own config accepts the case (a tokenized
     SAE, for one, refuses any activation normalisation)."""
     try:
