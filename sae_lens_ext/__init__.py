@@ -9,6 +9,8 @@ from .reconstruction import (
     code_map,
     flat_rows,
     require_reconstruction,
+    select_head,
+    splice,
 )
 from .releases import Release
 from .runner import RunOutput, run
@@ -34,6 +36,8 @@ __all__ = [
     "push_to_hub",
     "require_reconstruction",
     "run",
+    "select_head",
+    "splice",
     "__version__",
 ]
 

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from .analysis import ActivationBatch, Analysis, AnalysisResult
-from .reconstruction import require_reconstruction
+from .reconstruction import require_reconstruction, splice
 
 
 @dataclass
@@ -112,8 +112,8 @@ def ce_metrics(context, tokens: torch.Tensor) -> dict[str, float]:
     """Clean, SAE-spliced and zero-ablated CE loss on ``tokens``."""
     model, sae, hook = context.model, context.sae, context.hook_name
 
-    def splice(acts, hook):
-        return sae(acts.to(sae.W_dec.dtype)).to(acts.dtype)
+    def splice_sae(acts, hook):
+        return splice(sae, acts, sae)
 
     def zero(acts, hook):
         return torch.zeros_like(acts)
@@ -121,7 +121,7 @@ def ce_metrics(context, tokens: torch.Tensor) -> dict[str, float]:
     with torch.no_grad():
         clean = model(tokens, return_type="loss").item()
         spliced = model.run_with_hooks(
-            tokens, return_type="loss", fwd_hooks=[(hook, splice)]
+            tokens, return_type="loss", fwd_hooks=[(hook, splice_sae)]
         ).item()
         zeroed = model.run_with_hooks(
             tokens, return_type="loss", fwd_hooks=[(hook, zero)]

@@ -189,3 +189,40 @@ def flat_rows(sae) -> Iterator[None]:
         yield
     finally:
         sae.turn_on_forward_pass_hook_z_reshaping()
+
+
+def head_index(sae) -> int | None:
+    """The attention head an SAE was trained on (``hook_head_index``), if any."""
+    return getattr(sae.cfg.metadata, "hook_head_index", None)
+
+
+def select_head(sae, sae_in: torch.Tensor) -> torch.Tensor:
+    """The rows of the SAE's head when ``sae_in`` holds every head's, flattened.
+
+    An SAE trained with ``hook_head_index`` saw ``acts[..., head, :]`` of an
+    attention hook (``d_in = d_head``), as SAE-Lens's activation store gives
+    it; the hook's rows ``[n, n_heads * d_head]`` are cut to that head.
+    Anything else is returned unchanged (and a wrong width is reported by
+    the caller's width check).
+    """
+    head, d_in = head_index(sae), sae.cfg.d_in
+    width = sae_in.shape[-1]
+    if head is None or width == d_in or width % d_in:
+        return sae_in
+    return sae_in.reshape(sae_in.shape[0], width // d_in, d_in)[:, head]
+
+
+def splice(sae, acts: torch.Tensor, through) -> torch.Tensor:
+    """The hook's activations with the SAE's part replaced by ``through(part)``.
+
+    ``through`` maps the SAE's input to what takes its place (``sae`` itself
+    for the SAE's output); for a ``hook_head_index`` SAE only that head of
+    ``acts [..., n_heads, d_head]`` is replaced, the others pass unchanged.
+    """
+    head = head_index(sae)
+    dtype = sae.W_dec.dtype
+    if head is None or acts.shape[-1] != sae.cfg.d_in or acts.dim() < 2:
+        return through(acts.to(dtype)).to(acts.dtype)
+    out = acts.clone()
+    out[..., head, :] = through(acts[..., head, :].to(dtype)).to(acts.dtype)
+    return out

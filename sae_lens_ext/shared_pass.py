@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .analysis import ActivationBatch, Analysis
-from .reconstruction import flat_rows
+from .reconstruction import flat_rows, select_head
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
@@ -106,7 +106,7 @@ def run_shared_pass(
     # hook_z SAEs see flat rows [n, n_heads * d_head]: the same math
     with flat_rows(sae), tqdm(total=total_rows, unit="tok", desc="shared pass") as bar:
         for hook_acts in activations:
-            sae_in = hook_acts.sae_in.to(dtype)
+            sae_in = select_head(sae, hook_acts.sae_in).to(dtype)
             check_activations(sae_in, sae.cfg.d_in, hook_name)
             with torch.no_grad():
                 feature_acts = sae.encode(sae_in)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from sae_lens_ext import code_map, flat_rows, require_reconstruction
+from sae_lens_ext import code_map, flat_rows, require_reconstruction, splice
 
 from .histograms import QuantisedHistograms
 
@@ -191,13 +191,16 @@ class MDLAccumulator:
             return
         sae = self.sae
 
-        def splice(level):
-            def hook(acts, hook):
-                feats = sae.encode(acts.to(sae.W_dec.dtype))
+        def spliced_at(level):
+            def through(part):
+                feats = sae.encode(part)
                 if level is not None:
                     quantised = self.finest.dequantise(feats, level)
                     feats = torch.where(feats != 0, quantised, feats)
-                return sae.decode(feats).to(acts.dtype)
+                return sae.decode(feats)
+
+            def hook(acts, hook):
+                return splice(sae, acts, through)
 
             return hook
 
@@ -207,7 +210,7 @@ class MDLAccumulator:
                 self.ce[j] += self.model.run_with_hooks(
                     tokens,
                     return_type="loss",
-                    fwd_hooks=[(self.hook_name, splice(level))],
+                    fwd_hooks=[(self.hook_name, spliced_at(level))],
                 ).item()
         self.ce_batches_done += 1
 

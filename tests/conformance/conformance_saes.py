@@ -154,11 +154,11 @@ def valid_case(case: Case) -> bool:
     return True
 
 
-def _config(case: Case, architecture: str):
+def _config(case: Case, architecture: str, d_in: int = D_IN):
     cfg_class = SAE_CLASS_REGISTRY[architecture][1]
     names = {f.name for f in dataclasses.fields(cfg_class)}
     options = {
-        "d_in": D_IN,
+        "d_in": d_in,
         "d_sae": D_SAE,
         "apply_b_dec_to_input": case.apply_b_dec_to_input,
         "normalize_activations": case.normalize,
@@ -169,7 +169,7 @@ def _config(case: Case, architecture: str):
         "rescale_acts_by_decoder_norm": case.rescale,
         "base_architecture": "topk",
         "vocab_size": VOCAB,
-        "d_out": D_IN + 4,
+        "d_out": d_in + 4,
         "n_heads": 2,
         "bottleneck_factor": 4,
         "kval_topk": K,
@@ -206,10 +206,10 @@ def _randomise(sae, seed: int) -> None:
         param.copy_(value.to(param.dtype))
 
 
-def build_sae(case: Case, seed: int = 0):
+def build_sae(case: Case, seed: int = 0, d_in: int = D_IN):
     """The case's SAE, in its dtype."""
     sae_class = SAE_CLASS_REGISTRY[case.architecture][0]
-    sae = sae_class(_config(case, case.architecture))
+    sae = sae_class(_config(case, case.architecture, d_in))
     _randomise(sae, seed)
     return sae.to(case.dtype)
 
