@@ -217,12 +217,19 @@ def splice(sae, acts: torch.Tensor, through) -> torch.Tensor:
 
     ``through`` maps the SAE's input to what takes its place (``sae`` itself
     for the SAE's output); for a ``hook_head_index`` SAE only that head of
-    ``acts [..., n_heads, d_head]`` is replaced, the others pass unchanged.
+    ``acts [..., n_heads, d_head]`` is replaced, the others pass unchanged;
+    a ``hook_z`` SAE gets the heads flattened, whether or not its reshaping
+    is on at the time.
     """
-    head = head_index(sae)
+    head, d_in = head_index(sae), sae.cfg.d_in
     dtype = sae.W_dec.dtype
-    if head is None or acts.shape[-1] != sae.cfg.d_in or acts.dim() < 2:
-        return through(acts.to(dtype)).to(acts.dtype)
-    out = acts.clone()
-    out[..., head, :] = through(acts[..., head, :].to(dtype)).to(acts.dtype)
-    return out
+    if head is not None and acts.dim() >= 2 and acts.shape[-1] == d_in:
+        out = acts.clone()
+        out[..., head, :] = through(acts[..., head, :].to(dtype)).to(acts.dtype)
+        return out
+    if acts.dim() >= 2 and acts.shape[-1] != d_in == acts.shape[-2:].numel():
+        # a hook_z SAE's heads, given to it flat (also inside a shared pass)
+        with flat_rows(sae):
+            flat = through(acts.flatten(-2).to(dtype))
+        return flat.reshape(acts.shape).to(acts.dtype)
+    return through(acts.to(dtype)).to(acts.dtype)

@@ -11,6 +11,8 @@ from unittest import mock
 import pytest
 import torch
 from conformance_saes import Case, build_sae
+from sae_lens_ext_mdl.analysis import MDLAnalysis
+from sae_lens_ext_mdl.description_length import MDLConfig
 
 from sae_lens_ext.analysis import RunContext
 from sae_lens_ext.base_analysis import BaseAnalysis, BaseConfig
@@ -41,17 +43,18 @@ def run_base(sae, model, tokens):
         hook_name=HOOK_Z,
     )
     base = BaseAnalysis(BaseConfig(ce_batches=1), context)
+    mdl = MDLAnalysis(MDLConfig(loss="ce", ce_batches=1, n_precisions=2), context)
     batches = model_activations(model, HOOK_Z, [tokens], skip_bos=True)
-    run_shared_pass(sae, [base], batches, hook_name=HOOK_Z)
+    run_shared_pass(sae, [base, mdl], batches, hook_name=HOOK_Z)
     with mock.patch("sae_lens_ext.base_analysis.density_plot"):
-        return base.finish().metrics
+        return base.finish().metrics, mdl.accumulator.result()
 
 
 @pytest.mark.parametrize("kind", ["hook_z", "hook_head_index"])
 def test_attention_sae_metrics_match_sae_lens(kind, tiny_model, tiny_tokens):
     tokens = tiny_tokens[:8]
     sae = attention_sae(kind)
-    metrics = run_base(sae, tiny_model, tokens)
+    metrics, mdl = run_base(sae, tiny_model, tokens)
     with torch.no_grad():
         _, cache = tiny_model.run_with_cache(tokens, names_filter=HOOK_Z)
         z = cache[HOOK_Z][:, 1:]  # [b, pos, heads, d_head], BOS excluded
@@ -76,5 +79,7 @@ def test_attention_sae_metrics_match_sae_lens(kind, tiny_model, tiny_tokens):
     assert metrics["mse"] == pytest.approx(float(error), rel=1e-5)
     assert metrics["l0"] == pytest.approx(float((codes != 0).sum(-1).double().mean()))
     assert metrics["ce_loss_spliced"] == pytest.approx(spliced, rel=1e-6)
+    # MDL's CE splice of the unquantised code is the same splice
+    assert mdl.unquantised_loss == pytest.approx(spliced, rel=1e-6)
     if kind == "hook_z":  # left as it was: it still takes [..., heads, d_head]
         assert sae(z).shape == z.shape
