@@ -105,12 +105,13 @@ class CodeMap:
         return (x - x.mean(dim=-1, keepdim=True)).std(dim=-1)
 
     def zero_code(self, sae_in: torch.Tensor) -> torch.Tensor:
-        """``decode(0)`` for each row ``[n, d_out]`` (float64)."""
+        """``decode(0)`` for each row ``[n, d_out]`` (float64); ``[d_out]``
+        (the same for every row, broadcasting) without a normalisation."""
         if self.subclass_sae is not None:
             return _decode_zero(self.subclass_sae, sae_in, self.normalization)
         scale = self.row_scale(sae_in)
         if scale is None:
-            return self.bias.expand(sae_in.shape[0], -1)
+            return self.bias
         zero = scale[:, None] * self.bias
         if self.normalization == "layer_norm":
             zero = zero + sae_in.double().mean(dim=-1, keepdim=True)

@@ -95,7 +95,7 @@ class DiscrepancyAccumulator:
         ``sae_in``, ``feature_acts``, ``offset`` and optional token fields)."""
         offset = batch.offset
         sae_in = batch.sae_in.detach().cpu()
-        x = sae_in.float() - self.code_map.zero_code(sae_in).float()
+        x = sae_in.float() - self.code_map.zero_code(sae_in).float()  # x - decode(0)
         # [d_sae, rows]: a latent's projections are contiguous (the product is
         # also ~15% faster in this layout)
         projections = (self.projector @ x.to(self.dtype).T).float()
