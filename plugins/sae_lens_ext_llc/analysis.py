@@ -42,6 +42,10 @@ class LLCConfig:
         default="none", metadata={"help": "bf16 autocast for the passes (fast path)"}
     )
 
+    def __post_init__(self):
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+
 
 class LLCAnalysis(Analysis):
     """Local learning coefficient of the SAE's weights (Lau et al. 2023)."""
@@ -51,13 +55,10 @@ class LLCAnalysis(Analysis):
     description = "LLC of the SAE's weights on its activations, batched SGLD"
     config_class = LLCConfig
     needs = frozenset({"activations"})
+    headline_metrics = ("llc",)
 
     def __init__(self, config: LLCConfig, context):
         super().__init__(config, context)
-        if config.max_tokens < 1:
-            raise ValueError(
-                f"llc.max_tokens must be at least 1, got {config.max_tokens}"
-            )
         self.rows: list[torch.Tensor] = []
         self.n_kept = 0
 
