@@ -212,7 +212,7 @@ def run(
     if push_to_hub:
         from .hub import push_to_hub as push
 
-        output.push = push(run_dir, push_to_hub, **(push_options or {}))
+        output.push = push(output.run_dir, push_to_hub, **(push_options or {}))
     return output
 
 
