@@ -37,6 +37,7 @@ from .tokens import (
 from .validation import (
     check_context_size,
     check_metrics_finite,
+    check_option_values,
     check_run_options,
     check_sae_weights,
     check_tokens,
@@ -333,6 +334,7 @@ def build_configs(
                     f"option of {name}", sorted(bad)[0], sorted(fields)
                 )
             )
+        check_option_values(name, given)
         try:
             configs[name] = cls.config_class(**given)
         except (ValueError, TypeError) as exc:

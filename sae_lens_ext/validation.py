@@ -39,6 +39,13 @@ def option_error(analysis: str, config_class, given: dict, exc: Exception):
     )
 
 
+def check_option_values(analysis: str, given: dict) -> None:
+    """Refuse NaN for any option: no analysis has a use for it."""
+    for name, value in given.items():
+        if isinstance(value, float) and math.isnan(value):
+            raise InputError(f"invalid option --{analysis}.{name} nan: give a number")
+
+
 def check_run_options(*, n_tokens: int, batch_size: int, device: str) -> None:
     """Refuse non-positive ``--n-tokens``/``--batch-size`` and unusable devices."""
     for option, value in (("--n-tokens", n_tokens), ("--batch-size", batch_size)):

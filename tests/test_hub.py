@@ -481,7 +481,9 @@ def test_incomplete_run_is_refused_unless_allowed(hub, tmp_path, status):
     run = make_run(tmp_path)
     summary = json.loads((run / "summary.json").read_text())
     (run / "summary.json").write_text(json.dumps({**summary, "status": status}))
-    with pytest.raises(ValueError, match=f"the run is {status}, not complete") as caught:
+    with pytest.raises(
+        ValueError, match=f"the run is {status}, not complete"
+    ) as caught:
         push_to_hub(run, REPO, token=TOKEN)
     assert "--allow-incomplete" in str(caught.value)
     assert hub.requests == []

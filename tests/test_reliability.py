@@ -343,7 +343,7 @@ def nothing_loads(monkeypatch):
         ({"config": {"mdl": {"tolerance": -1.0}}}, "--mdl.tolerance -1.0"),
         ({"config": {"llc": {"max_tokens": 0}}}, "--llc.max_tokens 0"),
         ({"config": {"absorption": {"l1_penalty": 0.0}}}, "--absorption.l1_penalty"),
-        ({"config": {"mdl": {"finest_precision": math.nan}}}, "--mdl.finest_precision"),
+        ({"config": {"mdl": {"tolerance": math.nan}}}, "--mdl.tolerance nan"),
     ],
 )
 def test_bad_options_are_named_before_anything_loads(
