@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_sae
+from conftest import make_sae, run_tiny
 
 from sae_lens_ext import run
 from sae_lens_ext.cli import build_cli
@@ -21,17 +21,7 @@ BUILT_IN = ["absorption", "llc", "mdl", "meta_sae", "tokenized"]
 
 def tiny_run(tiny_model, tiny_tokens, tmp_path, **kwargs):
     """Run on the tiny fixtures with only the base analysis by default."""
-    options = dict(
-        sae=make_sae(),
-        model=tiny_model,
-        dataset=tiny_tokens,
-        plugins="base",
-        out_dir=tmp_path / "run",
-        n_tokens=400,
-        batch_size=8,
-    )
-    options.update(kwargs)
-    return run(**options)
+    return run_tiny(tiny_model, tiny_tokens, tmp_path / "run", **kwargs)
 
 
 def test_built_in_plugins_are_found_through_entry_points():

@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import make_sae
+from conftest import run_tiny as tiny_run
 
 from sae_lens_ext import Analysis, AnalysisResult, hookimpl, load_sae, run
 from sae_lens_ext.cli import build_cli, main
@@ -27,21 +28,6 @@ from sae_lens_ext.runner import RunWarning
 from sae_lens_ext.shared_pass import ActivationError
 from sae_lens_ext.tokens import DatasetError
 from sae_lens_ext.validation import InputError
-
-
-def tiny_run(tiny_model, tokens, out, **kwargs):
-    """Run the base analysis on the tiny fixtures."""
-    options = dict(
-        sae=make_sae(),
-        model=tiny_model,
-        dataset=tokens,
-        plugins="base",
-        out_dir=out,
-        n_tokens=400,
-        batch_size=8,
-    )
-    options.update(kwargs)
-    return run(**options)
 
 
 def summary_of(run_dir):
