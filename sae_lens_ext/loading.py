@@ -133,6 +133,10 @@ def _load_from_sae_lens(release, sae_id, releases, *, device, dtype) -> SAE:
             release, sae_id, device=device, dtype=dtype or "float32"
         )
         check_sae_weights(sae, f"{release} / {sae_id}")
+        if release not in directory:
+            fill_legacy_metadata(
+                sae, _hub_config(release, sae_id), f"{release}/{sae_id}"
+            )
         return sae
     except InputError:
         raise
@@ -145,6 +149,14 @@ def _load_from_sae_lens(release, sae_id, releases, *, device, dtype) -> SAE:
             "network (or HF_HUB_OFFLINE with a filled cache), and "
             f"{unknown_name_message('release', release, list(releases))}"
         ) from exc
+
+
+def _hub_config(repo_id: str, sae_id: str) -> dict:
+    """The raw cfg.json of ``sae_id`` in a Hub repo (already in the local cache)."""
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(repo_id, f"{sae_id.strip('/')}/{CONFIG_FILE}")
+    return json.loads(Path(path).read_text())
 
 
 def load_model_for_sae(

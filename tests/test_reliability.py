@@ -592,3 +592,25 @@ def test_a_misspelled_hookimpl_fails_that_plugin_at_load(
     assert "register_analysis" in error and "register_analyses" in error
     listing = CliRunner().invoke(build_cli(), ["plugins"])
     assert "typo 1.0 (typo-plugin): FAILED to load" in listing.output
+
+
+def test_hub_config_without_sae_lens_version_keeps_hook_and_model(tmp_path):
+    from conftest import prefill_hf_cache, run_offline
+
+    prefill_hf_cache(tmp_path / "hub", "someone/old-saes", "layer0", make_sae())
+    (snapshot,) = (tmp_path / "hub").glob("models--*/snapshots/*")
+    strip_version(snapshot / "layer0", "nested")
+    hook, model = run_offline(
+        """
+        import warnings
+        from sae_lens_ext import load_sae
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sae = load_sae("someone/old-saes", "layer0")
+        assert any("sae_lens_version" in str(w.message) for w in caught), caught
+        print("LOADED", sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name)
+        """,
+        tmp_path / "hub",
+        tmp_path / "hf-home",
+    )
+    assert (hook, model) == ("blocks.0.hook_resid_post", "tiny")
