@@ -44,7 +44,7 @@ def test_resolve_enabled_selection_disable_and_env(monkeypatch):
 
 def test_base_metrics_match_a_direct_computation(tiny_model, tiny_tokens, tmp_path):
     sae = make_sae()
-    output = tiny_run(tiny_model, tiny_tokens, tmp_path, sae=sae, n_tokens=10_000)
+    output = tiny_run(tiny_model, tiny_tokens, tmp_path, sae=sae, n_tokens=768)
     metrics = output.summary["analyses"]["base"]["metrics"]
     _, cache = tiny_model.run_with_cache(
         tiny_tokens, names_filter="blocks.0.hook_resid_post"

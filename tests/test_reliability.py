@@ -489,7 +489,7 @@ def test_nan_activations_mid_pass_fail_their_consumers_only(
     tokens[20, 4] = 39  # sequence 20 is in batch 2 (8 sequences per batch)
     out = tmp_path / "run"
     with pytest.raises(RunError, match="batch 2 \\(rows 176-263\\)"):
-        tiny_run(broken, tokens, out, plugins="base,w", n_tokens=10_000)
+        tiny_run(broken, tokens, out, plugins="base,w", n_tokens=768)
     summary = summary_of(out)
     assert summary["status"] == "failed"
     assert "NaN or inf" in summary["analyses"]["base"]["error"]
