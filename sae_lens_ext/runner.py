@@ -110,8 +110,9 @@ def run(
         release = release or default_release(registry)
         sae = load_sae(release, sae_id, device=device)
         sae_id = sae_id or registry.releases()[release].default_sae_id
+    else:
+        check_sae_weights(sae, "the SAE passed to run()")
     release, sae_id = release or "(in memory)", sae_id or "(in memory)"
-    check_sae_weights(sae, f"{release} / {sae_id}")
     metadata = sae.cfg.metadata
     hook_name = metadata.hook_name
     needs = set().union(*(cls.needs for cls in classes.values())) if classes else set()

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+_CHECK_CHUNK = 1 << 24  # elements checked at a time: bounded extra memory
+
 
 class InputError(ValueError):
     """A bad option or input; the message names the option and the fix."""
@@ -159,9 +161,11 @@ def check_sae_weights(sae, where: str) -> None:
     for name, tensor in sae.state_dict().items():
         if not tensor.is_floating_point():
             continue
-        finite = torch.isfinite(tensor)
-        if not finite.all():
-            n_bad = int((~finite).sum())
+        n_bad = sum(
+            int((~torch.isfinite(chunk)).sum())
+            for chunk in tensor.detach().reshape(-1).split(_CHECK_CHUNK)
+        )
+        if n_bad:
             raise InputError(
                 f"{where}: SAE parameter {name} has {n_bad} NaN or infinite values "
                 f"of {tensor.numel()}; the SAE file is damaged or its training "
