@@ -132,7 +132,9 @@ def run(
             n_ctx=model.cfg.n_ctx,
             source=dataset_label(dataset, release, metadata),
         )
-        short = short_dataset_warning(tokens, n_tokens)
+        short = short_dataset_warning(
+            tokens, n_tokens, metadata.prepend_bos is not False
+        )
         run_warnings += [short] if short else []
     with warnings.catch_warnings():
         warnings.simplefilter("always", RunWarning)

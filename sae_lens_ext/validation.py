@@ -143,17 +143,23 @@ def check_context_size(context_size: int, n_ctx: int) -> None:
         )
 
 
-def short_dataset_warning(tokens: torch.Tensor, n_tokens: int) -> str | None:
-    """A warning when the dataset holds fewer token positions than asked for."""
-    available = tokens.shape[0] * tokens.shape[1]
-    if available >= n_tokens:
+def short_dataset_warning(
+    tokens: torch.Tensor, n_tokens: int, skip_first: bool
+) -> str | None:
+    """A warning when the dataset runs out before ``n_tokens`` tokens.
+
+    The count reported is the rows the pass will deliver: every sequence,
+    without its first position when ``skip_first`` (BOS).
+    """
+    n_seq, context = tokens.shape
+    if n_seq * context >= n_tokens:
         return None
-    message = (
-        f"--n-tokens asked for {n_tokens:,} tokens but the dataset holds only "
-        f"{available:,} ({tokens.shape[0]:,} sequences of {tokens.shape[1]}); "
-        "using all of them"
+    used = n_seq * (context - 1 if skip_first else context)
+    return (
+        f"--n-tokens asked for {n_tokens:,} tokens but the dataset gives only "
+        f"{used:,} ({n_seq:,} sequences of {context}"
+        f"{', BOS excluded' if skip_first else ''}); using all of them"
     )
-    return message
 
 
 def check_sae_weights(sae, where: str) -> None:

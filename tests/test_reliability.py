@@ -362,9 +362,12 @@ def test_cli_names_the_plugin_option(tmp_path):
 def test_fewer_tokens_than_asked_warns_with_the_real_count(
     tiny_model, tiny_tokens, tmp_path
 ):
-    with pytest.warns(RunWarning, match="asked for 1,000,000 tokens .* only 768"):
+    with pytest.warns(RunWarning, match="asked for 1,000,000 tokens .* only 704"):
         output = tiny_run(tiny_model, tiny_tokens, tmp_path / "run", n_tokens=10**6)
-    assert "only 768" in output.summary["warnings"][0]
+    assert (
+        "only 704 (64 sequences of 12, BOS excluded)" in output.summary["warnings"][0]
+    )
+    assert output.summary["analyses"]["base"]["metrics"]["n_tokens"] == 704
     assert output.summary["status"] == "complete"
 
 
