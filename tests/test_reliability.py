@@ -328,6 +328,8 @@ def nothing_loads(monkeypatch):
         ({"device": "tpu9"}, "--device 'tpu9' is not a device torch knows"),
         ({"config": {"mdl": {"tolerance": -1.0}}}, "--mdl.tolerance -1.0"),
         ({"config": {"llc": {"max_tokens": 0}}}, "--llc.max_tokens 0"),
+        ({"config": {"llc": {"num_chains": 0}}}, "--llc.num_chains 0"),
+        ({"config": {"meta_sae": {"steps": 0}}}, "--meta_sae.steps 0"),
         ({"config": {"absorption": {"l1_penalty": 0.0}}}, "--absorption.l1_penalty"),
         ({"config": {"mdl": {"tolerance": math.nan}}}, "--mdl.tolerance nan"),
     ],

@@ -9,7 +9,7 @@ import torch
 
 from sae_lens_ext import Analysis, AnalysisResult
 
-from .estimator import LLCResult
+from .estimator import LLCResult, check_sampler_options
 from .sae import estimate_sae_llc
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16}
@@ -45,6 +45,16 @@ class LLCConfig:
     def __post_init__(self):
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        check_sampler_options(
+            self.num_chains,
+            self.num_draws,
+            self.num_burnin,
+            self.step_size,
+            self.nbeta,
+            self.localization,
+        )
 
 
 class LLCAnalysis(Analysis):
