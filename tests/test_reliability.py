@@ -330,6 +330,7 @@ def nothing_loads(monkeypatch):
         ({"config": {"llc": {"max_tokens": 0}}}, "--llc.max_tokens 0"),
         ({"config": {"llc": {"num_chains": 0}}}, "--llc.num_chains 0"),
         ({"config": {"meta_sae": {"steps": 0}}}, "--meta_sae.steps 0"),
+        ({"config": {"tokenized": {"lr": -1.0}}}, "--tokenized.lr -1.0"),
         ({"config": {"absorption": {"l1_penalty": 0.0}}}, "--absorption.l1_penalty"),
         ({"config": {"mdl": {"tolerance": math.nan}}}, "--mdl.tolerance nan"),
     ],
