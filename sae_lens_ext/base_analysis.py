@@ -36,6 +36,7 @@ class BaseAnalysis(Analysis):
     description = "L0, variance explained, MSE, dead/dense latents, CE loss recovered"
     config_class = BaseConfig
     needs = frozenset({"activations", "model"})
+    headline_metrics = ("l0", "mse", "explained_variance")
 
     def __init__(self, config: BaseConfig, context):
         super().__init__(config, context)

@@ -12,6 +12,7 @@ import json
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 
 import click
@@ -36,7 +37,11 @@ def cli():
 def plugins_command(as_json, selection):
     """List installed plugins: name, version, distribution, hooks, enabled."""
     registry = get_registry()
-    enabled = set(resolve_enabled(list(selection) or None, registry.plugin_names()))
+    enabled = set(
+        resolve_enabled(
+            list(selection) or None, registry.plugin_names(), registry.load_errors()
+        )
+    )
     rows = []
     for info in registry.info():
         row = dict(info.__dict__)
@@ -56,6 +61,8 @@ def plugins_command(as_json, selection):
             click.echo(f"  hooks: {', '.join(row['hooks'])}")
         if row["analyses"]:
             click.echo(f"  analyses: {', '.join(row['analyses'])}")
+        for problem in row["problems"]:
+            click.echo(f"  WARNING: {problem}")
 
 
 @cli.command(name="releases")
@@ -77,7 +84,14 @@ def releases_command():
 @click.option("--revision", default=None, help="branch to push to")
 @click.option("--message", "commit_message", default=None, help="commit message")
 @click.option("--prefix", default=None, help="folder in the repo for this run")
-def push_command(run_dir, repo_id, private, revision, commit_message, prefix):
+@click.option(
+    "--allow-incomplete",
+    is_flag=True,
+    help="publish a failed or interrupted run (never one still running)",
+)
+def push_command(
+    run_dir, repo_id, private, revision, commit_message, prefix, allow_incomplete
+):
     """Publish a run directory to the Hugging Face Hub (token from HF_TOKEN or login)."""
     from .hub import push_to_hub
 
@@ -88,6 +102,7 @@ def push_command(run_dir, repo_id, private, revision, commit_message, prefix):
         revision=revision,
         commit_message=commit_message,
         prefix=prefix,
+        allow_incomplete=allow_incomplete,
     )
     if result.commit is None:
         click.echo(f"{result} is already up to date: no commit made")
@@ -208,6 +223,19 @@ def print_run(output) -> None:
         click.echo(f"  {name}: {shown}")
 
 
+def show_run_warning(message, category, filename, lineno, file=None, line=None):
+    """Print a run's warnings as one line; other warnings as Python does."""
+    from .runner import RunWarning
+
+    if issubclass(category, RunWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _show_python_warning(message, category, filename, lineno, file, line)
+
+
+_show_python_warning = warnings.showwarning
+
+
 def build_cli() -> click.Group:
     """The root group with ``run`` and every plugin's commands attached."""
     registry = get_registry()
@@ -218,10 +246,19 @@ def build_cli() -> click.Group:
 
 
 def main() -> None:
-    """Entry point of the ``sae-lens-ext`` console script."""
+    """Entry point of the ``sae-lens-ext`` console script.
+
+    Exit status: 0 on success, 1 on an error (the message says what to fix),
+    130 when Ctrl-C interrupted a run.
+    """
+    warnings.showwarning = show_run_warning
     try:
         build_cli()(standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            reason = str(exc.__cause__) or "interrupted"
+            click.echo(f"Error: {reason}", err=True)
+            sys.exit(130)
         sys.exit(1)
     except click.ClickException as exc:
         exc.show()

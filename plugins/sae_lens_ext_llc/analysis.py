@@ -9,7 +9,7 @@ import torch
 
 from sae_lens_ext import Analysis, AnalysisResult, require_reconstruction
 
-from .estimator import LLCResult
+from .estimator import LLCResult, check_sampler_options
 from .sae import estimate_sae_llc
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16}
@@ -42,6 +42,20 @@ class LLCConfig:
         default="none", metadata={"help": "bf16 autocast for the passes (fast path)"}
     )
 
+    def __post_init__(self):
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        check_sampler_options(
+            self.num_chains,
+            self.num_draws,
+            self.num_burnin,
+            self.step_size,
+            self.nbeta,
+            self.localization,
+        )
+
 
 class LLCAnalysis(Analysis):
     """Local learning coefficient of the SAE's weights (Lau et al. 2023)."""
@@ -51,14 +65,11 @@ class LLCAnalysis(Analysis):
     description = "LLC of the SAE's weights on its activations, batched SGLD"
     config_class = LLCConfig
     needs = frozenset({"activations"})
+    headline_metrics = ("llc",)
 
     def __init__(self, config: LLCConfig, context):
         super().__init__(config, context)
         require_reconstruction(context.sae, "llc")
-        if config.max_tokens < 1:
-            raise ValueError(
-                f"llc.max_tokens must be at least 1, got {config.max_tokens}"
-            )
         self.rows: list[torch.Tensor] = []
         self.n_kept = 0
 

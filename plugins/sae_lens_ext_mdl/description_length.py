@@ -58,6 +58,9 @@ class MDLConfig:
         default=2, metadata={"help": "batches spliced per precision when loss=ce"}
     )
 
+    def __post_init__(self):
+        check_config(self)
+
 
 @dataclass
 class DescriptionLength:
