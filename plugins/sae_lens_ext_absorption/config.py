@@ -74,7 +74,10 @@ class AbsorptionConfig:
     )
     subtract_b_dec: bool = field(
         default=True,
-        metadata={"help": "project x - b_dec on the probe (False: raw x, as SAEBench)"},
+        metadata={
+            "help": "project x - decode(0) (x - b_dec without normalisation) on the "
+            "probe (False: raw x, as SAEBench)"
+        },
     )
     dtype: str = field(
         default="float32",
