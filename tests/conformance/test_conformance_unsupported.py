@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conformance_saes import Case, build_sae, refused_architectures
+from conftest import TINY_HOOK, run_tiny
 from sae_lens_ext_absorption.config import AbsorptionConfig
 from sae_lens_ext_absorption.discrepancy import DiscrepancyAccumulator
 from sae_lens_ext_llc.analysis import LLCAnalysis, LLCConfig
@@ -17,6 +18,7 @@ from sae_lens_ext_mdl.description_length import MDLAccumulator, MDLConfig
 from sae_lens_ext import UnsupportedSAEError
 from sae_lens_ext.analysis import RunContext
 from sae_lens_ext.base_analysis import BaseAnalysis, BaseConfig
+from sae_lens_ext.errors import RunError
 
 REFUSED = refused_architectures()
 
@@ -51,3 +53,18 @@ def test_analyses_refuse_with_the_reason_and_the_fix(architecture):
         assert reason in message
     with pytest.raises(UnsupportedSAEError, match="llc does not support"):
         estimate_sae_llc(sae, torch.zeros(4, sae.cfg.d_in))
+
+
+def test_a_run_names_each_refusing_analysis_with_its_fix(
+    tiny_model, tiny_tokens, tmp_path
+):
+    """Through the runner: the run fails (non-zero exit on the CLI) and
+    every refusing analysis is named with its reason and its fix."""
+    sae = build_sae(Case("transcoder"), d_in=tiny_model.cfg.d_model)
+    sae.cfg.metadata.hook_name = TINY_HOOK
+    with pytest.raises(RunError) as raised:
+        run_tiny(tiny_model, tiny_tokens, tmp_path / "run", sae=sae, plugins="base,mdl")
+    message = str(raised.value)
+    for name in ("base", "mdl"):
+        assert f"{name} does not support SAE-Lens architecture 'transcoder'" in message
+        assert f"-p no:{name}" in message
