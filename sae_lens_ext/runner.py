@@ -20,8 +20,11 @@ import torch
 
 from .analysis import Analysis, AnalysisResult, RunContext
 from .artifacts import json_safe, write_json, write_result
-from .loading import load_model_for_sae, load_sae
+from .loading import load_sae
+from .models import load_model, model_for_sae
 from .plugins import get_registry, resolve_enabled, unknown_name_message
+from .positions import PositionFilter, model_prepends_bos, parse_positions
+from .sae_names import run_labels
 from .shared_pass import (
     ActivationCache,
     cache_key,
@@ -29,6 +32,7 @@ from .shared_pass import (
     run_shared_pass,
 )
 from .tokens import DatasetError, iter_token_batches, load_hf_dataset, load_token_file
+from .weights_only import NO_MODEL_FLAG, NO_MODEL_METADATA, split_weights_only
 
 DEFAULT_N_TOKENS = 65_536
 
@@ -62,6 +66,8 @@ def run(
     cache_dir: str | Path | None = None,
     sae=None,
     model=None,
+    no_model: bool = False,
+    positions: str | None = None,
     overwrite: bool = False,
     push_to_hub: str | None = None,
     push_options: dict[str, Any] | None = None,
@@ -74,6 +80,11 @@ def run(
     ``model`` may be given as objects instead of names.  ``dataset`` is a
     Hugging Face dataset name, a local ``.safetensors``/``.txt`` file, or a
     ``[n_seq, context]`` tensor of token ids; by default the release's own.
+    ``model`` may also name a model like ``--model`` (see
+    :func:`sae_lens_ext.load_model`); with ``no_model`` (or no model in the
+    SAE's metadata) only the analyses that work from weights run, the
+    others are skipped with a reason.  ``positions`` selects token positions
+    (``"all"``, ``"skip-bos"``, ``"0,5,-1"``, ``"tokens:13,42"``).
     ``push_to_hub`` names a repo to publish the finished run to, with
     ``push_options`` passed to :func:`sae_lens_ext.push_to_hub`.
     """
@@ -90,13 +101,24 @@ def run(
     if sae is None:
         release = release or default_release(registry)
         sae = load_sae(release, sae_id, device=device)
-        sae_id = sae_id or registry.releases()[release].default_sae_id
-    release, sae_id = release or "(in memory)", sae_id or "(in memory)"
+    release, sae_id = run_labels(sae, release, sae_id)
     metadata = sae.cfg.metadata
     hook_name = metadata.hook_name
     needs = set().union(*(cls.needs for cls in classes.values())) if classes else set()
-    if model is None and needs & {"activations", "tokens", "model"}:
-        model = load_model_for_sae(sae, release, device=device)
+    skipped: dict[str, str] = {}
+    if no_model:
+        if model is not None:
+            raise RunError("--no-model and --model contradict each other; pass one.")
+        classes, skipped = split_weights_only(classes, NO_MODEL_FLAG)
+    elif isinstance(model, str):
+        model = load_model(model, device=device)
+    elif model is None and needs & {"activations", "tokens", "model"}:
+        model = model_for_sae(sae, release, device=device)
+        if model is None:
+            classes, skipped = split_weights_only(classes, NO_MODEL_METADATA)
+    position_filter = parse_positions(
+        positions, prepends_bos=model_prepends_bos(metadata, model)
+    )
     if model is not None and not hook_name:
         raise RunError(
             "The SAE's cfg.json metadata has no hook_name, so the shared pass "
@@ -112,12 +134,14 @@ def run(
         "model_name": metadata.model_name,
         "hook_name": hook_name,
         "dataset": dataset_label(dataset, release, metadata),
+        "positions": position_filter.spec,
+        "positions_description": position_filter.describe(),
         "n_tokens": 0,
         "seed": seed,
         "device": device,
         "plugins": enabled,
         "config": {n: dataclasses.asdict(c) for n, c in configs.items()},
-        "analyses": {},
+        "analyses": skipped_entries(skipped, registry),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(run_dir / "summary.json", summary)
@@ -141,10 +165,11 @@ def run(
             for name in classes
         }
         streaming = [a for a in analyses.values() if a.needs_pass()]
-        if streaming:
+        if streaming and model is not None:
             batches = activation_batches(
-                model, sae, release, metadata, dataset, n_tokens, batch_size, cache_dir
-            )
+                model, sae, release, metadata, dataset, n_tokens, batch_size, cache_dir,
+                position_filter,
+            )  # fmt: skip
             summary["n_tokens"] = run_shared_pass(
                 sae, streaming, batches, hook_name=hook_name, total_rows=n_tokens
             )
@@ -168,6 +193,19 @@ def run(
 
         output.push = push(run_dir, push_to_hub, **(push_options or {}))
     return output
+
+
+def skipped_entries(skipped: dict[str, str], registry) -> dict[str, dict]:
+    """``summary.json`` entries of analyses skipped in a weights-only run."""
+    analyses = registry.analyses()
+    return {
+        name: {
+            "title": analyses[name][1].title or name,
+            "plugin": analyses[name][0],
+            "skipped": reason,
+        }
+        for name, reason in skipped.items()
+    }
 
 
 def finish_analyses(analyses, registry, run_dir, summary, output) -> dict[str, str]:
@@ -205,11 +243,12 @@ def write_model_card(registry, summary, run_dir, results) -> None:
 
 
 def activation_batches(
-    model, sae, release, metadata, dataset, n_tokens, batch_size, cache_dir
-):
+    model, sae, release, metadata, dataset, n_tokens, batch_size, cache_dir,
+    positions: PositionFilter,
+):  # fmt: skip
     """The hook activations for the shared pass, from the cache or the model."""
     hook_name = metadata.hook_name
-    label = dataset_label(dataset, release, metadata)
+    label = f"{dataset_label(dataset, release, metadata)}@{positions.spec}"
     cache = None
     if cache_dir is not None:
         cache = ActivationCache(
@@ -219,12 +258,11 @@ def activation_batches(
         if cache.exists():
             return cache.read()
     tokens = resolve_tokens(dataset, release, model, metadata, n_tokens)
-    skip_bos = metadata.prepend_bos is not False
     batches = model_activations(
         model,
         hook_name,
         iter_token_batches(tokens, batch_size, n_tokens),
-        skip_bos=skip_bos,
+        positions=positions,
     )
     if cache is not None:
         meta = {"model": metadata.model_name, "hook": hook_name, "dataset": label}
