@@ -98,18 +98,30 @@ def release_model_names(release) -> set[str]:
     return names
 
 
+def release_with_dataset(dataset: str | None):
+    """A registered release whose own tokens are the dataset ``dataset``, or None."""
+    for release in get_registry().releases().values():
+        if dataset and release.dataset == dataset and release.load_tokens:
+            return release
+    return None
+
+
 def official_model_name(name: str) -> str:
     """TransformerLens's official name for ``name``, or a ModelError with the nearest."""
     from transformer_lens.loading_from_pretrained import (
+        MODEL_ALIASES,
         get_official_model_name,
         make_model_alias_map,
     )
+
+    def aliases():
+        return [alias for names in MODEL_ALIASES.values() for alias in names]
 
     try:
         return get_official_model_name(name)
     except ValueError:
         pass
-    known = sorted(set(make_model_alias_map().values()))
+    known = sorted({*make_model_alias_map().values(), *aliases()})
     known += sorted(get_registry().releases())
     raise ModelError(nearest_names_message("model", name, known) + " " + MODEL_FORMS)
 

@@ -21,7 +21,7 @@ import torch
 from .analysis import Analysis, AnalysisResult, RunContext
 from .artifacts import json_safe, write_json, write_result
 from .loading import load_sae
-from .models import load_model, model_for_sae
+from .models import load_model, model_for_sae, release_with_dataset
 from .plugins import get_registry, resolve_enabled, unknown_name_message
 from .positions import PositionFilter, model_prepends_bos, parse_positions
 from .sae_names import run_labels
@@ -278,7 +278,9 @@ def resolve_tokens(dataset, release, model, metadata, n_tokens) -> torch.Tensor:
     prepend_bos = metadata.prepend_bos is not False
     if dataset is not None and Path(dataset).is_file():
         return load_token_file(Path(dataset), model.tokenizer, context, prepend_bos)
-    registered = get_registry().releases().get(release)
+    registered = get_registry().releases().get(release) or release_with_dataset(
+        metadata.dataset_path
+    )
     if dataset is None and registered is not None and registered.load_tokens:
         return registered.load_tokens(None)
     name = dataset or metadata.dataset_path

@@ -72,8 +72,10 @@ def model_activations(
             )
         acts = cache[hook_name]
         seq_idx, pos_idx = select.mask(tokens).nonzero(as_tuple=True)
+        if len(seq_idx) == 0:
+            continue
         yield HookActivations(
-            sae_in=acts[seq_idx, pos_idx].reshape(len(seq_idx), -1),
+            sae_in=acts[seq_idx, pos_idx].flatten(1),
             token_context=tokens.cpu(),
             positions=torch.stack([seq_idx, pos_idx], dim=1).cpu(),
         )
