@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from .analysis import Analysis
 
+NEED_WORDS = {
+    "activations": "hook activations",
+    "tokens": "tokens",
+    "model": "the model itself",
+}
 NO_MODEL_FLAG = "--no-model was given"
 NO_MODEL_METADATA = (
     "the SAE's cfg.json metadata names no model_name; pass --model "
@@ -26,8 +31,8 @@ def runs_on_weights(cls: type[Analysis]) -> bool:
 
 def skip_reason(cls: type[Analysis], why: str) -> str:
     """One line saying why an analysis was skipped in a weights-only run."""
-    wanted = sorted(cls.needs & {"activations", "tokens", "model"})
-    return f"needs {' and '.join(wanted)} from a model, and there is none: {why}"
+    wanted = [NEED_WORDS[n] for n in sorted(cls.needs) if n in NEED_WORDS]
+    return f"needs {' and '.join(wanted)}, but there is no model ({why})"
 
 
 def split_weights_only(
