@@ -123,7 +123,11 @@ def official_model_name(name: str) -> str:
         pass
     known = sorted({*make_model_alias_map().values(), *aliases()})
     known += sorted(get_registry().releases())
-    raise ModelError(nearest_names_message("model", name, known) + " " + MODEL_FORMS)
+    raise ModelError(
+        nearest_names_message("model", name, known)
+        + f" No folder {name!r} under {Path.cwd()} either. "
+        + MODEL_FORMS
+    )
 
 
 def nearest_names_message(kind: str, name: str, known: list[str]) -> str:
@@ -196,7 +200,7 @@ def load_hf_folder(
             f"{folder} has no loadable tokenizer ({exc}); save it there with "
             "tokenizer.save_pretrained(folder)."
         ) from exc
-    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    hf_model = AutoModelForCausalLM.from_pretrained(folder)
     # TransformerLens guesses the architecture from the *name* when it contains
     # "llama" or "gemma" and then never reads config.json; a neutral folder
     # name holding only config.json makes it read the real config.

@@ -29,7 +29,7 @@ def worked_example() -> tuple[list[str], list[str]]:
     section = PAGE.read_text().split("## Worked example", 1)[1]
     python = re.findall(r"```python\n(.*?)```", section, re.S)
     command = re.search(r"^\$ sae-lens-ext (run .*)$", section, re.M).group(1)
-    return python[:2], shlex.split(command)
+    return python, shlex.split(command)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def example_dir(tmp_path_factory):
     os.chdir(folder)
     torch.set_num_threads(1)  # tiny tensors: one thread avoids contention
     try:
-        for index, block in enumerate(blocks):
+        for index, block in enumerate(blocks[:2]):
             exec(compile(block, f"{PAGE}:block{index}", "exec"), {})
     finally:
         os.chdir(before)
@@ -92,3 +92,13 @@ def test_train_tokenized_takes_the_folder_as_model(example_dir, tmp_path, one_th
     done = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
     assert done.exit_code == 0, done.output
     assert (tmp_path / "t" / "sae" / "cfg.json").is_file()
+
+
+def test_the_documented_python_call_runs(example_dir, monkeypatch, one_thread):
+    blocks, _ = worked_example()
+    monkeypatch.chdir(example_dir)
+    namespace: dict = {}
+    exec(compile(blocks[2], f"{PAGE}:api", "exec"), namespace)
+    summary = namespace["out"].summary
+    assert summary["status"] == "complete" and summary["model_name"] == "tiny-llama"
+    assert summary["analyses"]["base"]["metrics"]["explained_variance"] > 0.9
