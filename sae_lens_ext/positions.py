@@ -46,7 +46,7 @@ class PositionFilter:
     def describe(self) -> str:
         """One phrase for the model card."""
         if self.mode == "all":
-            return "all positions (BOS included)"
+            return "every position (BOS, if any, included)"
         if self.mode == "skip-bos":
             return "every position but the first (BOS excluded)"
         if self.mode == "list":
@@ -79,10 +79,8 @@ ALL = PositionFilter("all")
 SKIP_BOS = PositionFilter("skip-bos")
 
 
-def parse_positions(spec: str | None, *, prepends_bos: bool) -> PositionFilter:
-    """Read a ``--positions`` value; None gives the default for the model."""
-    if spec is None:
-        return SKIP_BOS if prepends_bos else ALL
+def parse_positions(spec: str) -> PositionFilter:
+    """Read a ``--positions`` value (before any model is loaded)."""
     text = spec.strip().lower()
     if text in ("all", "skip-bos"):
         return PositionFilter(text)
@@ -102,8 +100,13 @@ def parse_positions(spec: str | None, *, prepends_bos: bool) -> PositionFilter:
     return PositionFilter("list", positions=values)
 
 
-def model_prepends_bos(metadata, model) -> bool:
-    """Whether the run's sequences start with BOS: the SAE's metadata, else the model."""
-    if metadata.prepend_bos is not None:
-        return bool(metadata.prepend_bos)
-    return bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
+def default_positions(metadata, model) -> PositionFilter:
+    """``skip-bos`` when the sequences start with BOS, else ``all``.
+
+    The SAE's ``prepend_bos`` metadata decides, else the model's
+    ``default_prepend_bos``.
+    """
+    prepends = metadata.prepend_bos
+    if prepends is None:
+        prepends = getattr(getattr(model, "cfg", None), "default_prepend_bos", True)
+    return SKIP_BOS if prepends else ALL

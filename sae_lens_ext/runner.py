@@ -23,7 +23,7 @@ from .artifacts import json_safe, write_json, write_result
 from .loading import load_sae
 from .models import load_model, model_for_sae, release_with_dataset
 from .plugins import get_registry, resolve_enabled, unknown_name_message
-from .positions import PositionFilter, model_prepends_bos, parse_positions
+from .positions import PositionFilter, default_positions, parse_positions
 from .sae_names import run_labels
 from .shared_pass import (
     ActivationCache,
@@ -98,6 +98,7 @@ def run(
         if plugin in enabled
     }
     configs = build_configs(classes, config or {})
+    position_filter = parse_positions(positions) if positions else None
     if sae is None:
         release = release or default_release(registry)
         sae = load_sae(release, sae_id, device=device)
@@ -116,9 +117,7 @@ def run(
         model = model_for_sae(sae, release, device=device)
         if model is None:
             classes, skipped = split_weights_only(classes, NO_MODEL_METADATA)
-    position_filter = parse_positions(
-        positions, prepends_bos=model_prepends_bos(metadata, model)
-    )
+    position_filter = position_filter or default_positions(metadata, model)
     if model is not None and not hook_name:
         raise RunError(
             "The SAE's cfg.json metadata has no hook_name, so the shared pass "

@@ -17,7 +17,7 @@ from sae_lens_ext.base_analysis import ce_warning
 from sae_lens_ext.cli import build_cli
 from sae_lens_ext.demo import DEMO_RELEASE, demo_sae_path
 from sae_lens_ext.models import ModelError, load_model
-from sae_lens_ext.positions import PositionsError, parse_positions
+from sae_lens_ext.positions import PositionsError, default_positions, parse_positions
 
 
 def hook_acts(model, tokens):
@@ -168,17 +168,19 @@ def test_no_model_flag_on_the_cli(tmp_path, monkeypatch):
 
 
 def test_parse_positions():
-    assert parse_positions(None, prepends_bos=True).spec == "skip-bos"
-    assert parse_positions(None, prepends_bos=False).spec == "all"
-    assert parse_positions("3, -1", prepends_bos=True).positions == (3, -1)
-    assert parse_positions("tokens:7,9", prepends_bos=True).token_ids == (7, 9)
+    metadata = make_sae().cfg.metadata
+    assert default_positions(metadata, None).spec == "skip-bos"
+    metadata.prepend_bos = False
+    assert default_positions(metadata, None).spec == "all"
+    assert parse_positions("3, -1").positions == (3, -1)
+    assert parse_positions("tokens:7,9").token_ids == (7, 9)
     for bad in ("first", "tokens:", "tokens:-3", "3-5", "rows:1"):
         with pytest.raises(PositionsError, match="--positions"):
-            parse_positions(bad, prepends_bos=True)
+            parse_positions(bad)
     tokens = torch.arange(12).view(2, 6)
-    assert parse_positions("-1", prepends_bos=True).mask(tokens)[:, 5].all()
+    assert parse_positions("-1").mask(tokens)[:, 5].all()
     with pytest.raises(PositionsError, match="outside the context of 6"):
-        parse_positions("6", prepends_bos=True).mask(tokens)
+        parse_positions("6").mask(tokens)
 
 
 @pytest.mark.parametrize("spec", ["3", "tokens:5,6,7,8,9,10", "all"])
@@ -188,7 +190,7 @@ def test_positions_apply_to_the_pass_and_the_ce_splice(
     sae = make_sae()
     output = run(sae=sae, model=tiny_model, dataset=tiny_tokens, plugins=["base"],
                  positions=spec, out_dir=tmp_path / "run", n_tokens=10_000)  # fmt: skip
-    mask = parse_positions(spec, prepends_bos=True).mask(tiny_tokens)
+    mask = parse_positions(spec).mask(tiny_tokens)
     with torch.no_grad():
         acts = hook_acts(tiny_model, tiny_tokens)
         x = acts[mask]
@@ -206,7 +208,7 @@ def test_positions_apply_to_the_pass_and_the_ce_splice(
         1 - (err / total).item(), rel=1e-4
     )
     assert metrics["ce_loss_spliced"] == pytest.approx(spliced, rel=1e-5)
-    assert output.summary["positions"] == parse_positions(spec, prepends_bos=True).spec
+    assert output.summary["positions"] == parse_positions(spec).spec
     card = (output.run_dir / "README.md").read_text()
     assert f"`--positions {output.summary['positions']}`" in card
 
@@ -230,6 +232,13 @@ def test_default_positions_leave_bos_out_of_the_splice(
     )
     card = (default.run_dir / "README.md").read_text()
     assert "BOS excluded" in card and "--base.ce_batches 0" in card
+
+
+def test_a_bad_positions_value_fails_before_the_model_loads(tmp_path, monkeypatch):
+    forbid_model_loading(monkeypatch)
+    with pytest.raises(PositionsError, match="--positions"):
+        run(positions="first", plugins=["base"], out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_token_filter_that_matches_nothing_names_positions(
