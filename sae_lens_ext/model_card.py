@@ -123,10 +123,14 @@ def describe_run(summary: dict) -> str:
     sae_lens = versions.get("sae-lens") or versions.get("sae_lens")
     positions = summary.get("positions_description")
     where = f" at {positions} (`--positions {summary.get('positions')}`)"
+    data = f"{n_tokens:,} tokens of `{summary.get('dataset')}`"
+    if summary.get("weights_only"):
+        data = "weights only (no model loaded, no tokens read)"
+    elif positions:
+        data += where
     return (
         f"Model `{summary.get('model_name')}`, hook `{summary.get('hook_name')}`, "
-        f"{n_tokens:,} tokens of `{summary.get('dataset')}`"
-        f"{where if positions else ''}, seed "
+        f"{data}, seed "
         f"{summary.get('seed')}. Made with sae-lens-ext "
         f"{summary.get('sae_lens_ext_version')} (SAE-Lens {sae_lens})."
     )

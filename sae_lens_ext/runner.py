@@ -136,6 +136,7 @@ def run(
         "positions": position_filter.spec,
         "positions_description": position_filter.describe(),
         "n_tokens": 0,
+        "weights_only": model is None,
         "seed": seed,
         "device": device,
         "plugins": enabled,

@@ -143,6 +143,8 @@ def test_no_model_metadata_runs_weights_analyses_and_skips_the_rest(
         assert "--model" in analyses[name]["skipped"]
     card = (output.run_dir / "README.md").read_text()
     assert "| mdl | skipped |" in card and "| base | skipped |" in card
+    assert "weights only (no model loaded, no tokens read)" in card
+    assert output.summary["weights_only"] is True
 
 
 def test_no_model_flag_on_the_cli(tmp_path, monkeypatch):
