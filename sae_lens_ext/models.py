@@ -114,14 +114,12 @@ def official_model_name(name: str) -> str:
         make_model_alias_map,
     )
 
-    def aliases():
-        return [alias for names in MODEL_ALIASES.values() for alias in names]
-
     try:
         return get_official_model_name(name)
     except ValueError:
         pass
-    known = sorted({*make_model_alias_map().values(), *aliases()})
+    aliases = [alias for names in MODEL_ALIASES.values() for alias in names]
+    known = sorted({*make_model_alias_map().values(), *aliases})
     known += sorted(get_registry().releases())
     raise ModelError(
         nearest_names_message("model", name, known)
