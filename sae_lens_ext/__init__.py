@@ -3,6 +3,7 @@
 from .analysis import ActivationBatch, Analysis, AnalysisResult, NoConfig, RunContext
 from .hookspecs import hookimpl
 from .loading import load_model_for_sae, load_sae
+from .models import load_model
 from .releases import Release
 from .runner import RunOutput, run
 
@@ -18,6 +19,7 @@ __all__ = [
     "RunContext",
     "RunOutput",
     "hookimpl",
+    "load_model",
     "load_model_for_sae",
     "load_sae",
     "push_to_hub",
