@@ -74,6 +74,17 @@ class PositionFilter:
             mask[:, [p % context for p in self.positions]] = True
         return mask
 
+    def count(self, tokens: torch.Tensor) -> int:
+        """How many positions of ``tokens`` are selected; refuses a selection of none."""
+        selected = int(self.mask(tokens).sum())
+        if selected == 0:
+            raise PositionsError(
+                f"--positions {self.spec} selects no position of the "
+                f"{tokens.shape[0]:,} sequences used; check the token ids or "
+                "positions (or --dataset)."
+            )
+        return selected
+
 
 ALL = PositionFilter("all")
 SKIP_BOS = PositionFilter("skip-bos")

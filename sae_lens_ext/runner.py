@@ -153,8 +153,9 @@ def run(
             n_ctx=model.cfg.n_ctx,
             source=dataset_label(dataset, release, metadata),
         )
+        selected = position_filter.count(tokens[: n_sequences_used(tokens, n_tokens)])
         short = short_dataset_warning(
-            tokens, n_tokens, position_filter.mode == "skip-bos"
+            tokens, n_tokens, selected, position_filter.describe()
         )
         run_warnings += [short] if short else []
     with warnings.catch_warnings():
