@@ -48,7 +48,7 @@ from .estimator import (
 from .sampler import ChainSettings
 from .threads import thread_limit
 
-PLATEAU_TOLERANCE = 0.15
+PLATEAU_TOLERANCE = 0.1
 STEP_FACTOR = 4.0
 BUDGET_ROUNDS = 8  # default budget: this many times the first round's cost
 CURABLE = frozenset(
@@ -72,10 +72,13 @@ class CalibrationResult:
     ``nbeta``, ``num_burnin``, ``num_draws``, ``llc``, ``llc_se``, ``r_hat``,
     ``geweke_z``, ``acceptance`` (mean MALA acceptance of the draws),
     ``loss_drift`` and ``distance_drift`` (trend over the draws relative to
-    the level), ``stationary``, ``flags``, ``healthy`` (no error or warning
-    and a positive estimate: the setting qualifies) and ``plateau`` (healthy,
-    and within 15% or 2 SE of the healthy estimate at the next smaller step
-    size with the same nbeta and run length).  ``recommended`` is the chosen
+    the level), ``stationary``, ``flags`` (every finding's code), ``sound``
+    (a positive estimate and no error or warning other than the MALA check),
+    ``plateau`` (sound, and within 10% or 2 SE of the sound estimate at the
+    next smaller step size with the same nbeta and run length: the estimate
+    no longer depends on the step size) and ``healthy`` (sound, and the MALA
+    acceptance reaches ``min_acceptance`` or the setting is on a plateau:
+    the setting qualifies).  ``recommended`` is the chosen
     row as a dict, or None; ``reason`` says why, or why nothing qualified.
     ``spent`` is the chain-steps run, ``budget`` the limit.
     """
@@ -85,6 +88,7 @@ class CalibrationResult:
     recommended: dict[str, Any] | None
     reason: str
     localization: float = 1.0
+    min_acceptance: float = MIN_ACCEPTANCE
     spent: int = 0
     budget: int = 0
     curvature: Any = field(default=None, repr=False)
@@ -98,7 +102,10 @@ class CalibrationResult:
     def estimate_options(self) -> dict[str, Any]:
         """``estimate_llc`` keyword arguments for the recommended setting.
 
-        Raises ValueError, with the reason, when nothing was recommended.
+        When the setting passed the discretisation check by a plateau rather
+        than by its MALA acceptance, ``min_acceptance`` is 0 so the estimate
+        does not repeat a check calibration already settled.  Raises
+        ValueError, with the reason, when nothing was recommended.
         """
         if self.recommended is None:
             raise ValueError(f"calibrate_llc recommended no setting: {self.reason}")
@@ -109,15 +116,16 @@ class CalibrationResult:
             "localization": self.localization,
             "num_burnin": int(chosen["num_burnin"]),
             "num_draws": int(chosen["num_draws"]),
+            "min_acceptance": self.min_acceptance if chosen["acceptance_ok"] else 0.0,
         }
 
 
 def mark_plateaus(table: pd.DataFrame) -> pd.Series:
-    """Healthy rows whose estimate agrees with the next smaller healthy step size
+    """Sound rows whose estimate agrees with the next smaller sound step size
     at the same nbeta and run length."""
     plateau = pd.Series(False, index=table.index)
-    healthy = table[table["healthy"]]
-    for _, rows in healthy.groupby(["nbeta", "num_draws", "num_burnin"]):
+    sound = table[table["sound"]]
+    for _, rows in sound.groupby(["nbeta", "num_draws", "num_burnin"]):
         rows = rows.sort_values("step_size")
         for (_, smaller), (index, row) in itertools.pairwise(rows.iterrows()):
             gap = abs(row["llc"] - smaller["llc"])
@@ -145,32 +153,48 @@ def recommend(rows: pd.DataFrame, preferred_nbeta: float) -> tuple[int | None, s
     ).sort_values(["_d", "step_size", "num_draws"], ascending=[True, False, True])
     index = int(ranked.index[0])
     row = rows.loc[index]
+    if row["acceptance_ok"]:
+        discretisation = (
+            f"its MALA acceptance {row['acceptance']:.2f} passes the "
+            "discretisation check"
+        )
+    else:
+        discretisation = (
+            f"its estimate agrees with the next smaller step size's (a plateau: "
+            f"the discretisation no longer matters), though its MALA acceptance "
+            f"is {row['acceptance']:.2f}, as is usual in high dimension or for a "
+            "loss with jumps (TopK)"
+        )
     return index, (
         f"step size {row['step_size']:g} at nbeta {row['nbeta']:.4g} with "
         f"{int(row['num_burnin'])} burn-in + {int(row['num_draws'])} draws: its "
-        f"loss and distance traces are stationary, its MALA acceptance "
-        f"{row['acceptance']:.2f} passes the discretisation check, and every other "
-        "check passes; the largest step size that does (fastest mixing)"
+        f"loss and distance traces are stationary, {discretisation}, and every "
+        "other check passes; the largest step size that does (fastest mixing)"
     )
 
 
 def next_round(rows: pd.DataFrame) -> tuple[list[float], bool] | None:
     """The step sizes of the next round and whether its chains are twice as long.
 
-    A setting is *too coarse* when it failed the discretisation check or
-    diverged.  If every setting was, the next round tries a step size
-    ``STEP_FACTOR`` times below the smallest.  Otherwise the largest step
+    A setting is *too coarse* when it diverged, exceeded d/2, or passed
+    neither discretisation check (MALA acceptance, plateau).  If every
+    setting was, the next round tries a step size ``STEP_FACTOR`` times below
+    the smallest, next to the smallest (a pair that can form a plateau).
+    Otherwise the largest step
     size that was fine runs again with chains twice as long, together with
     a larger one: halfway (in log) to the smallest too-coarse step size above
     it, or ``STEP_FACTOR`` times it if there is none.  None when some failure
     is one no step size or run length cures.
     """
-    for flags in rows["flags"]:
+    for flags in rows["blocking"]:
         if not set(filter(None, flags.split(","))) <= CURABLE:
             return None
-    too_coarse = rows["flags"].str.contains("low_acceptance|diverged|exceeds_bound")
-    if too_coarse.all():
-        return [float(rows["step_size"].min()) / STEP_FACTOR], False
+    too_coarse = rows["blocking"].str.contains("diverged|exceeds_bound") | (
+        ~rows["acceptance_ok"] & ~rows["plateau"]
+    )
+    if too_coarse.all():  # keep the smallest: a pair can form a plateau
+        smallest = float(rows["step_size"].min())
+        return [smallest / STEP_FACTOR, smallest], False
     fine = float(rows.loc[~too_coarse, "step_size"].max())
     coarser = rows.loc[too_coarse & (rows["step_size"] > fine), "step_size"]
     larger = (
@@ -227,6 +251,11 @@ def run_round(
         )
         results.append(result)
         diag = result.diagnostics
+        blocking = [
+            f.code
+            for f in diag.findings
+            if f.severity in ("error", "warning") and f.code != "low_acceptance"
+        ]
         rows.append(
             {
                 "step_size": step_size,
@@ -243,7 +272,10 @@ def run_round(
                 "stationary": diag.stationary,
                 "diverged_chains": len(diag.diverged_chains),
                 "flags": ",".join(diag.flags),
-                "healthy": diag.ok and np.isfinite(result.llc) and result.llc > 0,
+                "blocking": ",".join(blocking),
+                "sound": not blocking and np.isfinite(result.llc) and result.llc > 0,
+                "acceptance_ok": diag.acceptance is not None
+                and diag.acceptance >= min_acceptance,
             }
         )
     return results, rows
@@ -323,7 +355,7 @@ def calibrate_llc(
             start = len(rows)
             results += round_results
             rows += [{"round": round_index, **row} for row in round_rows]
-            table = pd.DataFrame(rows)
+            table = judge(pd.DataFrame(rows))
             chosen, reason = recommend(table.iloc[start:], base_nbeta)
             if chosen is not None:
                 break
@@ -338,8 +370,6 @@ def calibrate_llc(
             if spent + cost * (num_burnin + num_draws) > budget:
                 reason = budget_reason(table.iloc[start:], spent, budget)
                 break
-    table = pd.DataFrame(rows)
-    table["plateau"] = mark_plateaus(table)
     recommended = None if chosen is None else table.loc[chosen].to_dict()
     return CalibrationResult(
         table=table,
@@ -347,10 +377,18 @@ def calibrate_llc(
         recommended=recommended,
         reason=reason,
         localization=float(localization),
+        min_acceptance=min_acceptance,
         spent=spent,
         budget=budget,
         curvature=problem.curvature,
     )
+
+
+def judge(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``plateau`` and ``healthy`` (the setting qualifies)."""
+    table["plateau"] = mark_plateaus(table)
+    table["healthy"] = table["sound"] & (table["acceptance_ok"] | table["plateau"])
+    return table
 
 
 def incurable_reason(results: list[LLCResult]) -> str:
@@ -370,7 +408,8 @@ def incurable_reason(results: list[LLCResult]) -> str:
 def budget_reason(rows: pd.DataFrame, spent: int, budget: int) -> str:
     """Why the search stopped at the budget, with each last setting's failures."""
     failures = "; ".join(
-        f"step size {row.step_size:g}: {row.flags or 'estimate not positive'}"
+        f"step size {row.step_size:g}: "
+        + (row.flags if row.flags else "estimate not positive")
         for row in rows.itertuples()
     )
     return (

@@ -28,7 +28,7 @@ from torch.func import functional_call, grad, jvp
 from .data import Data, chunks, take_rows
 from .sampler import LossModule, autocast_context
 
-LANCZOS_ITERATIONS = 40
+LANCZOS_ITERATIONS = 30
 MAX_PARAMS = 2_000_000
 
 

@@ -66,6 +66,7 @@ class LLCResult:
     diagnostics: LLCDiagnostics
     trace: pd.DataFrame
     seconds: float = 0.0
+    calibration: Any = None
 
     @property
     def llc_std(self) -> float:
@@ -86,6 +87,11 @@ class LLCResult:
             "ess": diag.ess,
             "geweke_z": diag.geweke_z,
             "diverged_chains": len(diag.diverged_chains),
+            "acceptance": diag.acceptance,
+            "stationary": diag.stationary,
+            "lowest_hessian_eigenvalue": None
+            if diag.curvature is None
+            else diag.curvature.lowest,
             "ok": diag.ok,
             "flags": ",".join(diag.flags),
             "seconds": self.seconds,
@@ -394,7 +400,8 @@ def estimate_llc(
     seed: int = 0,
     autocast_dtype: torch.dtype | None = None,
     track_acceptance: bool = True,
-    check_curvature: bool = True,
+    min_acceptance: float = MIN_ACCEPTANCE,
+    check_curvature: bool | CurvatureReport = True,
     threads: int | None = None,
     progress: bool = True,
 ) -> LLCResult:
@@ -414,8 +421,9 @@ def estimate_llc(
     (e.g. ``torch.bfloat16``) runs forward and backward passes under
     autocast while the chains' weights stay in float32.
     ``track_acceptance`` records the MALA acceptance rate of the steps (the
-    discretisation check); ``check_curvature`` finds the lowest Hessian
-    eigenvalue at w* by Lanczos (the saddle check); ``threads`` is the CPU
+    discretisation check, failed below ``min_acceptance``); ``check_curvature`` finds the lowest Hessian
+    eigenvalue at w* by Lanczos (the saddle check; a report from an earlier
+    check of the same w*, e.g. ``calibrate_llc``'s, is reused); ``threads`` is the CPU
     thread count (None: one for small problems or on a busy machine).
     Don't know which step size to use?  ``calibrate_llc`` finds one.
     """
@@ -433,7 +441,9 @@ def estimate_llc(
         ),
     )
     with thread_limit(problem.threads(threads)):
-        if check_curvature:
+        if isinstance(check_curvature, CurvatureReport):
+            problem.curvature = check_curvature
+        elif check_curvature:
             problem.check_curvature(seed)
         traces = problem.sample(
             settings, num_burnin + num_draws, seed, progress, track_acceptance
@@ -453,4 +463,5 @@ def estimate_llc(
             seed=seed,
         ),
         seconds=time.perf_counter() - started,
+        min_acceptance=min_acceptance,
     )
