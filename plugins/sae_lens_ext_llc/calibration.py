@@ -15,8 +15,9 @@ warning, which includes the two that make a recommendation trustworthy:
 The largest qualifying step size (fastest mixing) is recommended.  When none
 qualifies, the grid widens by itself, round after round, within ``budget``
 chain-steps (see :func:`next_round`): towards smaller step sizes when every
-setting failed the discretisation check, otherwise towards longer chains at
-the largest step size that passed it and one step size larger.  Failures no step size can
+setting failed the discretisation check; otherwise towards larger step sizes
+while none was too coarse, then towards longer chains between the largest
+step size that passed and the smallest that failed.  Failures no step size can
 cure (w* a saddle or not a critical point, a negative estimate) stop the
 search with their explanation.
 """
@@ -181,9 +182,10 @@ def next_round(rows: pd.DataFrame) -> tuple[list[float], bool] | None:
     setting was, the next round tries a step size ``STEP_FACTOR`` times below
     the smallest, next to the smallest (a pair that can form a plateau).
     Otherwise the largest step
-    size that was fine runs again with chains twice as long, together with
-    a larger one: halfway (in log) to the smallest too-coarse step size above
-    it, or ``STEP_FACTOR`` times it if there is none.  None when some failure
+    size that was fine runs again with a larger one: ``STEP_FACTOR`` times
+    it, at the same run length, when no larger step size was tried (larger
+    steps mix faster); else halfway (in log) to the smallest too-coarse step
+    size above it, with chains twice as long.  None when some failure
     is one no step size or run length cures.
     """
     for flags in rows["blocking"]:
@@ -197,10 +199,9 @@ def next_round(rows: pd.DataFrame) -> tuple[list[float], bool] | None:
         return [smallest / STEP_FACTOR, smallest], False
     fine = float(rows.loc[~too_coarse, "step_size"].max())
     coarser = rows.loc[too_coarse & (rows["step_size"] > fine), "step_size"]
-    larger = (
-        float(np.sqrt(fine * coarser.min())) if len(coarser) else fine * STEP_FACTOR
-    )
-    return [fine, larger], True
+    if len(coarser):  # the step size is near its limit: run longer
+        return [fine, float(np.sqrt(fine * coarser.min()))], True
+    return [fine, fine * STEP_FACTOR], False  # room to grow: larger steps first
 
 
 def run_round(
@@ -307,7 +308,7 @@ def calibrate_llc(
     ``nbetas`` defaults to the default nbeta alone (m / log m for minibatch
     size m): the LLC at another nbeta is another quantity.  ``budget`` caps
     the total chain-steps (chains x steps, summed over rounds; None: 8 times
-    the first round's).  ``min_acceptance`` is the MALA acceptance a setting
+    the first round's, counting a grid of fewer than 3 settings as 3).  ``min_acceptance`` is the MALA acceptance a setting
     needs.  The other arguments mean what they mean for ``estimate_llc``.
     Returns a ``CalibrationResult``; ``estimate_llc(model, loss_fn, data,
     **result.estimate_options())`` estimates at the recommendation.
@@ -326,7 +327,11 @@ def calibrate_llc(
         num_chains, num_draws, num_burnin, step_sizes, nbetas, localization
     )
     first_cost = len(step_sizes) * len(nbetas) * num_chains * (num_burnin + num_draws)
-    budget = BUDGET_ROUNDS * first_cost if budget is None else int(budget)
+    settings_floor = max(3, len(step_sizes) * len(nbetas))
+    default_budget = (
+        BUDGET_ROUNDS * settings_floor * num_chains * (num_burnin + num_draws)
+    )
+    budget = default_budget if budget is None else int(budget)
     if budget < first_cost:
         raise ValueError(
             f"budget {budget} chain-steps is below the first round's "

@@ -394,15 +394,15 @@ def saddle_findings(
             f"L(w*) = {evidence.init_loss:.6g} (nbeta x that = "
             f"{nbeta * diag.loss_gap:.3g})"
         )
+    what = "a saddle" if negative else "not a local minimum (a saddle, or unconverged)"
     return [
         Finding(
             "saddle",
             "error",
-            f"w* is a saddle, not a local minimum: {'; '.join(causes)}. The "
-            f"chains descend there, so the estimate {llc:.4g} mixes that "
-            "descent with the local geometry (it can stay positive). Continue "
-            "training from w* (a small step along that direction escapes it), "
-            "then estimate at the new minimum; raising localization only hides "
-            "the descent.",
+            f"w* is {what}: {'; '.join(causes)}. The chains can descend from w*, "
+            f"so the estimate {llc:.4g} mixes that descent with the local geometry "
+            "(it can stay positive). Continue training from w* (a small step along "
+            "that direction escapes a saddle), then estimate at the new minimum; "
+            "raising localization only hides the descent.",
         )
     ]
