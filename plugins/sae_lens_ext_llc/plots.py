@@ -26,6 +26,26 @@ def trace_plot(result: LLCResult) -> Figure:
     """
     fig = Figure(figsize=(8, 5.5))
     top, bottom = fig.subplots(2, 1, sharex=True)
+    draw_traces(result, top, bottom)
+    fig.tight_layout()
+    return fig
+
+
+def side_by_side_plot(results: dict[str, LLCResult]) -> Figure:
+    """The traces of several estimates in columns, titled by ``results``' keys
+    (e.g. a setting ``calibrate_llc`` recommended next to one it rejected)."""
+    fig = Figure(figsize=(5.5 * len(results), 5.5))
+    axes = fig.subplots(2, len(results), sharex="col", squeeze=False)
+    for column, (title, result) in enumerate(results.items()):
+        top, bottom = axes[0, column], axes[1, column]
+        draw_traces(result, top, bottom)
+        top.set_title(f"{title}\n{top.get_title()}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def draw_traces(result: LLCResult, top, bottom) -> None:
+    """Draw ``result``'s LLC traces on ``top`` and distances on ``bottom``."""
     burnin = result.settings["num_burnin"]
     for chain, rows in result.trace.groupby("chain"):
         color = f"C{chain % 10}"
@@ -60,8 +80,6 @@ def trace_plot(result: LLCResult) -> Figure:
     top.legend(fontsize=7, ncol=4, loc="lower right")
     bottom.set_ylabel("|w − w*|")
     bottom.set_xlabel("SGLD step (shaded: burn-in; bold: running mean of draws)")
-    fig.tight_layout()
-    return fig
 
 
 def calibration_plot(calibration: CalibrationResult) -> Figure:
