@@ -5,6 +5,7 @@ from .hookspecs import hookimpl
 from .loading import load_model_for_sae, load_sae
 from .releases import Release
 from .runner import RunOutput, run
+from .threads import machine_is_busy, thread_limit
 
 __version__ = "0.1.0"
 
@@ -20,8 +21,10 @@ __all__ = [
     "hookimpl",
     "load_model_for_sae",
     "load_sae",
+    "machine_is_busy",
     "push_to_hub",
     "run",
+    "thread_limit",
     "__version__",
 ]
 

@@ -10,22 +10,13 @@ thread; large ones on a quiet machine keep torch's setting.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 
+from sae_lens_ext import machine_is_busy, thread_limit
+
+__all__ = ["choose_threads", "machine_is_busy", "thread_limit"]
+
 SMALL_PROBLEM = 2**27  # sampled weights x rows per step
-
-
-def machine_is_busy() -> bool:
-    """Whether the 1-minute load average already fills every CPU core."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return False
-    return load >= (os.cpu_count() or 1)
 
 
 def choose_threads(
@@ -42,14 +33,3 @@ def choose_threads(
     if n_params * batch_size < SMALL_PROBLEM or machine_is_busy():
         return 1
     return torch.get_num_threads()
-
-
-@contextmanager
-def thread_limit(threads: int) -> Iterator[None]:
-    """Run the block with ``threads`` torch CPU threads, then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
