@@ -54,7 +54,10 @@ class LLCResult:
     ``llc`` is the mean of the per-chain estimates of healthy chains and
     ``llc_se`` their standard error (std / sqrt(chains)).  ``trace`` has one
     row per chain and step: ``chain``, ``step``, ``burn_in``, ``loss``,
-    ``llc`` (nbeta * (loss - L(w*))) and ``distance`` (|w - w*|).
+    ``llc`` (nbeta * (loss - L(w*))), ``distance`` (|w - w*|) and, when
+    tracked, ``acceptance`` (the MALA acceptance probability of that step).
+    ``calibration`` is the ``CalibrationResult`` that chose the settings,
+    when one did (``estimate_sae_llc``).
     """
 
     llc: float
