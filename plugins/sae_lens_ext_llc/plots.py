@@ -83,11 +83,13 @@ def draw_traces(result: LLCResult, top, bottom) -> None:
 
 
 def calibration_plot(calibration: CalibrationResult) -> Figure:
-    """LLC against step size, one line per nbeta; unhealthy settings hollow."""
+    """LLC against step size, one line per nbeta and run length (one per
+    calibration round); settings that did not qualify hollow."""
     table = calibration.table
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
-    for i, (nbeta, rows) in enumerate(table.groupby("nbeta")):
+    groups = table.groupby(["nbeta", "num_burnin", "num_draws"])
+    for i, ((nbeta, burnin, draws), rows) in enumerate(groups):
         color = f"C{i % 10}"
         rows = rows.sort_values("step_size")
         ax.errorbar(
@@ -97,7 +99,7 @@ def calibration_plot(calibration: CalibrationResult) -> Figure:
             color=color,
             marker="none",
             capsize=3,
-            label=f"nβ = {nbeta:.4g}",
+            label=f"nβ = {nbeta:.4g}, {burnin} + {draws} steps",
         )
         healthy = rows["healthy"].to_numpy(dtype=bool)
         ax.scatter(
@@ -125,7 +127,7 @@ def calibration_plot(calibration: CalibrationResult) -> Figure:
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("step size ε")
     ax.set_ylabel("LLC estimate")
-    ax.set_title("Calibration (hollow: failed a check)")
+    ax.set_title("Calibration (hollow: did not qualify)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
