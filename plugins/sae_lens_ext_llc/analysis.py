@@ -42,6 +42,10 @@ class LLCConfig:
         default=True,
         metadata={"help": "calibrate the step size when step_size is not given"},
     )
+    calibration_budget: int | None = field(
+        default=None,
+        metadata={"help": "chain-steps calibration may spend; default 8 rounds"},
+    )
     nbeta: float | None = field(
         default=SAE_LLC_DEFAULTS["nbeta"],
         metadata={"help": "inverse temperature n*beta; default m/log m"},
@@ -103,6 +107,7 @@ class LLCAnalysis(Analysis):
             activations,
             sparsity_coefficient=config.sparsity_coefficient,
             calibrate=config.calibrate,
+            calibration_budget=config.calibration_budget,
             num_chains=config.num_chains,
             num_draws=config.num_draws,
             num_burnin=config.num_burnin,
