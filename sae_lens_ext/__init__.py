@@ -3,6 +3,7 @@
 from .analysis import ActivationBatch, Analysis, AnalysisResult, NoConfig, RunContext
 from .hookspecs import hookimpl
 from .loading import load_model_for_sae, load_sae
+from .models import load_model
 from .reconstruction import (
     CodeMap,
     UnsupportedSAEError,
@@ -14,6 +15,7 @@ from .reconstruction import (
 )
 from .releases import Release
 from .runner import RunOutput, run
+from .threads import machine_is_busy, thread_limit
 
 __version__ = "0.1.0"
 
@@ -31,13 +33,16 @@ __all__ = [
     "code_map",
     "flat_rows",
     "hookimpl",
+    "load_model",
     "load_model_for_sae",
     "load_sae",
+    "machine_is_busy",
     "push_to_hub",
     "require_reconstruction",
     "run",
     "select_head",
     "splice",
+    "thread_limit",
     "__version__",
 ]
 

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import click
 
+from .models import MODEL_HELP
 from .plugins import ENV_ENABLED, get_registry, resolve_enabled
+from .positions import HELP as POSITIONS_HELP
 from .runner import DEFAULT_N_TOKENS, config_fields
 
 _CLICK_TYPES = {int: click.INT, float: click.FLOAT, bool: click.BOOL, str: click.STRING}
@@ -118,6 +120,15 @@ def make_run_command(registry) -> click.Command:
         ),
         click.Option(["--sae-id"], default=None, help="SAE id within the release"),
         click.Option(
+            ["--model"],
+            default=None,
+            help=f"{MODEL_HELP} [default: the SAE's metadata]",
+        ),
+        click.Option(
+            ["--no-model"], is_flag=True, help="weights-only: skip model analyses"
+        ),
+        click.Option(["--positions"], default=None, help=POSITIONS_HELP),
+        click.Option(
             ["--plugins", "-p"],
             multiple=True,
             help=f"plugins to enable (mdl,absorption) or disable (no:llc); "
@@ -181,6 +192,9 @@ def make_run_command(registry) -> click.Command:
             batch_size=kwargs["batch_size"],
             device=kwargs["device"],
             seed=kwargs["seed"],
+            model=kwargs["model"],
+            no_model=kwargs["no_model"],
+            positions=kwargs["positions"],
             cache_dir=kwargs["cache_activations"],
             overwrite=kwargs["overwrite"],
             push_to_hub=kwargs["push_to_hub"],
@@ -215,12 +229,18 @@ def print_run(output) -> None:
     summary = output.summary
     click.echo(f"Run written to {output.run_dir} ({summary.get('duration_s', '?')} s)")
     for name, entry in summary["analyses"].items():
+        if "skipped" in entry:
+            click.echo(f"  {name}: skipped ({entry['skipped']})")
+            continue
         metrics = entry.get("metrics", {})
         shown = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in list(metrics.items())[:8]
         )
         click.echo(f"  {name}: {shown}")
+        for key, value in metrics.items():
+            if key.endswith("warning"):
+                click.echo(f"  {name}: WARNING: {value}")
 
 
 def show_run_warning(message, category, filename, lineno, file=None, line=None):

@@ -162,24 +162,19 @@ def _hub_config(repo_id: str, sae_id: str) -> dict:
 def load_model_for_sae(
     sae: SAE, release: str | None = None, *, device: str = "cpu"
 ) -> HookedTransformer:
-    """Load the TransformerLens model an SAE was trained on.
+    """Load the model an SAE was trained on (see :func:`.models.model_for_sae`).
 
-    A release registered with a ``load_model`` builds its own model;
-    otherwise the model is ``HookedTransformer.from_pretrained`` of the SAE's
-    ``metadata.model_name`` with its ``model_from_pretrained_kwargs``.
+    A release registered with a ``load_model`` (or one that provides the
+    model the SAE's metadata names) builds its own model; otherwise the
+    metadata's ``model_name`` is resolved like ``--model``.
     """
-    registered = get_registry().releases().get(release or "")
-    if registered is not None and registered.load_model is not None:
-        return registered.load_model(device)
-    from transformer_lens import HookedTransformer
+    from .models import model_for_sae
 
-    metadata = sae.cfg.metadata
-    model_name = metadata.model_name
-    if not model_name:
+    model = model_for_sae(sae, release, device=device)
+    if model is None:
         raise SAELoadError(
             "The SAE's cfg.json has no metadata.model_name, so its model is "
             "unknown. Add model_name (and hook_name) to the metadata, or pass "
             "model=... to run()."
         )
-    kwargs = metadata.model_from_pretrained_kwargs or {}
-    return HookedTransformer.from_pretrained(model_name, device=device, **kwargs)
+    return model

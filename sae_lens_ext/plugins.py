@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "sae_lens_ext"
 ENV_ENABLED = "SAE_LENS_EXT_PLUGINS"
 HOST_PLUGIN = "base"
 DEFAULT_PLUGINS = ("sae_lens_ext.default_plugins",)
+MAX_LISTED = 20  # longer lists of known names are summarised by their count
 
 
 @dataclass
@@ -299,5 +300,7 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     """An error message for an unknown name, with the closest known names."""
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    if len(known) > MAX_LISTED:
+        return f"Unknown {kind} {name!r}.{hint} ({len(known):,} {kind}s are known.)"
     listing = ", ".join(sorted(known)) or "(none installed)"
     return f"Unknown {kind} {name!r}.{hint} Known {kind}s: {listing}."

@@ -23,9 +23,12 @@ from .analysis import Analysis, AnalysisResult, RunContext
 from .artifacts import json_safe, write_json, write_result
 from .errors import RunError, RunInterrupted
 from .isolation import AnalysisFailures, instantiate, isolated_pass
-from .loading import load_model_for_sae, load_sae
+from .loading import load_sae
+from .models import load_model, model_for_sae, release_with_dataset
 from .plugins import get_registry, resolve_enabled, unknown_name_message
+from .positions import PositionFilter, default_positions, parse_positions
 from .run_dir import prepare_run_dir
+from .sae_names import run_labels
 from .shared_pass import model_activations
 from .tokens import (
     DatasetError,
@@ -44,6 +47,7 @@ from .validation import (
     option_error,
     short_dataset_warning,
 )
+from .weights_only import NO_MODEL_FLAG, NO_MODEL_METADATA, split_weights_only
 
 DEFAULT_N_TOKENS = 65_536
 
@@ -79,6 +83,8 @@ def run(
     cache_dir: str | Path | None = None,
     sae=None,
     model=None,
+    no_model: bool = False,
+    positions: str | None = None,
     overwrite: bool = False,
     push_to_hub: str | None = None,
     push_options: dict[str, Any] | None = None,
@@ -91,6 +97,11 @@ def run(
     ``model`` may be given as objects instead of names.  ``dataset`` is a
     Hugging Face dataset name, a local ``.safetensors``/``.txt`` file, or a
     ``[n_seq, context]`` tensor of token ids; by default the release's own.
+    ``model`` may also name a model like ``--model`` (see
+    :func:`sae_lens_ext.load_model`); with ``no_model`` (or no model in the
+    SAE's metadata) only the analyses that work from weights run, the
+    others are skipped with a reason.  ``positions`` selects token positions
+    (``"all"``, ``"skip-bos"``, ``"0,5,-1"``, ``"tokens:13,42"``).
     ``push_to_hub`` names a repo to publish the finished run to, with
     ``push_options`` passed to :func:`sae_lens_ext.push_to_hub`.
     """
@@ -106,25 +117,35 @@ def run(
         if plugin in enabled
     }
     configs = build_configs(classes, config or {})
+    position_filter = parse_positions(positions) if positions else None
     if sae is None:
         release = release or default_release(registry)
         sae = load_sae(release, sae_id, device=device)
-        sae_id = sae_id or registry.releases()[release].default_sae_id
     else:
         check_sae_weights(sae, "the SAE passed to run()")
-    release, sae_id = release or "(in memory)", sae_id or "(in memory)"
+    release, sae_id = run_labels(sae, release, sae_id)
     metadata = sae.cfg.metadata
     hook_name = metadata.hook_name
     needs = set().union(*(cls.needs for cls in classes.values())) if classes else set()
-    if model is None and needs & {"activations", "tokens", "model"}:
-        model = load_model_for_sae(sae, release, device=device)
+    skipped: dict[str, str] = {}
+    if no_model:
+        if model is not None:
+            raise RunError("--no-model and --model contradict each other; pass one.")
+        classes, skipped = split_weights_only(classes, NO_MODEL_FLAG)
+    elif isinstance(model, str):
+        model = load_model(model, device=device)
+    elif model is None and needs & {"activations", "tokens", "model"}:
+        model = model_for_sae(sae, release, device=device)
+        if model is None:
+            classes, skipped = split_weights_only(classes, NO_MODEL_METADATA)
+    position_filter = position_filter or default_positions(metadata, model)
     if model is not None and not hook_name:
         raise RunError(
             "The SAE's cfg.json metadata has no hook_name, so the shared pass "
             "does not know where to read activations; set sae.cfg.metadata.hook_name."
         )
     tokens = None
-    if needs & {"activations", "tokens"}:
+    if model is not None and needs & {"activations", "tokens"}:
         tokens = resolve_tokens(dataset, release, model, metadata, n_tokens)
         check_tokens(
             tokens,
@@ -132,8 +153,9 @@ def run(
             n_ctx=model.cfg.n_ctx,
             source=dataset_label(dataset, release, metadata),
         )
+        selected = position_filter.count(tokens[: n_sequences_used(tokens, n_tokens)])
         short = short_dataset_warning(
-            tokens, n_tokens, metadata.prepend_bos is not False
+            tokens, n_tokens, selected, position_filter.describe()
         )
         run_warnings += [short] if short else []
     with warnings.catch_warnings():
@@ -151,13 +173,16 @@ def run(
         "model_name": metadata.model_name,
         "hook_name": hook_name,
         "dataset": dataset_label(dataset, release, metadata),
+        "positions": position_filter.spec,
+        "positions_description": position_filter.describe(),
         "n_tokens": 0,
+        "weights_only": model is None,
         "seed": seed,
         "device": device,
         "plugins": enabled,
         "config": {n: dataclasses.asdict(c) for n, c in configs.items()},
         "warnings": run_warnings,
-        "analyses": {},
+        "analyses": skipped_entries(skipped, registry),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(run_dir / "summary.json", summary)
@@ -181,10 +206,11 @@ def run(
             failed,
         )
         streaming = {n: a for n, a in analyses.items() if a.needs_pass()}
-        if streaming:
+        if streaming and model is not None:
             batches = activation_batches(
-                model, sae, metadata, tokens, n_tokens, batch_size, cache_dir
-            )
+                model, sae, metadata, tokens, n_tokens, batch_size, cache_dir,
+                position_filter,
+            )  # fmt: skip
             summary["n_tokens"] = isolated_pass(
                 sae,
                 streaming,
@@ -218,6 +244,19 @@ def run(
 
         output.push = push(output.run_dir, push_to_hub, **(push_options or {}))
     return output
+
+
+def skipped_entries(skipped: dict[str, str], registry) -> dict[str, dict]:
+    """``summary.json`` entries of analyses skipped in a weights-only run."""
+    analyses = registry.analyses()
+    return {
+        name: {
+            "title": analyses[name][1].title or name,
+            "plugin": analyses[name][0],
+            "skipped": reason,
+        }
+        for name, reason in skipped.items()
+    }
 
 
 def finish_analyses(analyses, registry, run_dir, summary, output, failed) -> None:
@@ -266,7 +305,10 @@ def write_model_card(registry, summary, run_dir, results) -> None:
     (run_dir / "README.md").write_text(render_model_card(summary, sections))
 
 
-def activation_batches(model, sae, metadata, tokens, n_tokens, batch_size, cache_dir):
+def activation_batches(
+    model, sae, metadata, tokens, n_tokens, batch_size, cache_dir,
+    positions: PositionFilter,
+):  # fmt: skip
     """The hook activations for the shared pass, from the cache or the model."""
     hook_name = metadata.hook_name
     skip_bos = metadata.prepend_bos is not False
@@ -277,7 +319,7 @@ def activation_batches(model, sae, metadata, tokens, n_tokens, batch_size, cache
             model=model,
             model_name=metadata.model_name,
             hook_name=hook_name,
-            positions="all-but-first" if skip_bos else "all",
+            positions=positions.spec,
             context_size=tokens.shape[1],
             prepend_bos=skip_bos,
             n_tokens=n_tokens,
@@ -289,7 +331,7 @@ def activation_batches(model, sae, metadata, tokens, n_tokens, batch_size, cache
         model,
         hook_name,
         iter_token_batches(tokens, batch_size, n_tokens),
-        skip_bos=skip_bos,
+        positions=positions,
     )
     return cache.write_through(batches) if cache is not None else batches
 
@@ -303,7 +345,9 @@ def resolve_tokens(dataset, release, model, metadata, n_tokens) -> torch.Tensor:
     prepend_bos = metadata.prepend_bos is not False
     if dataset is not None and Path(dataset).is_file():
         return load_token_file(Path(dataset), model.tokenizer, context, prepend_bos)
-    registered = get_registry().releases().get(release)
+    registered = get_registry().releases().get(release) or release_with_dataset(
+        metadata.dataset_path
+    )
     if dataset is None and registered is not None and registered.load_tokens:
         return registered.load_tokens(None)
     name = dataset or metadata.dataset_path

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .analysis import ActivationBatch, Analysis
+from .positions import ALL, SKIP_BOS, PositionFilter
 from .reconstruction import flat_rows, select_head
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
@@ -46,9 +47,19 @@ def stop_layer(hook_name: str) -> int | None:
 
 
 def model_activations(
-    model, hook_name: str, token_batches: Iterable[torch.Tensor], *, skip_bos: bool
+    model,
+    hook_name: str,
+    token_batches: Iterable[torch.Tensor],
+    *,
+    skip_bos: bool = True,
+    positions: PositionFilter | None = None,
 ) -> Iterator[HookActivations]:
-    """Run the model on each batch and yield the hook's activations, flattened."""
+    """Run the model on each batch and yield the hook's activations, flattened.
+
+    Only the ``positions`` selected are kept (default: all but the first
+    when ``skip_bos``, else all), in (sequence, position) order.
+    """
+    select = positions or (SKIP_BOS if skip_bos else ALL)
     stop = stop_layer(hook_name)
     for tokens in token_batches:
         tokens = tokens.to(model.cfg.device)
@@ -57,15 +68,13 @@ def model_activations(
                 tokens, names_filter=hook_name, stop_at_layer=stop
             )
         acts = cache[hook_name]
-        start = 1 if skip_bos else 0
-        acts = acts[:, start:]
-        n_seq, n_pos = acts.shape[:2]
-        seq_idx = torch.arange(n_seq).repeat_interleave(n_pos)
-        pos_idx = torch.arange(start, start + n_pos).repeat(n_seq)
+        seq_idx, pos_idx = select.mask(tokens).nonzero(as_tuple=True)
+        if len(seq_idx) == 0:
+            continue
         yield HookActivations(
-            sae_in=acts.reshape(n_seq * n_pos, -1),
+            sae_in=acts[seq_idx, pos_idx].flatten(1),
             token_context=tokens.cpu(),
-            positions=torch.stack([seq_idx, pos_idx], dim=1),
+            positions=torch.stack([seq_idx, pos_idx], dim=1).cpu(),
         )
 
 
@@ -142,6 +151,7 @@ def run_shared_pass(
                 break
     if offset == 0:
         raise ActivationError(
-            "the dataset gave no tokens; check --dataset and --n-tokens"
+            "the dataset gave no tokens; check --dataset, --n-tokens and "
+            "--positions (a token-id filter may match nothing)"
         )
     return offset

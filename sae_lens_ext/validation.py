@@ -144,21 +144,20 @@ def check_context_size(context_size: int, n_ctx: int) -> None:
 
 
 def short_dataset_warning(
-    tokens: torch.Tensor, n_tokens: int, skip_first: bool
+    tokens: torch.Tensor, n_tokens: int, selected: int, positions: str
 ) -> str | None:
     """A warning when the dataset runs out before ``n_tokens`` tokens.
 
-    The count reported is the rows the pass will deliver: every sequence,
-    without its first position when ``skip_first`` (BOS).
+    The count reported is ``selected``, the rows the pass will deliver (the
+    positions chosen by ``--positions``, described by ``positions``).
     """
     n_seq, context = tokens.shape
     if n_seq * context >= n_tokens:
         return None
-    used = n_seq * (context - 1 if skip_first else context)
     return (
         f"--n-tokens asked for {n_tokens:,} tokens but the dataset gives only "
-        f"{used:,} ({n_seq:,} sequences of {context}"
-        f"{', BOS excluded' if skip_first else ''}); using all of them"
+        f"{selected:,} ({n_seq:,} sequences of {context}, {positions}); "
+        "using all of them"
     )
 
 

@@ -317,7 +317,8 @@ def nothing_loads(monkeypatch):
         raise AssertionError("validation must come before loading")
 
     monkeypatch.setattr("sae_lens_ext.runner.load_sae", refuse)
-    monkeypatch.setattr("sae_lens_ext.runner.load_model_for_sae", refuse)
+    monkeypatch.setattr("sae_lens_ext.runner.model_for_sae", refuse)
+    monkeypatch.setattr("sae_lens_ext.runner.load_model", refuse)
 
 
 @pytest.mark.parametrize(
@@ -368,7 +369,8 @@ def test_fewer_tokens_than_asked_warns_with_the_real_count(
     with pytest.warns(RunWarning, match="asked for 1,000,000 tokens .* only 704"):
         output = tiny_run(tiny_model, tiny_tokens, tmp_path / "run", n_tokens=10**6)
     assert (
-        "only 704 (64 sequences of 12, BOS excluded)" in output.summary["warnings"][0]
+        "only 704 (64 sequences of 12, every position but the first (BOS excluded))"
+        in output.summary["warnings"][0]
     )
     assert output.summary["analyses"]["base"]["metrics"]["n_tokens"] == 704
     assert output.summary["status"] == "complete"
