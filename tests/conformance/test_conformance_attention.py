@@ -64,22 +64,29 @@ def test_attention_sae_metrics_match_sae_lens(kind, tiny_model, tiny_tokens):
         error = (out - sae_in).double().pow(2).mean()
         codes = sae.encode(sae_in)
 
-        def splice(acts, hook):
-            if kind == "hook_z":
-                return sae(acts)
-            acts = acts.clone()
-            acts[:, :, HEAD] = sae(acts[:, :, HEAD])
-            return acts
+        def spliced_loss(first: int) -> float:
+            """The model's loss with the SAE's output in place from position
+            ``first`` on (1: BOS left alone, as the base analysis does)."""
 
-        spliced = tiny_model.run_with_hooks(
-            tokens, return_type="loss", fwd_hooks=[(HOOK_Z, splice)]
-        ).item()
+            def splice(acts, hook):
+                acts = acts.clone()
+                if kind == "hook_z":
+                    acts[:, first:] = sae(acts[:, first:])
+                else:
+                    acts[:, first:, HEAD] = sae(acts[:, first:, HEAD])
+                return acts
+
+            return tiny_model.run_with_hooks(
+                tokens, return_type="loss", fwd_hooks=[(HOOK_Z, splice)]
+            ).item()
+
+        spliced_after_bos, spliced_everywhere = spliced_loss(1), spliced_loss(0)
     assert sae.cfg.d_in == (N_HEADS * D_HEAD if kind == "hook_z" else D_HEAD)
     # float32 throughout: sums of ~1,400 x 16 terms
     assert metrics["mse"] == pytest.approx(float(error), rel=1e-5)
     assert metrics["l0"] == pytest.approx(float((codes != 0).sum(-1).double().mean()))
-    assert metrics["ce_loss_spliced"] == pytest.approx(spliced, rel=1e-6)
-    # MDL's CE splice of the unquantised code is the same splice
-    assert mdl.unquantised_loss == pytest.approx(spliced, rel=1e-6)
+    assert metrics["ce_loss_spliced"] == pytest.approx(spliced_after_bos, rel=1e-6)
+    # MDL's CE splice of the unquantised code (it splices every position)
+    assert mdl.unquantised_loss == pytest.approx(spliced_everywhere, rel=1e-6)
     if kind == "hook_z":  # left as it was: it still takes [..., heads, d_head]
         assert sae(z).shape == z.shape
