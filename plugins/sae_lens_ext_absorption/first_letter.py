@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from .config import AbsorptionConfig
-from .letters import LETTERS, LetterRows
+from .letters import LETTERS, LetterRows, LettersUnavailable
 from .probes import f1_scores, fit_probes, fit_sparse_probes, l1_ranking
 from .scoring import absorption_scores
 
@@ -67,9 +67,12 @@ def first_letter_absorption(
     )
     letters = usable.nonzero()[:, 0]
     if letters.numel() == 0:
-        raise ValueError(
-            "too few alphabetic tokens per letter for the first-letter probes; "
-            "raise letter_rows or the number of tokens"
+        most = labels.sum(0).max().item()
+        raise LettersUnavailable(
+            f"too few labelled tokens per letter for the probes: no letter has "
+            f"{MIN_TRAIN_POSITIVES} train and {MIN_TEST_POSITIVES} test rows (the "
+            f"most frequent letter has {most} of the {len(sample.tokens)} sampled "
+            "rows); raise letter_rows or the number of tokens"
         )
     labels = labels[:, letters]
     b_dec = sae.b_dec.detach().float().cpu() if config.subtract_b_dec else 0.0
