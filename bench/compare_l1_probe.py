@@ -32,6 +32,7 @@ from sae_lens_ext_absorption.first_letter import (
     MIN_TRAIN_POSITIVES,
     _split_by_token,
     candidate_codes,
+    present_codes,
 )
 from sae_lens_ext_absorption.letters import LETTERS, LetterSampler
 from sae_lens_ext_absorption.probes import l1_ranking
@@ -79,15 +80,7 @@ def compare(
     )
     letters = usable.nonzero()[:, 0]
     labels = labels[train][:, letters]
-    present = sample.code_latents[train].unique()
-    present = present[present >= 0]
-    row, column, value = sample.code_entries(train, present)
-    codes = torch.sparse_coo_tensor(
-        torch.stack([row, column]),
-        value,
-        (len(train), len(present)),
-        check_invariants=False,
-    )
+    present, codes = present_codes(sample, train)
     ours = present[l1_ranking(codes, labels, l1=l1, max_k=max_k)]
     dense = candidate_codes(sample, present, d_sae)[train]
     weight = saebench_l1_probe(dense, labels, epochs=epochs, seed=seed)

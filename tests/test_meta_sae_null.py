@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_sae
 from sae_lens_ext_meta_sae import (
     decompose,
     planted_decoder,
     train_meta_sae,
 )
 from sae_lens_ext_meta_sae.null import random_unit_rows
+from test_meta_sae import sae_with_decoder
 
 OPTIONS = {"d_meta": 64, "k": 2, "steps": 300, "batch_size": 512, "progress": False}
-
-
-def sae_with_decoder(decoder: torch.Tensor):
-    sae = make_sae(d_in=decoder.shape[1], d_sae=decoder.shape[0])
-    with torch.no_grad():
-        sae.W_dec.copy_(decoder)
-    return sae
 
 
 @pytest.fixture(scope="module")

@@ -124,8 +124,9 @@ def decompose(
         base["firing_frequency"] = frequency.numpy()
         metrics["frequency_weighted_fve"] = weighted_fve(rows, squared_error, frequency)
     null = meta_null(sae, meta_sae, rows, ids, frequency, null_seeds, null_margin)
-    if null is not None:
-        metrics.update(null.metrics(metrics["fraction_variance_explained"]))
+    if null is not None:  # next to the FVE, so summaries show them together
+        fve = metrics.pop("fraction_variance_explained")
+        metrics = {"fraction_variance_explained": fve, **null.metrics(fve), **metrics}
     return MetaDecomposition(
         base_latents=base,
         meta_latents=meta,
