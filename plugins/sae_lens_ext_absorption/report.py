@@ -131,7 +131,7 @@ class AbsorptionAccumulator:
                     seed=seed,
                     token_text=self.sampler.letters.text,
                 )
-                note = _letters_note(first_letter, self.config, labelling)
+                note = _letters_note(first_letter, self.config)
             except LettersUnavailable as error:
                 note = f"First-letter absorption not evaluated: {error}."
             return AbsorptionReport(
@@ -257,19 +257,16 @@ def _activation_batches(sae, source) -> Iterable[_Activations]:
         yield _Activations(chunk)
 
 
-def _letters_note(
-    result: FirstLetterResult, config: AbsorptionConfig, labelling: dict
-) -> str:
+def _letters_note(result: FirstLetterResult, config: AbsorptionConfig) -> str:
     metrics = result.metrics
     if metrics["letters_evaluated"] == 0:
         return (
             f"No letter's ground-truth probe reached F1 {config.min_probe_f1} on "
             f"held-out tokens (mean {metrics['mean_probe_f1']:.2f}) although "
-            f"{labelling['labelled_fraction']:.1%} of the rows were labelled "
-            f"(word-starting alphabetic pieces, {labelling['convention']}; "
-            f"{metrics['letters_probed']} letters had enough of them): this model "
-            "does not linearly represent first letters at this hook, so its "
-            "per-letter absorption rates (table letters) are not meaningful."
+            f"{metrics['letters_probed']} letters had enough labelled word-starting "
+            "rows: this model does not linearly represent first letters at this "
+            "hook, so its per-letter absorption rates (table letters) are not "
+            "meaningful."
         )
     return ""
 
