@@ -261,6 +261,10 @@ def test_per_latent_precisions_follow_the_decoder_norm_and_predict_the_mse():
     )
 
 
-def test_per_latent_needs_the_mse():
+def test_per_latent_needs_the_mse_and_a_code_only_decode():
     with pytest.raises(ValueError, match="per_latent"):
         MDLAccumulator(make_sae(), MDLConfig(per_latent=True, loss="ce"))
+    sae = make_sae()
+    sae.cfg.normalize_activations = "layer_norm"
+    with pytest.raises(ValueError, match="mdl.per_latent to False"):
+        MDLAccumulator(sae, MDLConfig(per_latent=True))

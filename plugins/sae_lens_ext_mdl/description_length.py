@@ -39,6 +39,9 @@ from .ladder import (
     pilot_octave,
 )
 
+#: Normalisations whose decode rescales each row by statistics of its input.
+ROW_SCALED_NORMALISATIONS = ("constant_norm_rescale", "layer_norm")
+
 NON_NEGATIVE_ARCHITECTURES = {
     "standard",
     "topk",
@@ -200,6 +203,13 @@ class MDLAccumulator:
             self.non_negative and sae.cfg.normalize_activations == "none"
         )
         self.columns: torch.Tensor | None = None  # decode columns (per_latent)
+        row_scaled = sae.cfg.normalize_activations in ROW_SCALED_NORMALISATIONS
+        if config.per_latent and row_scaled:
+            raise ValueError(
+                "per_latent needs a decode that depends on the code alone, but this "
+                f"SAE's normalize_activations={sae.cfg.normalize_activations!r} "
+                "rescales each row by its own input; set mdl.per_latent to False"
+            )
         self.latent_sq_err: torch.Tensor | None = None  # [levels, d_sae]
         if config.precision is not None or config.finest_precision is not None:
             fixed = config.precision is not None
