@@ -135,6 +135,8 @@ class DescriptionLength:
     precisions: pd.DataFrame
     tolerance: float = float("nan")
     ladder_placement: str = "absolute"
+    activation_scale: float | None = None
+    pilot_precision: float | None = None
     loss_increase: float = float("nan")
     loss_increase_se: float = float("nan")
     precision_low: float = float("nan")
@@ -161,6 +163,8 @@ class DescriptionLength:
             "precision_stability": self.precision_stability,
             "loss_batches": self.loss_batches,
             "ladder_placement": self.ladder_placement,
+            "activation_scale": self.activation_scale,
+            "pilot_precision": self.pilot_precision,
             "ladder_finest": float(self.precisions["precision"].min()),
             "ladder_coarsest": float(self.precisions["precision"].max()),
             "at_ladder_end": bool(self.warnings),
@@ -265,7 +269,7 @@ class MDLAccumulator:
                     return err == 0
                 return (err - clean) / clean <= config.tolerance
 
-        octave, _ = pilot_octave(passes)
+        octave = pilot_octave(passes)
         finer = max(0, config.n_precisions - 1 - config.coarser_octaves)
         self._set_ladder(
             Ladder(
@@ -485,6 +489,8 @@ class MDLAccumulator:
             precisions=table,
             tolerance=tolerance,
             ladder_placement=self.ladder.placement,
+            activation_scale=self.ladder.scale,
+            pilot_precision=self.ladder.pilot_precision,
             loss_increase=float(table[increase_column][choice]),
             loss_increase_se=float(resampled[:, choice].std()),
             precision_low=float(precisions[int(low)]),

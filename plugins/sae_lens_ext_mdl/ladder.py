@@ -38,18 +38,18 @@ def activation_scale(values: torch.Tensor) -> float:
     return 2.0 ** round(math.log2(rms))
 
 
-def pilot_octave(passes: Callable[[int], bool]) -> tuple[int, str]:
+def pilot_octave(passes: Callable[[int], bool]) -> int:
     """The coarsest octave ``j`` in the pilot range with ``passes(j)``, by bisection.
 
-    Assumes the loss increase grows with the precision (checked afterwards
-    on the real ladder).  Returns ``(j, where)`` with ``where`` ``"inside"``,
-    or ``"highest"``/``"lowest"`` when even the coarsest octave passes or
-    not even the finest does.
+    Assumes the loss increase grows with the precision (the real ladder
+    checks it).  When even the coarsest octave passes it is returned, and
+    when not even the finest does, the finest: the ladder is then placed at
+    that end of the pilot range and the choice on it warns.
     """
     if passes(PILOT_HIGHEST):
-        return PILOT_HIGHEST, "highest"
+        return PILOT_HIGHEST
     if not passes(PILOT_LOWEST):
-        return PILOT_LOWEST, "lowest"
+        return PILOT_LOWEST
     low, high = PILOT_LOWEST, PILOT_HIGHEST  # passes(low), not passes(high)
     while high - low > 1:
         middle = (low + high) // 2
@@ -57,7 +57,7 @@ def pilot_octave(passes: Callable[[int], bool]) -> tuple[int, str]:
             low = middle
         else:
             high = middle
-    return low, "inside"
+    return low
 
 
 @dataclass
