@@ -179,3 +179,58 @@ def test_fragments_only_give_the_real_reason(tiny_sae):
     assert "does not linearly represent" not in report.card()
     assert report.metrics["first_letter_labelled_fraction"] == 0.0
     assert report.metrics["first_letter_fragment_fraction"] == 1.0
+
+
+CORPUS = [
+    "the toys walking quickly, 3rd apple",
+    "a zebra walks to the park",
+    "apples and toys",
+    "talking walking quick",
+    "the walk",
+    "walk quick the toy",
+] * 20
+
+
+def trained_tokenizer(kind: str):
+    """A real BPE tokenizer trained with HF ``tokenizers`` on a tiny corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "byte_level":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=300,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            special_tokens=["<s>"],
+        )
+    elif kind == "metaspace":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        trainer = trainers.BpeTrainer(vocab_size=60, special_tokens=["<s>"])
+    else:
+        tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+        tokenizer.decoder = decoders.BPEDecoder(suffix="</w>")
+        trainer = trainers.BpeTrainer(
+            vocab_size=70, special_tokens=["<s>"], end_of_word_suffix="</w>"
+        )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+
+
+@pytest.mark.parametrize("kind", ["byte_level", "metaspace", "suffix"])
+def test_real_bpe_tokenizers_label_the_same_words(kind):
+    """Three conventions of HF ``tokenizers`` split words differently (e.g.
+    'quick'+'ly', 'quickl'+'y', '3r'+'d') but label the same six words."""
+    tokenizer = trained_tokenizer(kind)
+    ids = tokenizer("the toys walking quickly, 3rd apple zebra")["input_ids"]
+    tokens = torch.tensor([tokenizer.convert_tokens_to_ids("<s>"), *ids])
+    previous = torch.cat([torch.tensor([-1]), tokens[:-1]])
+    labels = WordStartLetters(tokenizer)(tokens, previous)
+    assert "".join("abcdefghijklmnopqrstuvwxyz"[i] for i in labels[labels >= 0]) == (
+        "ttwqaz"
+    )
+    assert len(tokens) > 8  # words were split into several pieces
