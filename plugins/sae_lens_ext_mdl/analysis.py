@@ -21,6 +21,7 @@ class MDLAnalysis(Analysis):
     description = "bits per token of the latent code (Ayonrinde et al. 2024)"
     config_class = MDLConfig
     needs = frozenset({"activations"})
+    headline_metrics = ("bits_per_token",)
 
     def __init__(self, config: MDLConfig, context):
         super().__init__(config, context)

@@ -110,6 +110,9 @@ class MDLConfig:
         },
     )
 
+    def __post_init__(self):
+        check_config(self)
+
 
 @dataclass
 class DescriptionLength:

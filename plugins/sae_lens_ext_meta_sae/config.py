@@ -114,13 +114,22 @@ class MetaSAEConfig:
                 f"{d_sae} (the paper's ratio gives "
                 f"{max(1, round(d_sae * PAPER_META_RATIO))})"
             )
-        if not self.k > 0:
-            raise ValueError(f"k must be positive, got {self.k}")
         if self.k > d_meta:
             raise ValueError(
                 f"k={self.k} is larger than d_meta={d_meta}: at most d_meta "
                 "meta-latents can be active, so lower k or raise d_meta"
             )
+        self.check_fields()
+
+    def __post_init__(self):
+        self.check_fields()
+
+    def check_fields(self) -> None:
+        """Raise ValueError for options that cannot work whatever the SAE."""
+        if self.d_meta is not None and self.d_meta < 1:
+            raise ValueError(f"d_meta must be at least 1, got {self.d_meta}")
+        if not self.k > 0:
+            raise ValueError(f"k must be positive, got {self.k}")
         for name in ("steps", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer")

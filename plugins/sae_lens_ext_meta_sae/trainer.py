@@ -22,14 +22,13 @@ the residuals of the worst-reconstructed rows.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
+
+from sae_lens_ext import machine_is_busy, thread_limit
 
 from .batchtopk import Selection, TopValues, batch_topk, threshold_select
 from .config import MetaSAEConfig
@@ -290,30 +289,6 @@ def check_row_weights(weights: torch.Tensor | None, n: int) -> torch.Tensor | No
             "sampling='frequency', leave dead latents out (skip_dead)"
         )
     return weights
-
-
-def machine_is_busy() -> bool:
-    """Whether the 1-minute load average already fills every CPU core.
-
-    Then every parallel region waits for a thread the scheduler has parked,
-    and one thread runs this trainer several times faster than two.
-    """
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return False
-    return load >= (os.cpu_count() or 1)
-
-
-@contextmanager
-def thread_limit(threads: int) -> Iterator[None]:
-    """Run the block with ``threads`` torch CPU threads, then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _unit_rows(matrix: torch.Tensor) -> torch.Tensor:
