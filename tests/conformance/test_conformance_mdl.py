@@ -67,14 +67,24 @@ def test_perfect_reconstruction_gives_the_exact_entropy():
     x = torch.tensor([0.0, 0.25, 0.75])[symbols.T]  # [n, width]
     sae = identity_sae(width)
     assert torch.equal(sae(x), x)
-    result = description_length(sae, [x], finest_precision=2**-4, n_precisions=6)
+    frequencies = torch.stack([(symbols == s).double().mean(1) for s in range(3)], 1)
+    exact = float(-(frequencies * frequencies.clamp_min(1e-300).log2()).sum())
+
+    # a ladder from the lossless precision up: it is chosen, at zero loss
+    result = description_length(sae, [x], finest_precision=0.5, n_precisions=3)
     assert result.unquantised_loss == 0.0
     table = result.precisions.set_index("precision")
-    lossless = table["mse"] == 0
-    assert list(table.index[lossless]) == [0.5]
-    assert (table.loc[~lossless, "relative_mse_increase"] == math.inf).all()
+    assert table.loc[0.5, "mse"] == 0.0
     assert table.loc[0.5, "relative_mse_increase"] == 0.0
+    assert (table.loc[[1.0, 2.0], "relative_mse_increase"] == math.inf).all()
     assert result.tolerance_met and result.precision == 0.5 and result.loss == 0.0
-    frequencies = torch.stack([(symbols == s).double().mean(1) for s in range(3)], 1)
-    exact = -(frequencies * frequencies.clamp_min(1e-300).log2()).sum()
-    assert result.bits_per_token == pytest.approx(float(exact), rel=1e-12)
+    assert result.bits_per_token == pytest.approx(exact, rel=1e-12)
+
+    # a ladder whose finest precision is lossy: nothing meets the tolerance,
+    # and the finest bins (one value each) still give the exact entropy
+    with pytest.warns(UserWarning, match="no precision of the ladder"):
+        result = description_length(sae, [x], finest_precision=2**-4, n_precisions=2)
+    increases = result.precisions["relative_mse_increase"]
+    assert (increases == math.inf).all()
+    assert not result.tolerance_met
+    assert result.bits_per_token == pytest.approx(exact, rel=1e-12)
