@@ -144,7 +144,15 @@ class _FakeSAE:
         self.W_dec = torch.nn.functional.normalize(torch.randn(d_sae, d_in), dim=1)
         self.W_enc = self.W_dec.T.clone()
         self.b_dec = torch.zeros(d_in)
-        self.cfg = SimpleNamespace(d_sae=d_sae, d_in=d_in)
+        # a standard (ReLU) SAE's config, as far as the decoder math reads it
+        self.cfg = SimpleNamespace(
+            d_sae=d_sae,
+            d_in=d_in,
+            architecture=lambda: "standard",
+            normalize_activations="none",
+            apply_b_dec_to_input=True,
+            metadata=SimpleNamespace(),
+        )
 
 
 def test_fragments_only_give_the_real_reason(tiny_sae):
