@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from .analysis import ActivationBatch, Analysis, AnalysisResult
-from .reconstruction import require_reconstruction, splice
+from .reconstruction import at_positions, position_mask, require_reconstruction, splice
 
 
 @dataclass
@@ -111,12 +111,8 @@ class BaseAnalysis(Analysis):
 
 def splice_inputs(contexts) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and the mask of the positions the shared pass used in them."""
-    tokens, masks = [], []
-    for token_context, positions in contexts:
-        mask = torch.zeros(token_context.shape, dtype=torch.bool)
-        mask[positions[:, 0].cpu(), positions[:, 1].cpu()] = True
-        tokens.append(token_context)
-        masks.append(mask)
+    tokens = [token_context for token_context, _ in contexts]
+    masks = [position_mask(token_context, kept) for token_context, kept in contexts]
     return torch.cat(tokens), torch.cat(masks)
 
 
@@ -131,19 +127,12 @@ def ce_metrics(
     next-token prediction.  ``ce_warning`` is set when the SAE lowers the loss.
     """
     model, sae, hook = context.model, context.sae, context.hook_name
-    if mask is None:
-        mask = torch.ones(tokens.shape, dtype=torch.bool)
-
-    def selected(acts):
-        where = mask.to(acts.device)
-        return where.view(*where.shape, *[1] * (acts.ndim - 2))
 
     def splice_sae(acts, hook):
-        recon = splice(sae, acts, sae)
-        return torch.where(selected(acts), recon, acts)
+        return at_positions(acts, splice(sae, acts, sae), mask)
 
     def zero(acts, hook):
-        return torch.where(selected(acts), torch.zeros_like(acts), acts)
+        return at_positions(acts, torch.zeros_like(acts), mask)
 
     with torch.no_grad():
         clean = model(tokens, return_type="loss").item()

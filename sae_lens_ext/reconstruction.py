@@ -234,3 +234,27 @@ def splice(sae, acts: torch.Tensor, through) -> torch.Tensor:
             flat = through(acts.flatten(-2).to(dtype))
         return flat.reshape(acts.shape).to(acts.dtype)
     return through(acts.to(dtype)).to(acts.dtype)
+
+
+def position_mask(token_context: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Boolean ``[n_seq, context]`` mask of the ``(sequence, position)`` rows given.
+
+    ``positions`` is an :class:`~sae_lens_ext.ActivationBatch`'s ``positions``:
+    the rows the shared pass kept, so a splice can replace exactly those.
+    """
+    mask = torch.zeros(token_context.shape, dtype=torch.bool)
+    mask[positions[:, 0].cpu(), positions[:, 1].cpu()] = True
+    return mask
+
+
+def at_positions(
+    acts: torch.Tensor, replaced: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """``replaced`` where ``mask`` ``[n_seq, context]`` is set, ``acts`` elsewhere.
+
+    With no mask every position is replaced.
+    """
+    if mask is None:
+        return replaced
+    where = mask.to(acts.device)
+    return torch.where(where.view(*where.shape, *[1] * (acts.ndim - 2)), replaced, acts)

@@ -33,7 +33,11 @@ class MDLAnalysis(Analysis):
     def update(self, batch) -> None:
         """Histogram this batch's quantised activations at every precision."""
         self.accumulator.update(
-            batch.sae_in, batch.feature_acts, batch.token_context, batch.sae_out
+            batch.sae_in,
+            batch.feature_acts,
+            batch.token_context,
+            batch.sae_out,
+            positions=batch.positions,
         )
 
     def finish(self) -> AnalysisResult:

@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from sae_lens_ext import code_map, flat_rows, require_reconstruction, splice
+from sae_lens_ext import (
+    at_positions,
+    code_map,
+    flat_rows,
+    position_mask,
+    require_reconstruction,
+    splice,
+)
 
 from .allocation import (
     Allocation,
@@ -208,6 +215,7 @@ class MDLAccumulator:
         self.nonzero = 0
         self.max_abs = 0.0
         self.ce_per_batch: list[torch.Tensor] = []  # per batch [levels + 1]
+        self.ce_mask: torch.Tensor | None = None  # this batch's spliced positions
         self.non_negative = sae.cfg.architecture() in NON_NEGATIVE_ARCHITECTURES
         self.code_map = code_map(sae)
         self.columns: torch.Tensor | None = None  # decode columns (per_latent)
@@ -300,13 +308,21 @@ class MDLAccumulator:
         feature_acts: torch.Tensor,
         token_context=None,
         sae_out: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ):
         """Add one batch of hook activations and their SAE encoding.
 
         ``sae_out`` is ``sae.decode(feature_acts)`` where the caller has it
         (decoding again is not possible for normalisations that keep
-        per-row state from ``encode``).
+        per-row state from ``encode``).  ``positions`` (the batch's
+        ``(sequence, position)`` rows) limits the CE splice to the positions
+        the shared pass kept; without it every position is spliced.
         """
+        self.ce_mask = (
+            position_mask(token_context, positions)
+            if token_context is not None and positions is not None
+            else None
+        )
         rows, latents = feature_acts.nonzero(as_tuple=True)
         values = feature_acts[rows, latents]
         if self.non_negative and values.numel() and values.min() < 0:
@@ -400,7 +416,7 @@ class MDLAccumulator:
             return sae.decode(feats)
 
         def hook(acts, hook):
-            return splice(sae, acts, through)
+            return at_positions(acts, splice(sae, acts, through), self.ce_mask)
 
         with torch.no_grad():
             return self.model.run_with_hooks(

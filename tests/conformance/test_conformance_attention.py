@@ -66,7 +66,7 @@ def test_attention_sae_metrics_match_sae_lens(kind, tiny_model, tiny_tokens):
 
         def spliced_loss(first: int) -> float:
             """The model's loss with the SAE's output in place from position
-            ``first`` on (1: BOS left alone, as the base analysis does)."""
+            ``first`` on (1: BOS left alone, as the base and MDL splices do)."""
 
             def splice(acts, hook):
                 acts = acts.clone()
@@ -80,13 +80,13 @@ def test_attention_sae_metrics_match_sae_lens(kind, tiny_model, tiny_tokens):
                 tokens, return_type="loss", fwd_hooks=[(HOOK_Z, splice)]
             ).item()
 
-        spliced_after_bos, spliced_everywhere = spliced_loss(1), spliced_loss(0)
+        spliced_after_bos = spliced_loss(1)
     assert sae.cfg.d_in == (N_HEADS * D_HEAD if kind == "hook_z" else D_HEAD)
     # float32 throughout: sums of ~1,400 x 16 terms
     assert metrics["mse"] == pytest.approx(float(error), rel=1e-5)
     assert metrics["l0"] == pytest.approx(float((codes != 0).sum(-1).double().mean()))
     assert metrics["ce_loss_spliced"] == pytest.approx(spliced_after_bos, rel=1e-6)
-    # MDL's CE splice of the unquantised code (it splices every position)
-    assert mdl.unquantised_loss == pytest.approx(spliced_everywhere, rel=1e-6)
+    # MDL's CE splice of the unquantised code, at the same positions
+    assert mdl.unquantised_loss == pytest.approx(spliced_after_bos, rel=1e-6)
     if kind == "hook_z":  # left as it was: it still takes [..., heads, d_head]
         assert sae(z).shape == z.shape
