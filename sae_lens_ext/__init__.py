@@ -5,6 +5,7 @@ from .hookspecs import hookimpl
 from .loading import load_model_for_sae, load_sae
 from .releases import Release
 from .runner import RunOutput, run
+from .saebench import SAEBenchEval, SAEBenchRun, SAEBenchSkip, check_finite
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,10 @@ __all__ = [
     "Release",
     "RunContext",
     "RunOutput",
+    "SAEBenchEval",
+    "SAEBenchRun",
+    "SAEBenchSkip",
+    "check_finite",
     "hookimpl",
     "load_model_for_sae",
     "load_sae",

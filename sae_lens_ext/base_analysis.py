@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from .analysis import ActivationBatch, Analysis, AnalysisResult
+from .core_statistics import CoreStatistics, downstream_metrics
 
 
 @dataclass
@@ -48,6 +49,7 @@ class BaseAnalysis(Analysis):
         self.x_sum: torch.Tensor | None = None
         self.x_sq = 0.0
         self.contexts: list[torch.Tensor] = []
+        self.core = CoreStatistics(d_sae)
 
     def update(self, batch: ActivationBatch) -> None:
         """Accumulate firing counts, errors and the first batches' contexts."""
@@ -64,6 +66,7 @@ class BaseAnalysis(Analysis):
         self.n += batch.n
         if len(self.contexts) < self.config.ce_batches:
             self.contexts.append(batch.token_context)
+        self.core.update(batch)
 
     def finish(self) -> AnalysisResult:
         """Summarise the pass into metrics, a per-latent table and a plot."""
@@ -83,6 +86,7 @@ class BaseAnalysis(Analysis):
             .float()
             .mean()
             .item(),
+            **self.core.metrics(),
         }
         if self.contexts and self.context.model is not None:
             metrics.update(ce_metrics(self.context, torch.cat(self.contexts)))
@@ -103,36 +107,13 @@ class BaseAnalysis(Analysis):
             tensors={"log_feature_density": log_freq},
             plots={"feature_density": density_plot(log_freq, metrics)},
             card=card_text(metrics),
+            saebench=self.core.saebench_terms(),
         )
 
 
 def ce_metrics(context, tokens: torch.Tensor) -> dict[str, float]:
-    """Clean, SAE-spliced and zero-ablated CE loss on ``tokens``."""
-    model, sae, hook = context.model, context.sae, context.hook_name
-
-    def splice(acts, hook):
-        return sae(acts.to(sae.W_dec.dtype)).to(acts.dtype)
-
-    def zero(acts, hook):
-        return torch.zeros_like(acts)
-
-    with torch.no_grad():
-        clean = model(tokens, return_type="loss").item()
-        spliced = model.run_with_hooks(
-            tokens, return_type="loss", fwd_hooks=[(hook, splice)]
-        ).item()
-        zeroed = model.run_with_hooks(
-            tokens, return_type="loss", fwd_hooks=[(hook, zero)]
-        ).item()
-    recovered = (
-        (zeroed - spliced) / (zeroed - clean) if zeroed != clean else float("nan")
-    )
-    return {
-        "ce_loss_clean": clean,
-        "ce_loss_spliced": spliced,
-        "ce_loss_zero_ablated": zeroed,
-        "ce_loss_recovered": recovered,
-    }
+    """Clean, SAE-spliced and zero-ablated CE loss and KL divergence on ``tokens``."""
+    return downstream_metrics(context.model, context.sae, context.hook_name, tokens)
 
 
 def density_plot(log_freq: torch.Tensor, metrics: dict):

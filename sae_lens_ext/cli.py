@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from .plugins import ENV_ENABLED, get_registry, resolve_enabled
+from .presets import preset_config, preset_names
 from .runner import DEFAULT_N_TOKENS, config_fields
 
 _CLICK_TYPES = {int: click.INT, float: click.FLOAT, bool: click.BOOL, str: click.STRING}
@@ -119,6 +120,13 @@ def make_run_command(registry) -> click.Command:
         click.Option(["--device"], default="cpu", show_default=True),
         click.Option(["--seed"], type=int, default=0, show_default=True),
         click.Option(
+            ["--preset"],
+            type=click.Choice(preset_names()),
+            default=None,
+            help="run at another tool's settings (saebench: SAEBench's); "
+            "options given explicitly win",
+        ),
+        click.Option(
             ["--cache-activations"], type=click.Path(path_type=Path), default=None
         ),
         click.Option(
@@ -155,6 +163,7 @@ def make_run_command(registry) -> click.Command:
             value = kwargs.pop(dest)
             if value is not None:
                 config.setdefault(analysis_name, {})[field_name] = value
+        config = preset_config(kwargs["preset"], config, kwargs["plugins"] or None)
         output = run(
             kwargs["release"],
             kwargs["sae_id"],

@@ -22,6 +22,7 @@ from .analysis import Analysis, AnalysisResult, RunContext
 from .artifacts import json_safe, write_json, write_result
 from .loading import load_model_for_sae, load_sae
 from .plugins import get_registry, resolve_enabled, unknown_name_message
+from .saebench import write_saebench_outputs
 from .shared_pass import (
     ActivationCache,
     cache_key,
@@ -149,6 +150,9 @@ def run(
                 sae, streaming, batches, hook_name=hook_name, total_rows=n_tokens
             )
         failures = finish_analyses(analyses, registry, run_dir, summary, output)
+        write_saebench_outputs(
+            registry, summary, run_dir, output.results, sae=sae, model=model
+        )
     except BaseException as exc:
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         write_json(run_dir / "summary.json", summary)
