@@ -78,7 +78,7 @@ def register_metric_directions(register):
 
     Call ``register(analysis_name, {metric: direction})`` with a direction
     from :data:`sae_lens_ext.saebench.DIRECTIONS`: ``"higher"``,
-    ``"lower"``, ``"closer_to_1"`` or ``"none"`` (a count or a setting, not
+    ``"lower"``, ``"closer_to_1"``, ``"closer_to_0"`` or ``"none"`` (a count or a setting, not
     a score).  ``summary.json``, the model card and the SAEBench-format
     JSON show the direction next to each metric.
     """

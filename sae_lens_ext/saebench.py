@@ -45,6 +45,7 @@ DIRECTIONS = {
     "higher": "higher is better",
     "lower": "lower is better",
     "closer_to_1": "closer to 1 is better",
+    "closer_to_0": "closer to 0 is better",
     "none": "not a score (a count or a setting)",
 }
 UNSPECIFIED = "unspecified"
