@@ -29,11 +29,14 @@ class BaseConfig:
 
 
 class BaseAnalysis(Analysis):
-    """L0, explained variance, MSE, dead/dense latents and spliced CE loss."""
+    """L0, explained variance, MSE, dead/dense latents, shrinkage, spliced CE and KL."""
 
     name = "base"
     title = "Base metrics"
-    description = "L0, variance explained, MSE, dead/dense latents, CE loss recovered"
+    description = (
+        "L0, variance explained, MSE, dead/dense latents, shrinkage, "
+        "CE loss recovered, KL divergence"
+    )
     config_class = BaseConfig
     needs = frozenset({"activations", "model"})
 
