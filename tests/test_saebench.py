@@ -491,3 +491,22 @@ def test_failing_mapping_keeps_the_run(tmp_path, fresh_registry, monkeypatch):
     assert (output.run_dir / "meta_sae" / "meta_sae" / "cfg.json").is_file()
     card = (output.run_dir / "README.md").read_text()
     assert "mapping failed: RuntimeError: mapping bug" in card
+
+
+def test_cli_preset_sets_saebench_options_under_explicit_ones(tmp_path):
+    from click.testing import CliRunner
+
+    from sae_lens_ext.cli import build_cli
+
+    out = tmp_path / "run"
+    args = ["run", "-p", "meta_sae", "--preset", "saebench", "--meta_sae.steps", "20"]
+    args += ["--n-tokens", "2048", "--out", str(out)]
+    result = CliRunner().invoke(build_cli(), args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["meta_sae"]["width_ratio"] == 0.25
+    assert summary["config"]["meta_sae"]["steps"] == 20
+    assert "absorption" not in summary["config"]
+    assert (out / "saebench" / "meta_structure_decoder_variance.json").is_file()
+    bad = CliRunner().invoke(build_cli(), ["run", "--preset", "sae-bench"])
+    assert bad.exit_code != 0 and "saebench" in bad.output
