@@ -120,6 +120,13 @@ def make_run_command(registry) -> click.Command:
         click.Option(["--device"], default="cpu", show_default=True),
         click.Option(["--seed"], type=int, default=0, show_default=True),
         click.Option(
+            ["--seeds"],
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="run seeds seed..seed+N-1, report mean ± std (each in --out/seed-S)",
+        ),
+        click.Option(
             ["--preset"],
             type=click.Choice(preset_names()),
             default=None,
@@ -156,7 +163,7 @@ def make_run_command(registry) -> click.Command:
             )
 
     def callback(**kwargs):
-        from .runner import run
+        from .seeds import seeded_run
 
         config: dict[str, dict] = {}
         for dest, (analysis_name, field_name) in dests.items():
@@ -164,7 +171,7 @@ def make_run_command(registry) -> click.Command:
             if value is not None:
                 config.setdefault(analysis_name, {})[field_name] = value
         config = preset_config(kwargs["preset"], config, kwargs["plugins"] or None)
-        output = run(
+        output = seeded_run(kwargs["seeds"])(
             kwargs["release"],
             kwargs["sae_id"],
             plugins=list(kwargs["plugins"]) or None,

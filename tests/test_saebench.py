@@ -510,3 +510,51 @@ def test_cli_preset_sets_saebench_options_under_explicit_ones(tmp_path):
     assert (out / "saebench" / "meta_structure_decoder_variance.json").is_file()
     bad = CliRunner().invoke(build_cli(), ["run", "--preset", "sae-bench"])
     assert bad.exit_code != 0 and "saebench" in bad.output
+
+
+def test_seed_table_means_and_spreads():
+    from sae_lens_ext.seeds import seed_table
+
+    def summary(fve, l0):
+        return {
+            "analyses": {
+                "meta_sae": {
+                    "metrics": {"fraction_variance_explained": fve, "flags": "x"},
+                    "directions": {"fraction_variance_explained": "lower"},
+                },
+                "base": {"metrics": {"l0": l0, "ok": True}, "directions": {}},
+            }
+        }
+
+    table = seed_table([summary(0.5, 16.0), summary(0.7, 16.0), summary(0.6, 16.0)])
+    rows = table.set_index(["analysis", "metric"])
+    assert rows.loc[("meta_sae", "fraction_variance_explained"), "mean"] == (
+        pytest.approx(0.6)
+    )
+    assert rows.loc[("meta_sae", "fraction_variance_explained"), "std"] == (
+        pytest.approx(0.1)
+    )
+    assert rows.loc[("meta_sae", "fraction_variance_explained"), "better"] == "lower"
+    assert rows.loc[("base", "l0"), "std"] == 0
+    assert len(table) == 2  # strings and booleans are not averaged
+
+
+def test_cli_seeds_reruns_the_stochastic_parts(tmp_path):
+    from click.testing import CliRunner
+
+    from sae_lens_ext.cli import build_cli
+
+    out = tmp_path / "seeds"
+    args = ["run", "-p", "meta_sae", "--seeds", "2", "--meta_sae.steps", "20"]
+    args += ["--n-tokens", "2048", "--out", str(out)]
+    result = CliRunner().invoke(build_cli(), args)
+    assert result.exit_code == 0, result.output
+    assert "±" in result.output
+    record = json.loads((out / "seeds.json").read_text())
+    assert record["seeds"] == [0, 1]
+    rows = {(r["analysis"], r["metric"]): r for r in record["metrics"]}
+    assert rows[("base", "l0")]["std"] == 0  # the shared pass is not random
+    assert rows[("meta_sae", "fraction_variance_explained")]["std"] > 0
+    for seed in (0, 1):
+        summary = json.loads((out / f"seed-{seed}" / "summary.json").read_text())
+        assert summary["seed"] == seed
