@@ -11,6 +11,11 @@ object.
 
     python bench/bench_saebench_meta.py --saebench-wheel /tmp/sbw/unpacked
     python bench/bench_saebench_meta.py --saebench-wheel DIR --seeds 5 --sae-id resid0-topk-2048
+    python bench/bench_saebench_meta.py --saebench-wheel DIR --seeds 1 --no-autocast
+
+SAE-Lens's trainer under CPU autocast is slow (about 2 s per step on a
+loaded 2-core machine); ``--no-autocast`` and ``--steps`` change both sides
+alike, and the script prints what it changed.
 """
 
 from __future__ import annotations
@@ -47,9 +52,9 @@ def import_saebench(wheel_dir: str):
     return main, eval_config
 
 
-def saebench_run(main, eval_config, sae, sae_id: str, seed: int):
+def saebench_run(main, eval_config, sae, sae_id: str, seed: int, changes: dict):
     """SAEBench's decoder variance explained, train time, and its output object."""
-    config = eval_config.MetaStructureEvalConfig(random_seed=seed)
+    config = eval_config.MetaStructureEvalConfig(random_seed=seed, **changes)
     torch.manual_seed(seed)
     output = main.run_eval_single_sae(DEMO_RELEASE, sae_id, sae, config, "cpu")
     metrics = output.eval_result_metrics.meta_structure
@@ -60,7 +65,7 @@ def saebench_run(main, eval_config, sae, sae_id: str, seed: int):
     )
 
 
-def our_run(sae, seed: int) -> tuple[float, float]:
+def our_run(sae, seed: int, changes: dict) -> tuple[float, float]:
     """Our decoder variance explained and train time at the saebench preset."""
     from sae_lens_ext_meta_sae import MetaSAEConfig
     from sae_lens_ext_meta_sae.decompose import decompose
@@ -71,7 +76,7 @@ def our_run(sae, seed: int) -> tuple[float, float]:
         for k, v in preset_overrides("saebench")["meta_sae"].items()
         if k != "skip_dead"
     }
-    config = MetaSAEConfig(seed=seed, **settings)
+    config = MetaSAEConfig(seed=seed, **{**settings, **changes})
     meta_sae, log = fit_meta_sae(sae, config, progress=False)
     return decompose(sae, meta_sae).metrics["fraction_variance_explained"], log.seconds
 
@@ -83,18 +88,30 @@ def main() -> None:
     )
     parser.add_argument("--sae-id", default="resid0-topk-1024")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="both sides (default: SAEBench's 1500)"
+    )
+    parser.add_argument(
+        "--no-autocast", action="store_true", help="both sides in float32 throughout"
+    )
     args = parser.parse_args()
+    theirs_changes, our_changes = {}, {}
+    if args.steps is not None:
+        theirs_changes["train_steps"] = our_changes["steps"] = args.steps
+    if args.no_autocast:
+        theirs_changes["autocast"] = our_changes["autocast"] = False
+    print(f"changes from SAEBench's settings: {theirs_changes or 'none'}")
     main_module, eval_config = import_saebench(args.saebench_wheel)
     theirs, ours, their_seconds, our_seconds = [], [], [], []
     output = None
     for seed in range(args.seeds):
         sae = load_sae(DEMO_RELEASE, args.sae_id)
         fve, seconds, output = saebench_run(
-            main_module, eval_config, sae, args.sae_id, seed
+            main_module, eval_config, sae, args.sae_id, seed, theirs_changes
         )
         theirs.append(fve)
         their_seconds.append(seconds)
-        fve, seconds = our_run(load_sae(DEMO_RELEASE, args.sae_id), seed)
+        fve, seconds = our_run(load_sae(DEMO_RELEASE, args.sae_id), seed, our_changes)
         ours.append(fve)
         our_seconds.append(seconds)
         print(

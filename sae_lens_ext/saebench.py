@@ -46,7 +46,7 @@ DIRECTIONS = {
     "lower": "lower is better",
     "closer_to_1": "closer to 1 is better",
     "closer_to_0": "closer to 0 is better",
-    "none": "not a score (a count or a setting)",
+    "none": "not a score",
 }
 UNSPECIFIED = "unspecified"
 
