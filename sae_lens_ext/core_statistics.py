@@ -62,7 +62,7 @@ class CoreStatistics:
         safe_in = torch.where(norm_in.abs() < ZERO_NORM, 1.0, norm_in)
         centred = (x - x.mean(0)).pow(2).sum(1)
         sums = self.sums
-        sums["l1"] += acts.double().sum().item()
+        sums["l1"] += acts.sum(dtype=torch.float64).item()
         sums["cossim"] += (dot / (norm_in * norm_out).clamp_min(1e-30)).sum().item()
         sums["l2_norm_in"] += norm_in.sum().item()
         sums["l2_norm_out"] += norm_out.sum().item()
@@ -79,12 +79,14 @@ class CoreStatistics:
         )
         self.n += n
         self.batch_rows.append(n)
-        fired = (acts > 0).double()
-        self.firing_tokens += fired.sum(0).cpu()
-        prompts = batch.positions[:, 0].to(fired.device)
-        per_prompt = torch.zeros(int(prompts.max()) + 1, fired.shape[1]).double()
-        per_prompt.index_add_(0, prompts, fired)
-        self.firing_prompts += (per_prompt > 0).sum(0).double().cpu()
+        # from the firing entries only: a dense [n, d_sae] copy would not fit
+        # for SAEs of a million latents
+        d_sae = acts.shape[1]
+        rows, latents = (acts > 0).nonzero(as_tuple=True)
+        self.firing_tokens += torch.bincount(latents, minlength=d_sae).cpu()
+        prompts = batch.positions[:, 0].to(rows.device)
+        pairs = (prompts[rows] * d_sae + latents).unique()
+        self.firing_prompts += torch.bincount(pairs % d_sae, minlength=d_sae).cpu()
 
     def metrics(self) -> dict[str, float]:
         """Means of the textbook statistics (for the base analysis's metrics)."""

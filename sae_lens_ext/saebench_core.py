@@ -16,7 +16,7 @@ import torch
 from .saebench import SAEBenchEval, SAEBenchRun, SAEBenchSkip, check_finite
 
 EVAL_TYPE_ID = "core"
-COSINE_CHUNK = 1024
+COSINE_BLOCK_ENTRIES = 1 << 24
 
 BASE_DIRECTIONS = {
     "n_tokens": "none",
@@ -229,12 +229,21 @@ def weight_metrics(sae) -> dict[str, torch.Tensor]:
 
 
 def max_other_cosine(unit_rows: torch.Tensor) -> torch.Tensor:
-    """Each unit row's largest cosine with any other row, in chunks."""
+    """Each unit row's largest cosine with any other row, a block of rows at a time.
+
+    Blocks hold about ``COSINE_BLOCK_ENTRIES`` cosines, so memory stays
+    bounded for SAEs of a million latents (whose ``d_sae^2`` products take a
+    while on a CPU: a progress bar shows them).
+    """
+    from tqdm.auto import tqdm
+
     n = unit_rows.shape[0]
+    step = max(1, COSINE_BLOCK_ENTRIES // n)
     out = torch.empty(n, device=unit_rows.device)
-    for start in range(0, n, COSINE_CHUNK):
-        block = unit_rows[start : start + COSINE_CHUNK] @ unit_rows.T
+    starts = range(0, n, step)
+    for start in tqdm(starts, desc="max cosines", disable=len(starts) < 16):
+        block = unit_rows[start : start + step] @ unit_rows.T
         rows = torch.arange(block.shape[0], device=unit_rows.device)
         block[rows, rows + start] = float("-inf")
-        out[start : start + COSINE_CHUNK] = block.max(1).values
+        out[start : start + step] = block.max(1).values
     return out

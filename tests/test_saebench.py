@@ -378,7 +378,10 @@ def test_downstream_kl_equals_torch_kl(tiny_model, tiny_tokens):
     assert result["ce_tokens"] == tokens.numel()
 
 
-def test_max_other_cosine_equals_dense():
+def test_max_other_cosine_equals_dense(monkeypatch):
+    import sae_lens_ext.saebench_core as core
+
+    monkeypatch.setattr(core, "COSINE_BLOCK_ENTRIES", 2500 * 7)  # blocks of 7 rows
     rows = torch.nn.functional.normalize(torch.randn(2500, 8), dim=1)
     cos = rows @ rows.T
     cos.fill_diagonal_(-2)
