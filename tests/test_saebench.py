@@ -496,16 +496,26 @@ def test_failing_mapping_keeps_the_run(tmp_path, fresh_registry, monkeypatch):
     assert "mapping failed: RuntimeError: mapping bug" in card
 
 
+def cli_meta_run(out: Path, *options: str):
+    """``sae-lens-ext run -p meta_sae`` (20 steps, 2048 tokens) with ``options``."""
+    from click.testing import CliRunner
+
+    from sae_lens_ext.cli import build_cli
+
+    args = ["run", "-p", "meta_sae", "--meta_sae.steps", "20", *options]
+    args += ["--n-tokens", "2048", "--out", str(out)]
+    result = CliRunner().invoke(build_cli(), args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def test_cli_preset_sets_saebench_options_under_explicit_ones(tmp_path):
     from click.testing import CliRunner
 
     from sae_lens_ext.cli import build_cli
 
     out = tmp_path / "run"
-    args = ["run", "-p", "meta_sae", "--preset", "saebench", "--meta_sae.steps", "20"]
-    args += ["--n-tokens", "2048", "--out", str(out)]
-    result = CliRunner().invoke(build_cli(), args)
-    assert result.exit_code == 0, result.output
+    cli_meta_run(out, "--preset", "saebench")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["meta_sae"]["width_ratio"] == 0.25
     assert summary["config"]["meta_sae"]["steps"] == 20
@@ -543,16 +553,8 @@ def test_seed_table_means_and_spreads():
 
 
 def test_cli_seeds_reruns_the_stochastic_parts(tmp_path):
-    from click.testing import CliRunner
-
-    from sae_lens_ext.cli import build_cli
-
     out = tmp_path / "seeds"
-    args = ["run", "-p", "meta_sae", "--seeds", "2", "--meta_sae.steps", "20"]
-    args += ["--n-tokens", "2048", "--out", str(out)]
-    result = CliRunner().invoke(build_cli(), args)
-    assert result.exit_code == 0, result.output
-    assert "±" in result.output
+    assert "±" in cli_meta_run(out, "--seeds", "2").output
     record = json.loads((out / "seeds.json").read_text())
     assert record["seeds"] == [0, 1]
     rows = {(r["analysis"], r["metric"]): r for r in record["metrics"]}
