@@ -259,6 +259,10 @@ def write_saebench_outputs(
 
     annotate_directions(summary, collect_directions(registry))
     summary["preset"] = matching_preset(summary.get("config", {}))
+    # an earlier run in this folder (--overwrite) must not leave files that
+    # look like this run's results
+    for stale in (run_dir / OUTPUT_FOLDER).glob("*.json"):
+        stale.unlink()
     record: dict[str, dict] = {}
     created_ms = int(time.time() * 1000)
     for name, (build, warn) in collect_mappings(registry).items():

@@ -483,12 +483,17 @@ def test_failing_mapping_keeps_the_run(tmp_path, fresh_registry, monkeypatch):
         raise RuntimeError("mapping bug")
 
     monkeypatch.setattr(mapping, "meta_structure_eval", broken)
+    stale = tmp_path / "run" / "saebench" / "meta_structure_decoder_variance.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")  # from an earlier run in the same folder
     output = run(
         plugins="meta_sae",
         config={"meta_sae": {"steps": 20}},
         n_tokens=2048,
         out_dir=tmp_path / "run",
+        overwrite=True,
     )
+    assert not stale.exists()
     assert output.summary["status"] == "complete"
     assert "mapping bug" in output.summary["saebench"]["meta_sae"]["error"]
     assert (output.run_dir / "meta_sae" / "meta_sae" / "cfg.json").is_file()
