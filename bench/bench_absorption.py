@@ -29,8 +29,12 @@ from sae_lens_ext_absorption import (
     absorption_report,
     planted_hierarchy,
 )
+from sae_lens_ext_absorption.boundaries import (
+    LETTERS,
+    WordStartLetters,
+    previous_tokens,
+)
 from sae_lens_ext_absorption.first_letter import _split_by_token
-from sae_lens_ext_absorption.letters import LETTERS, TokenLetters
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -63,6 +67,9 @@ def demo_batches(sae_id: str, n_tokens: int):
                 sae_in=acts.sae_in,
                 feature_acts=codes,
                 tokens=acts.tokens,
+                previous=previous_tokens(acts),
+                token_context=acts.token_context,
+                positions=acts.positions,
                 offset=offset,
             )
         )
@@ -144,10 +151,10 @@ def dense_discrepancy(sae, x, acts, config):
 
 def dense_first_letter(sae, batches, tokenizer, config):
     """Keep every labelled row, probe with scikit-learn, score row by row."""
-    letters_of = TokenLetters(tokenizer)
-    x_rows, code_rows, token_rows, counts = [], [], [], {}
+    letters_of = WordStartLetters(tokenizer)
+    x_rows, code_rows, token_rows, label_rows, counts = [], [], [], [], {}
     for batch in batches:
-        labels = letters_of(batch["tokens"])
+        labels = letters_of(batch["tokens"], batch["previous"])
         for i in (labels >= 0).nonzero()[:, 0].tolist():
             token = int(batch["tokens"][i])
             if counts.get(token, 0) >= config.rows_per_token:
@@ -158,10 +165,11 @@ def dense_first_letter(sae, batches, tokenizer, config):
             x_rows.append(batch["sae_in"][i])
             code_rows.append(batch["feature_acts"][i])
             token_rows.append(token)
+            label_rows.append(int(labels[i]))
     tokens = torch.tensor(token_rows)
     x = (torch.stack(x_rows) - sae.b_dec.detach()).numpy()
     codes = torch.stack(code_rows).numpy()
-    y = letters_of(tokens).numpy()
+    y = np.array(label_rows)
     train, test = (t.numpy() for t in _split_by_token(tokens, config.test_fraction, 0))
     w_dec = sae.W_dec.detach().float().numpy()
     dec_norm = np.linalg.norm(w_dec, axis=1)

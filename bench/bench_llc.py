@@ -22,6 +22,10 @@ worker; which is faster depends on the size of the model).
 
     python bench/bench_llc.py                 # both cases, default sizes
     python bench/bench_llc.py --case sae --draws 200 --threads 1,2
+    python bench/bench_llc.py --device cuda --chains 8   # both cases on a GPU
+
+``--device cuda`` puts the model, the SAE and the data on the GPU for both
+sides (devinterp's ``device`` argument); ``--threads`` is then ignored.
 """
 
 from __future__ import annotations
@@ -59,12 +63,13 @@ def devinterp_llc(model, dataset, loss_fn, args, n_rows) -> tuple[float, float, 
             num_init_loss_batches=n_rows // args.batch_size,
             init_seed=args.seed,
             loss_fn=loss_fn,
-            device="cpu",
+            device=args.device,
             output_path=Path(tmp) / "samples.zarr",
         )
         draws = samples.dataset.sampling_loss.mean(dim=["batch", "token_pos"])
         init_loss = float(samples.dataset.init_loss.values.mean())
         per_chain = args.nbeta * (draws.mean(dim="draw").values - init_loss)
+        synchronise(args.device)
         seconds = time.perf_counter() - start
     return float(per_chain.mean()), se(per_chain), seconds
 
@@ -92,9 +97,19 @@ def ours(model, loss_fn, data, args, autocast_dtype=None):
         batch_size=args.batch_size,
         seed=args.seed,
         autocast_dtype=autocast_dtype,
+        track_acceptance=False,
+        check_curvature=False,
+        threads=torch.get_num_threads(),
         progress=False,
     )
+    synchronise(args.device)
     return result.llc, result.llc_se, time.perf_counter() - start
+
+
+def synchronise(device: str) -> None:
+    """Wait for queued GPU work, so wall-clock times are complete."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def model_case(args):
@@ -106,8 +121,9 @@ def model_case(args):
 
     from sae_lens_ext.demo import demo_eval_tokens, load_demo_model
 
-    model = load_demo_model()
+    model = load_demo_model().to(args.device)
     tokens = demo_eval_tokens(args.sequences)[:, : args.context + 1].contiguous()
+    tokens = tokens.to(args.device)
 
     def per_token_loss(net, input_ids):
         return lm_cross_entropy_loss(net(input_ids, return_type="logits"), input_ids)
@@ -115,7 +131,8 @@ def model_case(args):
     def mean_loss(net, input_ids):
         return per_token_loss(net, input_ids).mean()
 
-    dataset = Dataset.from_dict({"input_ids": tokens.tolist()}).with_format("torch")
+    dataset = Dataset.from_dict({"input_ids": tokens.cpu().tolist()})
+    dataset = dataset.with_format("torch")
     return model, mean_loss, tokens, dataset, per_token_loss
 
 
@@ -134,10 +151,11 @@ def sae_case(args):
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=hook)
     activations = cache[hook][:, 1:].reshape(-1, sae.cfg.d_in)[: args.sae_tokens]
+    sae, activations = sae.to(args.device), activations.to(args.device)
     loss = sae_loss_fn(float(activations.pow(2).sum(-1).mean()))
 
     def per_row_loss(net, input_ids):
-        rows = activations[input_ids[:, 0]]
+        rows = activations[input_ids[:, 0].to(activations.device)]
         error = (net.decode(net.encode(rows)) - rows).pow(2).sum(-1, keepdim=True)
         return error / float(activations.pow(2).sum(-1).mean())
 
@@ -159,7 +177,8 @@ def run_case(name, args):
     )
     rows = []
     for threads in args.threads:
-        torch.set_num_threads(threads)
+        if args.device == "cpu":
+            torch.set_num_threads(threads)
         rows.append((f"ours fp32, {threads} thr", *ours(model, loss_fn, data, args)))
         if args.bf16:
             rows.append(
@@ -188,7 +207,12 @@ def main():
     """Parse flags and run the cases."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--case", choices=["model", "sae", "both"], default="both")
-    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument(
+        "--chains", type=int, default=4, help="chains on both sides (8+ on a GPU)"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (both sides run there)"
+    )
     parser.add_argument("--draws", type=int, default=100)
     parser.add_argument("--burnin", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -208,9 +232,13 @@ def main():
         help="comma-separated torch thread counts to run both sides at, e.g. 1,2",
     )
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA build of torch and a visible GPU")
+    if args.device.startswith("cuda"):
+        args.threads = [torch.get_num_threads()]
     warnings.filterwarnings("ignore")
     torch.manual_seed(args.seed)
-    print(f"torch threads: {', '.join(map(str, args.threads))}")
+    print(f"device {args.device}; torch threads: {', '.join(map(str, args.threads))}")
     for name in ("model", "sae") if args.case == "both" else (args.case,):
         run_case(name, args)
 

@@ -120,7 +120,9 @@ class Analysis:
     """Base class for analyses contributed by ``register_analyses``.
 
     Subclasses set the class attributes and override ``update`` (when they
-    need activations) and ``finish``.
+    need activations) and ``finish``.  ``headline_metrics`` names the
+    metrics that must come out as finite numbers: if one is null, NaN or
+    infinite the analysis fails instead of writing a result that looks valid.
     """
 
     name: ClassVar[str] = ""
@@ -128,6 +130,7 @@ class Analysis:
     description: ClassVar[str] = ""
     config_class: ClassVar[type] = NoConfig
     needs: ClassVar[frozenset[str]] = frozenset({"weights"})
+    headline_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, context: RunContext):
         self.config = config

@@ -39,6 +39,7 @@ class BaseAnalysis(Analysis):
     )
     config_class = BaseConfig
     needs = frozenset({"activations", "model"})
+    headline_metrics = ("l0", "mse", "explained_variance")
 
     def __init__(self, config: BaseConfig, context):
         super().__init__(config, context)
@@ -51,7 +52,7 @@ class BaseAnalysis(Analysis):
         self.sq_err = 0.0
         self.x_sum: torch.Tensor | None = None
         self.x_sq = 0.0
-        self.contexts: list[torch.Tensor] = []
+        self.contexts: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.core = CoreStatistics(d_sae)
 
     def update(self, batch: ActivationBatch) -> None:
@@ -68,7 +69,7 @@ class BaseAnalysis(Analysis):
         self.x_sq += x.pow(2).sum().item()
         self.n += batch.n
         if len(self.contexts) < self.config.ce_batches:
-            self.contexts.append(batch.token_context)
+            self.contexts.append((batch.token_context, batch.positions))
         self.core.update(batch)
 
     def finish(self) -> AnalysisResult:
@@ -92,7 +93,7 @@ class BaseAnalysis(Analysis):
             **self.core.metrics(),
         }
         if self.contexts and self.context.model is not None:
-            metrics.update(ce_metrics(self.context, torch.cat(self.contexts)))
+            metrics.update(ce_metrics(self.context, *splice_inputs(self.contexts)))
         log_freq = torch.log10(freq.clamp_min(1e-10))
         table = pd.DataFrame(
             {
@@ -114,9 +115,62 @@ class BaseAnalysis(Analysis):
         )
 
 
-def ce_metrics(context, tokens: torch.Tensor) -> dict[str, float]:
-    """Clean, SAE-spliced and zero-ablated CE loss and KL divergence on ``tokens``."""
-    return downstream_metrics(context.model, context.sae, context.hook_name, tokens)
+def splice_inputs(contexts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and the mask of the positions the shared pass used in them."""
+    tokens, masks = [], []
+    for token_context, positions in contexts:
+        mask = torch.zeros(token_context.shape, dtype=torch.bool)
+        mask[positions[:, 0].cpu(), positions[:, 1].cpu()] = True
+        tokens.append(token_context)
+        masks.append(mask)
+    return torch.cat(tokens), torch.cat(masks)
+
+
+def ce_metrics(
+    context, tokens: torch.Tensor, mask: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Clean, SAE-spliced and zero-ablated CE loss and KL divergence on ``tokens``.
+
+    The SAE's reconstruction (or zero) replaces the hook activations only at
+    the positions in ``mask`` ``[n_seq, context]`` (all when None), the same
+    positions the shared pass used; the loss is the mean over every
+    next-token prediction (see :func:`.core_statistics.downstream_metrics`).
+    ``ce_warning`` is set when the SAE lowers the loss.
+    """
+    metrics = downstream_metrics(
+        context.model, context.sae, context.hook_name, tokens, mask
+    )
+    warning = ce_warning(
+        metrics["ce_loss_clean"],
+        metrics["ce_loss_spliced"],
+        metrics["ce_loss_zero_ablated"],
+        metrics["ce_loss_recovered"],
+    )
+    if warning:
+        metrics["ce_warning"] = warning
+    return metrics
+
+
+CE_MARGIN = 0.01
+
+
+def ce_warning(
+    clean: float, spliced: float, zeroed: float, recovered: float
+) -> str | None:
+    """A warning when splicing the SAE lowers the loss, else None.
+
+    Noise below ``CE_MARGIN`` (1%) of the zero-ablation gap is not flagged: a
+    near-perfect SAE can read a hair under the clean loss.
+    """
+    margin = CE_MARGIN * max(abs(zeroed - clean), 1e-6 * max(1.0, abs(clean)))
+    found = []
+    if spliced < clean - margin:
+        found.append(f"spliced CE {spliced:.4g} is below clean CE {clean:.4g}")
+    if recovered > 1 + CE_MARGIN:
+        found.append(f"CE recovered is {recovered:.4g} > 1")
+    if not found:
+        return None
+    return "; ".join(found) + ": the SAE lowers the loss: check the hook and positions"
 
 
 def density_plot(log_freq: torch.Tensor, metrics: dict):
@@ -135,6 +189,16 @@ def density_plot(log_freq: torch.Tensor, metrics: dict):
     return fig
 
 
+CE_NOTE = (
+    "Sparsity and reconstruction are measured at the run's positions (named at "
+    "the top of this card). For the CE loss the SAE's reconstruction (or zero, "
+    "for the ablation) replaces the hook activations at those same positions "
+    "only, and the loss is averaged over every next-token prediction. CE needs "
+    "a language model: for other models turn it off with `--base.ce_batches 0` "
+    '(`config={"base": {"ce_batches": 0}}`).'
+)
+
+
 def card_text(metrics: dict) -> str:
     """The base analysis's model-card section."""
     rows = "\n".join(
@@ -142,8 +206,8 @@ def card_text(metrics: dict) -> str:
         if isinstance(value, float)
         else f"| {key} | {value} |"
         for key, value in metrics.items()
+        if key != "ce_warning"
     )
-    return (
-        "Sparsity and reconstruction measured on the run's tokens (BOS excluded).\n\n"
-        "| metric | value |\n|---|---|\n" + rows + "\n"
-    )
+    warning = metrics.get("ce_warning")
+    flagged = f"**Warning: {warning}.**\n\n" if warning else ""
+    return f"{flagged}{CE_NOTE}\n\n| metric | value |\n|---|---|\n{rows}\n"

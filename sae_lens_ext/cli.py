@@ -12,11 +12,14 @@ import json
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 
 import click
 
+from .models import MODEL_HELP
 from .plugins import ENV_ENABLED, get_registry, resolve_enabled
+from .positions import HELP as POSITIONS_HELP
 from .presets import preset_config, preset_names
 from .runner import DEFAULT_N_TOKENS, config_fields
 
@@ -37,7 +40,11 @@ def cli():
 def plugins_command(as_json, selection):
     """List installed plugins: name, version, distribution, hooks, enabled."""
     registry = get_registry()
-    enabled = set(resolve_enabled(list(selection) or None, registry.plugin_names()))
+    enabled = set(
+        resolve_enabled(
+            list(selection) or None, registry.plugin_names(), registry.load_errors()
+        )
+    )
     rows = []
     for info in registry.info():
         row = dict(info.__dict__)
@@ -57,6 +64,8 @@ def plugins_command(as_json, selection):
             click.echo(f"  hooks: {', '.join(row['hooks'])}")
         if row["analyses"]:
             click.echo(f"  analyses: {', '.join(row['analyses'])}")
+        for problem in row["problems"]:
+            click.echo(f"  WARNING: {problem}")
 
 
 @cli.command(name="releases")
@@ -78,7 +87,14 @@ def releases_command():
 @click.option("--revision", default=None, help="branch to push to")
 @click.option("--message", "commit_message", default=None, help="commit message")
 @click.option("--prefix", default=None, help="folder in the repo for this run")
-def push_command(run_dir, repo_id, private, revision, commit_message, prefix):
+@click.option(
+    "--allow-incomplete",
+    is_flag=True,
+    help="publish a failed or interrupted run (never one still running)",
+)
+def push_command(
+    run_dir, repo_id, private, revision, commit_message, prefix, allow_incomplete
+):
     """Publish a run directory to the Hugging Face Hub (token from HF_TOKEN or login)."""
     from .hub import push_to_hub
 
@@ -89,6 +105,7 @@ def push_command(run_dir, repo_id, private, revision, commit_message, prefix):
         revision=revision,
         commit_message=commit_message,
         prefix=prefix,
+        allow_incomplete=allow_incomplete,
     )
     if result.commit is None:
         click.echo(f"{result} is already up to date: no commit made")
@@ -103,6 +120,15 @@ def make_run_command(registry) -> click.Command:
             ["--release"], default=None, help="release name, repo id or folder"
         ),
         click.Option(["--sae-id"], default=None, help="SAE id within the release"),
+        click.Option(
+            ["--model"],
+            default=None,
+            help=f"{MODEL_HELP} [default: the SAE's metadata]",
+        ),
+        click.Option(
+            ["--no-model"], is_flag=True, help="weights-only: skip model analyses"
+        ),
+        click.Option(["--positions"], default=None, help=POSITIONS_HELP),
         click.Option(
             ["--plugins", "-p"],
             multiple=True,
@@ -182,6 +208,9 @@ def make_run_command(registry) -> click.Command:
             batch_size=kwargs["batch_size"],
             device=kwargs["device"],
             seed=kwargs["seed"],
+            model=kwargs["model"],
+            no_model=kwargs["no_model"],
+            positions=kwargs["positions"],
             cache_dir=kwargs["cache_activations"],
             overwrite=kwargs["overwrite"],
             push_to_hub=kwargs["push_to_hub"],
@@ -216,12 +245,31 @@ def print_run(output) -> None:
     summary = output.summary
     click.echo(f"Run written to {output.run_dir} ({summary.get('duration_s', '?')} s)")
     for name, entry in summary["analyses"].items():
+        if "skipped" in entry:
+            click.echo(f"  {name}: skipped ({entry['skipped']})")
+            continue
         metrics = entry.get("metrics", {})
         shown = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in list(metrics.items())[:8]
         )
         click.echo(f"  {name}: {shown}")
+        for key, value in metrics.items():
+            if key.endswith("warning"):
+                click.echo(f"  {name}: WARNING: {value}")
+
+
+def show_run_warning(message, category, filename, lineno, file=None, line=None):
+    """Print a run's warnings as one line; other warnings as Python does."""
+    from .runner import RunWarning
+
+    if issubclass(category, RunWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _show_python_warning(message, category, filename, lineno, file, line)
+
+
+_show_python_warning = warnings.showwarning
 
 
 def build_cli() -> click.Group:
@@ -234,10 +282,19 @@ def build_cli() -> click.Group:
 
 
 def main() -> None:
-    """Entry point of the ``sae-lens-ext`` console script."""
+    """Entry point of the ``sae-lens-ext`` console script.
+
+    Exit status: 0 on success, 1 on an error (the message says what to fix),
+    130 when Ctrl-C interrupted a run.
+    """
+    warnings.showwarning = show_run_warning
     try:
         build_cli()(standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            reason = str(exc.__cause__) or "interrupted"
+            click.echo(f"Error: {reason}", err=True)
+            sys.exit(130)
         sys.exit(1)
     except click.ClickException as exc:
         exc.show()

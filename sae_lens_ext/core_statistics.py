@@ -121,26 +121,41 @@ class CoreStatistics:
         }
 
 
-def downstream_metrics(model, sae, hook_name: str, tokens: torch.Tensor) -> dict:
+def downstream_metrics(
+    model, sae, hook_name: str, tokens: torch.Tensor, mask: torch.Tensor | None = None
+) -> dict:
     """CE loss and KL divergence with the SAE spliced in and zero-ablated.
 
-    CE losses are means over predicted tokens; ``kl_div_with_*`` is the mean
-    over positions of ``KL(clean || patched)`` of the next-token
-    distributions; ``*_score`` is ``(ablated - sae) / (ablated - clean)``
-    (``kl_div_score`` with clean KL 0).  Logits are computed
-    ``LOGIT_CHUNK`` sequences at a time.
+    The SAE's reconstruction (or zero) replaces the hook activations at the
+    positions in ``mask`` ``[n_seq, context]`` (all when None).  CE losses
+    are means over predicted tokens; ``kl_div_with_*`` is the mean over
+    positions of ``KL(clean || patched)`` of the next-token distributions;
+    ``*_score`` is ``(ablated - sae) / (ablated - clean)`` (``kl_div_score``
+    with clean KL 0).  Logits are computed ``LOGIT_CHUNK`` sequences at a
+    time.
     """
+    if mask is None:
+        mask = torch.ones(tokens.shape, dtype=torch.bool)
+    current: dict[str, torch.Tensor] = {}
+
+    def selected(acts):
+        where = current["mask"].to(acts.device)
+        return where.view(*where.shape, *[1] * (acts.ndim - 2))
 
     def splice(acts, hook):
-        return sae(acts.to(sae.W_dec.dtype)).to(acts.dtype)
+        recon = sae(acts.to(sae.W_dec.dtype)).to(acts.dtype)
+        return torch.where(selected(acts), recon, acts)
 
     def zero(acts, hook):
-        return torch.zeros_like(acts)
+        return torch.where(selected(acts), torch.zeros_like(acts), acts)
 
     sums = dict.fromkeys(("clean", "spliced", "zeroed", "kl_sae", "kl_zero"), 0.0)
     n_loss = n_kl = 0
     with torch.no_grad():
-        for chunk in tokens.split(LOGIT_CHUNK):
+        for chunk, chunk_mask in zip(
+            tokens.split(LOGIT_CHUNK), mask.split(LOGIT_CHUNK), strict=True
+        ):
+            current["mask"] = chunk_mask
             clean, clean_loss = model(chunk, return_type="both", loss_per_token=True)
             log_clean = clean.float().log_softmax(-1)
             for key, hook in (("spliced", splice), ("zeroed", zero)):

@@ -82,6 +82,7 @@ def push_to_hub(
     revision: str | None = None,
     commit_message: str | None = None,
     prefix: str | None = None,
+    allow_incomplete: bool = False,
 ) -> PushResult:
     """Publish a run directory to a Hugging Face model repo in one commit.
 
@@ -91,7 +92,9 @@ def push_to_hub(
     a repo); a re-push replaces only that folder.  ``private`` creates the
     repo private and refuses to publish into an existing public one.
     ``revision`` is the branch to push to (created from ``main`` if
-    missing).  Returns a :class:`PushResult` whose ``commit`` is None when
+    missing).  A run whose status is not ``complete`` (failed or
+    interrupted) is refused unless ``allow_incomplete``; one still running
+    always is.  Returns a :class:`PushResult` whose ``commit`` is None when
     the repo already held identical content.
     """
     check_repo_id(repo_id)
@@ -99,7 +102,7 @@ def push_to_hub(
     if revision is not None and (not isinstance(revision, str) or not revision):
         raise ValueError("revision must be a branch name such as 'main', or None")
     run_dir = Path(run_dir)
-    summary = read_summary(run_dir)
+    summary = read_summary(run_dir, allow_incomplete)
     files = collect_files(run_dir)
     check_sae_folders(run_dir, summary, files)
     check_online()
@@ -151,24 +154,60 @@ def _push(local, card, repo_id, folder, token, private, revision, message):
         )
         for f in adds
     ] + [CommitOperationDelete(path_in_repo=path) for path in deletes]
-    with warnings.catch_warnings():
-        # Tables are parquet on purpose: they belong with the SAEs they describe.
-        warnings.filterwarnings("ignore", message=".*about to commit a data file")
-        info = api.create_commit(
+    try:
+        with warnings.catch_warnings():
+            # Tables are parquet on purpose: they belong with the SAEs they describe.
+            warnings.filterwarnings("ignore", message=".*about to commit a data file")
+            oid = api.create_commit(
+                repo_id,
+                operations,
+                commit_message=message,
+                revision=revision,
+                parent_commit=head,
+            ).oid
+    except Exception as exc:
+        oid = commit_that_landed(api, repo_id, revision, head, local, folder, exc)
+        logger.warning(
+            "the Hub's answer to the commit was an error, but %s now holds this "
+            "run at commit %s: the commit was made",
             repo_id,
-            operations,
-            commit_message=message,
-            revision=revision,
-            parent_commit=head,
+            oid,
         )
     return PushResult(
         repo_id,
         url,
-        info.oid,
+        oid,
         uploaded=[f.path_in_repo for f in adds],
         deleted=deletes,
         unchanged=unchanged,
     )
+
+
+def commit_that_landed(api, repo_id, revision, head, local, folder, error) -> str:
+    """After a failed commit call, the new head if it holds this run; else raise.
+
+    A commit whose response was lost may still have been made, so the
+    remote head is read again before anyone is told nothing was committed.
+    """
+    try:
+        new_head, remote, _, _ = remote_state(api, repo_id, revision)
+    except Exception as reread:
+        raise PublishError(
+            f"the commit to {repo_id} failed ({redact(repr(error), api.token)}) and "
+            f"the repo could not be read back ({type(reread).__name__}), so it is "
+            "unknown whether the commit was made. Look at the repo on the Hub; "
+            "running the same push again is safe (identical content makes no commit)."
+        ) from error
+    if new_head == head:
+        raise error
+    adds, _ = changed_files(local, remote)
+    if adds or stale_files(local, remote, folder):
+        raise PublishError(
+            f"the commit to {repo_id} failed ({redact(repr(error), api.token)}) and "
+            f"the branch moved meanwhile (now at {new_head}) without this run: "
+            "someone else committed. Run the same push again to publish on top."
+        ) from error
+    return new_head
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -208,8 +247,11 @@ def normalize_prefix(prefix: str | None) -> str:
     return "/".join(parts)
 
 
-def read_summary(run_dir: Path) -> dict:
-    """The run's ``summary.json``; a run still in progress is refused."""
+def read_summary(run_dir: Path, allow_incomplete: bool = False) -> dict:
+    """The run's ``summary.json``; a run still in progress is refused.
+
+    A failed or interrupted run is refused too unless ``allow_incomplete``.
+    """
     if not run_dir.is_dir():
         raise ValueError(f"{run_dir} is not a directory; pass the run directory")
     path = run_dir / SUMMARY
@@ -228,6 +270,13 @@ def read_summary(run_dir: Path) -> dict:
         raise ValueError(
             f"{path} says the run is still running; wait for it to finish "
             "(if its process died, run it again) and then push"
+        )
+    status = summary.get("status")
+    if status != "complete" and not allow_incomplete:
+        raise ValueError(
+            f"{path} says the run is {status or 'of unknown status'}, not complete, "
+            "so some analyses are missing or failed; re-run it, or pass "
+            "--allow-incomplete (allow_incomplete=True) to publish it as it is"
         )
     return summary
 

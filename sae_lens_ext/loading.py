@@ -12,8 +12,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .legacy_config import fill_legacy_metadata
 from .plugins import get_registry, unknown_name_message
 from .releases import Release
+from .validation import InputError, check_sae_weights
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -74,22 +76,24 @@ def load_sae_folder(folder: Path, *, device: str = "cpu", dtype=None) -> SAE:
                 f"and {WEIGHTS_FILE} (write them with sae.save_model(folder))."
             )
     try:
-        architecture = json.loads((folder / CONFIG_FILE).read_text()).get(
-            "architecture", "standard"
-        )
-    except json.JSONDecodeError as exc:
+        raw_cfg = json.loads((folder / CONFIG_FILE).read_text())
+        architecture = raw_cfg.get("architecture", "standard")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
         raise SAELoadError(
             f"{folder / CONFIG_FILE} is not valid JSON ({exc}); re-save the SAE "
             "with sae.save_model(folder) or download it again."
         ) from exc
     _require_architecture(architecture, folder)
     try:
-        return SAE.load_from_disk(folder, device=device, dtype=dtype)
+        sae = SAE.load_from_disk(folder, device=device, dtype=dtype)
     except SafetensorError as exc:
         raise SAELoadError(
             f"{folder / WEIGHTS_FILE} is corrupt or truncated ({exc}); re-save the "
             "SAE with sae.save_model(folder) or download it again."
         ) from exc
+    check_sae_weights(sae, str(folder / WEIGHTS_FILE))
+    fill_legacy_metadata(sae, raw_cfg, folder)
+    return sae
 
 
 def _require_architecture(architecture: str, where: Path | str) -> None:
@@ -125,9 +129,17 @@ def _load_from_sae_lens(release, sae_id, releases, *, device, dtype) -> SAE:
     if sae_id is None:
         raise SAELoadError(f"Give an SAE id (the folder inside {release}).")
     try:
-        return SAE.from_pretrained(
+        sae = SAE.from_pretrained(
             release, sae_id, device=device, dtype=dtype or "float32"
         )
+        check_sae_weights(sae, f"{release} / {sae_id}")
+        if release not in directory:
+            fill_legacy_metadata(
+                sae, _hub_config(release, sae_id), f"{release}/{sae_id}"
+            )
+        return sae
+    except InputError:
+        raise
     except Exception as exc:
         if release in directory:
             raise
@@ -139,27 +151,30 @@ def _load_from_sae_lens(release, sae_id, releases, *, device, dtype) -> SAE:
         ) from exc
 
 
+def _hub_config(repo_id: str, sae_id: str) -> dict:
+    """The raw cfg.json of ``sae_id`` in a Hub repo (already in the local cache)."""
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(repo_id, f"{sae_id.strip('/')}/{CONFIG_FILE}")
+    return json.loads(Path(path).read_text())
+
+
 def load_model_for_sae(
     sae: SAE, release: str | None = None, *, device: str = "cpu"
 ) -> HookedTransformer:
-    """Load the TransformerLens model an SAE was trained on.
+    """Load the model an SAE was trained on (see :func:`.models.model_for_sae`).
 
-    A release registered with a ``load_model`` builds its own model;
-    otherwise the model is ``HookedTransformer.from_pretrained`` of the SAE's
-    ``metadata.model_name`` with its ``model_from_pretrained_kwargs``.
+    A release registered with a ``load_model`` (or one that provides the
+    model the SAE's metadata names) builds its own model; otherwise the
+    metadata's ``model_name`` is resolved like ``--model``.
     """
-    registered = get_registry().releases().get(release or "")
-    if registered is not None and registered.load_model is not None:
-        return registered.load_model(device)
-    from transformer_lens import HookedTransformer
+    from .models import model_for_sae
 
-    metadata = sae.cfg.metadata
-    model_name = metadata.model_name
-    if not model_name:
+    model = model_for_sae(sae, release, device=device)
+    if model is None:
         raise SAELoadError(
             "The SAE's cfg.json has no metadata.model_name, so its model is "
             "unknown. Add model_name (and hook_name) to the metadata, or pass "
             "model=... to run()."
         )
-    kwargs = metadata.model_from_pretrained_kwargs or {}
-    return HookedTransformer.from_pretrained(model_name, device=device, **kwargs)
+    return model

@@ -121,9 +121,16 @@ def describe_run(summary: dict) -> str:
     n_tokens = summary.get("n_tokens") or 0
     versions = summary.get("versions", {})
     sae_lens = versions.get("sae-lens") or versions.get("sae_lens")
+    positions = summary.get("positions_description")
+    where = f" at {positions} (`--positions {summary.get('positions')}`)"
+    data = f"{n_tokens:,} tokens of `{summary.get('dataset')}`"
+    if summary.get("weights_only"):
+        data = "weights only (no model loaded, no tokens read)"
+    elif positions:
+        data += where
     return (
         f"Model `{summary.get('model_name')}`, hook `{summary.get('hook_name')}`, "
-        f"{n_tokens:,} tokens of `{summary.get('dataset')}`, seed "
+        f"{data}, seed "
         f"{summary.get('seed')}. Made with sae-lens-ext "
         f"{summary.get('sae_lens_ext_version')} (SAE-Lens {sae_lens})."
     )
@@ -164,6 +171,8 @@ def metrics_table(analyses: dict) -> list[str]:
             )
         if "error" in entry:
             lines.append(f"| {name} | error | {table_cell(entry['error'])} | |")
+        if "skipped" in entry:
+            lines.append(f"| {name} | skipped | {table_cell(entry['skipped'])} | |")
     return [*lines, ""]
 
 

@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "sae_lens_ext"
 ENV_ENABLED = "SAE_LENS_EXT_PLUGINS"
 HOST_PLUGIN = "base"
 DEFAULT_PLUGINS = ("sae_lens_ext.default_plugins",)
+MAX_LISTED = 20  # longer lists of known names are summarised by their count
 
 
 @dataclass
@@ -35,6 +36,7 @@ class PluginInfo:
     hooks: list[str]
     analyses: list[str] = field(default_factory=list)
     error: str | None = None
+    problems: list[str] = field(default_factory=list)
 
 
 class PluginRegistry:
@@ -48,6 +50,7 @@ class PluginRegistry:
         self._analyses: dict[str, tuple[str, type[Analysis]]] | None = None
         self._releases: dict[str, Release] | None = None
         self._architectures_done = False
+        self.problems: dict[str, list[str]] = {}
 
     def load(self) -> PluginRegistry:
         """Register the host's defaults and every entry-point plugin."""
@@ -62,15 +65,29 @@ class PluginRegistry:
             self._entry_points[ep.name] = ep
             try:
                 plugin = ep.load()
+                self._register_checked(plugin, ep.name)
             except Exception as exc:  # a broken plugin must not break the host
                 self.failed[ep.name] = (ep, f"{type(exc).__name__}: {exc}")
-                continue
-            self.pm.register(plugin, name=ep.name)
         return self
 
-    def register(self, plugin: object, name: str) -> None:
-        """Register a plugin object directly (tests, notebooks)."""
+    def _register_checked(self, plugin: object, name: str) -> None:
+        """Register a plugin; unregister it again if a hookimpl matches no hook."""
         self.pm.register(plugin, name=name)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(plugin, name=name)
+            hooks = [n for n in dir(hookspecs) if n.startswith(("register_", "model_"))]
+            raise pluggy.PluginValidationError(
+                exc.plugin, f"{exc} (known hooks: {', '.join(sorted(hooks))})"
+            ) from None
+
+    def register(self, plugin: object, name: str) -> None:
+        """Register a plugin object directly (tests, notebooks).
+
+        A hookimpl that matches no hook raises ``pluggy.PluginValidationError``.
+        """
+        self._register_checked(plugin, name)
         self._analyses = self._releases = None
         self._architectures_done = False
 
@@ -86,6 +103,7 @@ class PluginRegistry:
     def analyses(self) -> dict[str, tuple[str, type[Analysis]]]:
         """Map analysis name -> (plugin name, analysis class)."""
         if self._analyses is None:
+            self.problems = {}
             found: dict[str, tuple[str, type[Analysis]]] = {}
             for impl in self.pm.hook.register_analyses.get_hookimpls():
                 plugin_name = self.pm.get_name(impl.plugin)
@@ -93,20 +111,49 @@ class PluginRegistry:
                 def register(cls, _plugin=plugin_name):
                     if not (isinstance(cls, type) and issubclass(cls, Analysis)):
                         raise TypeError(
-                            f"plugin {_plugin!r} registered {cls!r}, "
-                            "which is not a sae_lens_ext.Analysis subclass"
+                            f"registered {cls!r}, which is not a "
+                            "sae_lens_ext.Analysis subclass"
                         )
                     cls.validate()
                     if cls.name in found and found[cls.name][1] is not cls:
-                        raise ValueError(
-                            f"analysis {cls.name!r} registered by both "
-                            f"{found[cls.name][0]!r} and {_plugin!r}"
+                        self._problem(
+                            _plugin,
+                            f"analysis {cls.name!r} was not registered: plugin "
+                            f"{found[cls.name][0]!r} already registers an analysis "
+                            "of that name (rename one of them)",
                         )
+                        return
                     found[cls.name] = (_plugin, cls)
 
-                impl.function(register=register)
+                try:
+                    impl.function(register=register)
+                except Exception as exc:  # one plugin's bad class must not break all
+                    self._problem(
+                        plugin_name,
+                        f"register_analyses failed ({type(exc).__name__}: {exc})",
+                    )
             self._analyses = found
         return self._analyses
+
+    def _problem(self, plugin_name: str, message: str) -> None:
+        problems = self.problems.setdefault(plugin_name, [])
+        if message not in problems:
+            problems.append(message)
+
+    def load_errors(self) -> dict[str, str]:
+        """Map plugin name -> why it failed to load."""
+        return {name: error for name, (_, error) in self.failed.items()}
+
+    def warnings(self) -> list[str]:
+        """One line per plugin that failed to load or had a registration refused."""
+        self.analyses()
+        lines = [
+            f"plugin {name!r} failed to load and is not available: {error}"
+            for name, error in sorted(self.load_errors().items())
+        ]
+        for name, problems in sorted(self.problems.items()):
+            lines += [f"plugin {name!r}: {problem}" for problem in problems]
+        return lines
 
     def releases(self) -> dict[str, Release]:
         """Map release name -> Release, from ``register_releases``."""
@@ -176,6 +223,7 @@ class PluginRegistry:
                     distribution=dist.name if dist else None,
                     hooks=hooks,
                     analyses=sorted(by_plugin.get(name, [])),
+                    problems=list(self.problems.get(name, [])),
                 )
             )
         for name, (ep, error) in sorted(self.failed.items()):
@@ -215,14 +263,17 @@ def reset_registry() -> None:
 
 
 def resolve_enabled(
-    spec: str | list[str] | tuple[str, ...] | None, available: list[str]
+    spec: str | list[str] | tuple[str, ...] | None,
+    available: list[str],
+    failed: dict[str, str] | None = None,
 ) -> list[str]:
     """Turn a plugin selection into the list of enabled plugin names.
 
     ``spec`` is a list or comma-separated string of names; ``no:NAME`` entries
     disable a plugin, plain names select an explicit set.  None falls back to
     the ``SAE_LENS_EXT_PLUGINS`` environment variable, then to all plugins.
-    ``"all"`` selects every plugin.
+    ``"all"`` selects every plugin.  ``failed`` maps plugins that failed to
+    load to their error, so selecting one says why it is not available.
     """
     if spec is None:
         spec = os.environ.get(ENV_ENABLED) or "all"
@@ -231,7 +282,13 @@ def resolve_enabled(
     chosen = [i for i in items if not i.startswith("no:") and i != "all"]
     blocked = [i[3:] for i in items if i.startswith("no:")]
     for name in chosen + blocked:
-        if name not in available and name != "base":
+        if name in (failed or {}) and name in chosen:
+            raise ValueError(
+                f"plugin {name!r} is installed but failed to load: {failed[name]}. "
+                f"Fix or reinstall it (see `sae-lens-ext plugins`), or leave it out "
+                "of --plugins."
+            )
+        if name not in available and name != "base" and name not in (failed or {}):
             raise ValueError(unknown_name_message("plugin", name, available + ["base"]))
     enabled = chosen if chosen else ["base", *available]
     if chosen and "base" not in chosen and "no:base" not in items:
@@ -243,5 +300,7 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     """An error message for an unknown name, with the closest known names."""
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    if len(known) > MAX_LISTED:
+        return f"Unknown {kind} {name!r}.{hint} ({len(known):,} {kind}s are known.)"
     listing = ", ".join(sorted(known)) or "(none installed)"
     return f"Unknown {kind} {name!r}.{hint} Known {kind}s: {listing}."

@@ -8,9 +8,9 @@ written and says what failed.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 import typing
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,24 +18,45 @@ from typing import Any
 
 import torch
 
+from .activation_cache import ActivationCache, cache_key_fields
 from .analysis import Analysis, AnalysisResult, RunContext
 from .artifacts import json_safe, write_json, write_result
-from .loading import load_model_for_sae, load_sae
+from .errors import RunError, RunInterrupted
+from .isolation import AnalysisFailures, instantiate, isolated_pass
+from .loading import load_sae
+from .models import load_model, model_for_sae, release_with_dataset
 from .plugins import get_registry, resolve_enabled, unknown_name_message
+from .positions import PositionFilter, default_positions, parse_positions
+from .run_dir import prepare_run_dir
+from .sae_names import run_labels
 from .saebench import write_saebench_outputs
-from .shared_pass import (
-    ActivationCache,
-    cache_key,
-    model_activations,
-    run_shared_pass,
+from .shared_pass import model_activations
+from .tokens import (
+    DatasetError,
+    iter_token_batches,
+    load_hf_dataset,
+    load_token_file,
+    n_sequences_used,
 )
-from .tokens import DatasetError, iter_token_batches, load_hf_dataset, load_token_file
+from .validation import (
+    check_context_size,
+    check_metrics_finite,
+    check_option_values,
+    check_run_options,
+    check_sae_weights,
+    check_tokens,
+    option_error,
+    short_dataset_warning,
+)
+from .weights_only import NO_MODEL_FLAG, NO_MODEL_METADATA, split_weights_only
 
 DEFAULT_N_TOKENS = 65_536
 
+__all__ = ["RunError", "RunInterrupted", "RunOutput", "RunWarning", "run"]
 
-class RunError(RuntimeError):
-    """A run could not start or an analysis failed; the message says what to do."""
+
+class RunWarning(UserWarning):
+    """Something a run's user must know; also listed in summary.json."""
 
 
 @dataclass
@@ -63,6 +84,8 @@ def run(
     cache_dir: str | Path | None = None,
     sae=None,
     model=None,
+    no_model: bool = False,
+    positions: str | None = None,
     overwrite: bool = False,
     push_to_hub: str | None = None,
     push_options: dict[str, Any] | None = None,
@@ -75,35 +98,73 @@ def run(
     ``model`` may be given as objects instead of names.  ``dataset`` is a
     Hugging Face dataset name, a local ``.safetensors``/``.txt`` file, or a
     ``[n_seq, context]`` tensor of token ids; by default the release's own.
+    ``model`` may also name a model like ``--model`` (see
+    :func:`sae_lens_ext.load_model`); with ``no_model`` (or no model in the
+    SAE's metadata) only the analyses that work from weights run, the
+    others are skipped with a reason.  ``positions`` selects token positions
+    (``"all"``, ``"skip-bos"``, ``"0,5,-1"``, ``"tokens:13,42"``).
     ``push_to_hub`` names a repo to publish the finished run to, with
     ``push_options`` passed to :func:`sae_lens_ext.push_to_hub`.
     """
     registry = get_registry()
     started = time.perf_counter()
+    check_run_options(n_tokens=n_tokens, batch_size=batch_size, device=device)
     torch.manual_seed(seed)
-    enabled = resolve_enabled(plugins, registry.plugin_names())
+    enabled = resolve_enabled(plugins, registry.plugin_names(), registry.load_errors())
+    run_warnings = registry.warnings()
     classes = {
         name: cls
         for name, (plugin, cls) in registry.analyses().items()
         if plugin in enabled
     }
     configs = build_configs(classes, config or {})
+    position_filter = parse_positions(positions) if positions else None
     if sae is None:
         release = release or default_release(registry)
         sae = load_sae(release, sae_id, device=device)
-        sae_id = sae_id or registry.releases()[release].default_sae_id
-    release, sae_id = release or "(in memory)", sae_id or "(in memory)"
+    else:
+        check_sae_weights(sae, "the SAE passed to run()")
+    release, sae_id = run_labels(sae, release, sae_id)
     metadata = sae.cfg.metadata
     hook_name = metadata.hook_name
     needs = set().union(*(cls.needs for cls in classes.values())) if classes else set()
-    if model is None and needs & {"activations", "tokens", "model"}:
-        model = load_model_for_sae(sae, release, device=device)
+    skipped: dict[str, str] = {}
+    if no_model:
+        if model is not None:
+            raise RunError("--no-model and --model contradict each other; pass one.")
+        classes, skipped = split_weights_only(classes, NO_MODEL_FLAG)
+    elif isinstance(model, str):
+        model = load_model(model, device=device)
+    elif model is None and needs & {"activations", "tokens", "model"}:
+        model = model_for_sae(sae, release, device=device)
+        if model is None:
+            classes, skipped = split_weights_only(classes, NO_MODEL_METADATA)
+    position_filter = position_filter or default_positions(metadata, model)
     if model is not None and not hook_name:
         raise RunError(
             "The SAE's cfg.json metadata has no hook_name, so the shared pass "
             "does not know where to read activations; set sae.cfg.metadata.hook_name."
         )
-    run_dir = prepare_run_dir(out_dir, release, sae_id, overwrite)
+    tokens = None
+    if model is not None and needs & {"activations", "tokens"}:
+        tokens = resolve_tokens(dataset, release, model, metadata, n_tokens)
+        check_tokens(
+            tokens,
+            d_vocab=model.cfg.d_vocab,
+            n_ctx=model.cfg.n_ctx,
+            source=dataset_label(dataset, release, metadata),
+        )
+        selected = position_filter.count(tokens[: n_sequences_used(tokens, n_tokens)])
+        short = short_dataset_warning(
+            tokens, n_tokens, selected, position_filter.describe()
+        )
+        run_warnings += [short] if short else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RunWarning)
+        for line in run_warnings:
+            warnings.warn(line, RunWarning, stacklevel=2)
+    target = prepare_run_dir(out_dir, release, sae_id, overwrite)
+    run_dir = target.path
     summary = {
         "sae_lens_ext_version": package_version("sae-lens-ext"),
         "versions": package_versions(),
@@ -113,84 +174,124 @@ def run(
         "model_name": metadata.model_name,
         "hook_name": hook_name,
         "dataset": dataset_label(dataset, release, metadata),
+        "positions": position_filter.spec,
+        "positions_description": position_filter.describe(),
         "n_tokens": 0,
+        "weights_only": model is None,
         "seed": seed,
         "device": device,
         "plugins": enabled,
         "config": {n: dataclasses.asdict(c) for n, c in configs.items()},
-        "analyses": {},
+        "warnings": run_warnings,
+        "analyses": skipped_entries(skipped, registry),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(run_dir / "summary.json", summary)
     output = RunOutput(run_dir=run_dir, summary=summary)
+    failed = AnalysisFailures(registry.plugin_of)
     try:
-        analyses = {
-            name: classes[name](
-                configs[name],
-                RunContext(
-                    sae=sae,
-                    release=release,
-                    sae_id=sae_id,
-                    out_dir=_mkdir(run_dir / name),
-                    device=device,
-                    seed=seed,
-                    model=model,
-                    hook_name=hook_name,
-                    dataset=summary["dataset"],
-                ),
-            )
-            for name in classes
-        }
-        streaming = [a for a in analyses.values() if a.needs_pass()]
-        if streaming:
+        analyses = instantiate(
+            classes,
+            configs,
+            lambda name: RunContext(
+                sae=sae,
+                release=release,
+                sae_id=sae_id,
+                out_dir=_mkdir(run_dir / name),
+                device=device,
+                seed=seed,
+                model=model,
+                hook_name=hook_name,
+                dataset=summary["dataset"],
+            ),
+            failed,
+        )
+        streaming = {n: a for n, a in analyses.items() if a.needs_pass()}
+        if streaming and model is not None:
             batches = activation_batches(
-                model, sae, release, metadata, dataset, n_tokens, batch_size, cache_dir
+                model, sae, metadata, tokens, n_tokens, batch_size, cache_dir,
+                position_filter,
+            )  # fmt: skip
+            summary["n_tokens"] = isolated_pass(
+                sae,
+                streaming,
+                batches,
+                failed,
+                hook_name=hook_name,
+                total_rows=n_tokens,
             )
-            summary["n_tokens"] = run_shared_pass(
-                sae, streaming, batches, hook_name=hook_name, total_rows=n_tokens
-            )
-        failures = finish_analyses(analyses, registry, run_dir, summary, output)
+        finish_analyses(analyses, registry, run_dir, summary, output, failed)
         write_saebench_outputs(
             registry, summary, run_dir, output.results, sae=sae, model=model
         )
+    except KeyboardInterrupt:
+        summary.update(status="interrupted", error="interrupted (Ctrl-C)")
+        write_json(run_dir / "summary.json", summary)
+        raise RunInterrupted(f"interrupted; {target.kept_note()}") from None
     except BaseException as exc:
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         write_json(run_dir / "summary.json", summary)
         raise
+    failures = failed.summary()
     summary["status"] = "failed" if failures else "complete"
     summary["duration_s"] = round(time.perf_counter() - started, 2)
     write_json(run_dir / "summary.json", summary)
     write_model_card(registry, summary, run_dir, output.results)
     if failures:
         raise RunError(
-            "Some analyses failed (their errors are in summary.json; every other "
-            f"result is in {run_dir}): "
-            + "; ".join(f"{n}: {e}" for n, e in failures.items())
+            "Some analyses failed (their errors and tracebacks are in summary.json; "
+            f"{target.kept_note()}): " + "; ".join(failures.values())
         )
+    output.run_dir = target.publish()
     if push_to_hub:
         from .hub import push_to_hub as push
 
-        output.push = push(run_dir, push_to_hub, **(push_options or {}))
+        output.push = push(output.run_dir, push_to_hub, **(push_options or {}))
     return output
 
 
-def finish_analyses(analyses, registry, run_dir, summary, output) -> dict[str, str]:
-    """Finish and write each analysis; return the errors of those that failed."""
-    failures = {}
-    for name, analysis in analyses.items():
-        entry = {"title": analysis.title or name, "plugin": registry.plugin_of(name)}
-        try:
-            result = analysis.finish()
-            entry.update(
-                metrics=result.metrics, **write_result(result, run_dir / name, run_dir)
-            )
-            output.results[name] = result
-        except Exception as exc:
-            failures[name] = f"{type(exc).__name__}: {exc}"
-            entry["error"] = failures[name]
+def skipped_entries(skipped: dict[str, str], registry) -> dict[str, dict]:
+    """``summary.json`` entries of analyses skipped in a weights-only run."""
+    analyses = registry.analyses()
+    return {
+        name: {
+            "title": analyses[name][1].title or name,
+            "plugin": analyses[name][0],
+            "skipped": reason,
+        }
+        for name, reason in skipped.items()
+    }
+
+
+def finish_analyses(analyses, registry, run_dir, summary, output, failed) -> None:
+    """Finish and write each analysis that has not failed; record the failures.
+
+    An analysis whose headline metrics come out null or non-finite fails
+    and its files are not written.
+    """
+    for name, (_, cls) in registry.analyses().items():
+        if name not in analyses and name not in failed:
+            continue
+        analysis = analyses.get(name)
+        entry = {"title": cls.title or name, "plugin": registry.plugin_of(name)}
+        if name not in failed:
+            try:
+                result = analysis.finish()
+                entry["metrics"] = result.metrics
+                bad = check_metrics_finite(result.metrics, cls.headline_metrics)
+                if bad:
+                    raise ValueError(
+                        f"headline metrics {', '.join(bad)} came out null or not "
+                        "finite; the result is not valid and was not written"
+                    )
+                entry.update(write_result(result, run_dir / name, run_dir))
+                output.results[name] = result
+            except Exception as exc:
+                failed.record(name, "finish()", exc)
+        if name in failed:
+            entry.update(failed.entries[name])
         summary["analyses"][name] = json_safe(entry)
         write_json(run_dir / "summary.json", summary)
-    return failures
 
 
 def write_model_card(registry, summary, run_dir, results) -> None:
@@ -209,31 +310,34 @@ def write_model_card(registry, summary, run_dir, results) -> None:
 
 
 def activation_batches(
-    model, sae, release, metadata, dataset, n_tokens, batch_size, cache_dir
-):
+    model, sae, metadata, tokens, n_tokens, batch_size, cache_dir,
+    positions: PositionFilter,
+):  # fmt: skip
     """The hook activations for the shared pass, from the cache or the model."""
     hook_name = metadata.hook_name
-    label = dataset_label(dataset, release, metadata)
+    skip_bos = metadata.prepend_bos is not False
     cache = None
     if cache_dir is not None:
-        cache = ActivationCache(
-            Path(cache_dir),
-            cache_key(metadata.model_name or "model", hook_name, label, n_tokens),
+        key = cache_key_fields(
+            tokens=tokens[: n_sequences_used(tokens, n_tokens)],
+            model=model,
+            model_name=metadata.model_name,
+            hook_name=hook_name,
+            positions=positions.spec,
+            context_size=tokens.shape[1],
+            prepend_bos=skip_bos,
+            n_tokens=n_tokens,
         )
+        cache = ActivationCache(Path(cache_dir), key)
         if cache.exists():
             return cache.read()
-    tokens = resolve_tokens(dataset, release, model, metadata, n_tokens)
-    skip_bos = metadata.prepend_bos is not False
     batches = model_activations(
         model,
         hook_name,
         iter_token_batches(tokens, batch_size, n_tokens),
-        skip_bos=skip_bos,
+        positions=positions,
     )
-    if cache is not None:
-        meta = {"model": metadata.model_name, "hook": hook_name, "dataset": label}
-        return cache.write_through(batches, {**meta, "n_tokens": n_tokens})
-    return batches
+    return cache.write_through(batches) if cache is not None else batches
 
 
 def resolve_tokens(dataset, release, model, metadata, n_tokens) -> torch.Tensor:
@@ -241,10 +345,13 @@ def resolve_tokens(dataset, release, model, metadata, n_tokens) -> torch.Tensor:
     if isinstance(dataset, torch.Tensor):
         return dataset
     context = metadata.context_size or model.cfg.n_ctx
+    check_context_size(context, model.cfg.n_ctx)
     prepend_bos = metadata.prepend_bos is not False
     if dataset is not None and Path(dataset).is_file():
         return load_token_file(Path(dataset), model.tokenizer, context, prepend_bos)
-    registered = get_registry().releases().get(release)
+    registered = get_registry().releases().get(release) or release_with_dataset(
+        metadata.dataset_path
+    )
     if dataset is None and registered is not None and registered.load_tokens:
         return registered.load_tokens(None)
     name = dataset or metadata.dataset_path
@@ -278,7 +385,11 @@ def build_configs(
                     f"option of {name}", sorted(bad)[0], sorted(fields)
                 )
             )
-        configs[name] = cls.config_class(**given)
+        check_option_values(name, given)
+        try:
+            configs[name] = cls.config_class(**given)
+        except (ValueError, TypeError) as exc:
+            raise option_error(name, cls.config_class, given, exc) from exc
     return configs
 
 
@@ -295,21 +406,6 @@ def default_release(registry) -> str:
     if DEMO_RELEASE not in registry.releases():
         raise RunError("the embedded demo release is not installed; name a --release")
     return DEMO_RELEASE
-
-
-def prepare_run_dir(out_dir, release: str, sae_id: str, overwrite: bool) -> Path:
-    """Create the run directory, refusing to mix runs in a non-empty one."""
-    if out_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{release}-{sae_id}").strip("-")
-        out_dir = Path("runs") / f"{slug}-{stamp}"
-    run_dir = Path(out_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise RunError(
-            f"{run_dir} already holds files; choose another --out, or pass "
-            "--overwrite to write this run's files into it (other files are kept)."
-        )
-    return _mkdir(run_dir)
 
 
 def dataset_label(dataset, release, metadata) -> str:

@@ -3,23 +3,20 @@
 Token batches go through the model once, stopping after the SAE's hook
 layer; the SAE encodes each batch once; every enabled analysis gets the same
 :class:`ActivationBatch` through ``update``.  Memory is bounded by one batch.
-Hook activations can be cached to disk as safetensors shards and reused.
+Hook activations can be cached to disk (:mod:`sae_lens_ext.activation_cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .analysis import ActivationBatch, Analysis
+from .positions import ALL, SKIP_BOS, PositionFilter
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
@@ -49,9 +46,19 @@ def stop_layer(hook_name: str) -> int | None:
 
 
 def model_activations(
-    model, hook_name: str, token_batches: Iterable[torch.Tensor], *, skip_bos: bool
+    model,
+    hook_name: str,
+    token_batches: Iterable[torch.Tensor],
+    *,
+    skip_bos: bool = True,
+    positions: PositionFilter | None = None,
 ) -> Iterator[HookActivations]:
-    """Run the model on each batch and yield the hook's activations, flattened."""
+    """Run the model on each batch and yield the hook's activations, flattened.
+
+    Only the ``positions`` selected are kept (default: all but the first
+    when ``skip_bos``, else all), in (sequence, position) order.
+    """
+    select = positions or (SKIP_BOS if skip_bos else ALL)
     stop = stop_layer(hook_name)
     for tokens in token_batches:
         tokens = tokens.to(model.cfg.device)
@@ -60,20 +67,23 @@ def model_activations(
                 tokens, names_filter=hook_name, stop_at_layer=stop
             )
         acts = cache[hook_name]
-        start = 1 if skip_bos else 0
-        acts = acts[:, start:]
-        n_seq, n_pos = acts.shape[:2]
-        seq_idx = torch.arange(n_seq).repeat_interleave(n_pos)
-        pos_idx = torch.arange(start, start + n_pos).repeat(n_seq)
+        seq_idx, pos_idx = select.mask(tokens).nonzero(as_tuple=True)
+        if len(seq_idx) == 0:
+            continue
         yield HookActivations(
-            sae_in=acts.reshape(n_seq * n_pos, -1),
+            sae_in=acts[seq_idx, pos_idx].flatten(1),
             token_context=tokens.cpu(),
-            positions=torch.stack([seq_idx, pos_idx], dim=1),
+            positions=torch.stack([seq_idx, pos_idx], dim=1).cpu(),
         )
 
 
-def check_activations(sae_in: torch.Tensor, d_in: int, hook_name: str) -> None:
-    """Raise ActivationError for a wrong width or non-finite activations."""
+def check_activations(
+    sae_in: torch.Tensor, d_in: int, hook_name: str, where: str = ""
+) -> None:
+    """Raise ActivationError for a wrong width or non-finite activations.
+
+    ``where`` names the batch (``"batch 3 (rows 96-127)"``) in the message.
+    """
     if sae_in.shape[-1] != d_in:
         raise ActivationError(
             f"hook {hook_name!r} gives activations of width {sae_in.shape[-1]}, but the "
@@ -83,7 +93,8 @@ def check_activations(sae_in: torch.Tensor, d_in: int, hook_name: str) -> None:
     if not torch.isfinite(sae_in).all():
         bad = (~torch.isfinite(sae_in)).any(dim=-1).sum().item()
         raise ActivationError(
-            f"{bad} activation rows at {hook_name!r} contain NaN or inf. Check the "
+            f"{where + ': ' if where else ''}{bad} activation rows at {hook_name!r} "
+            "contain NaN or inf. Check the "
             "model's weights and dtype (fp16 overflow?), or the cached activations."
         )
 
@@ -95,17 +106,23 @@ def run_shared_pass(
     *,
     hook_name: str,
     total_rows: int | None = None,
+    on_error: Callable[[Analysis, Exception], None] | None = None,
 ) -> int:
     """Encode each activation batch once and feed it to every analysis.
 
-    Returns the number of rows (token positions) delivered.
+    Returns the number of rows (token positions) delivered.  With
+    ``on_error``, an analysis whose ``update`` raises is handed to it and
+    gets no further batches (the pass stops when none is left); without it
+    the exception propagates.
     """
     offset = 0
     dtype = sae.W_dec.dtype
+    live = list(analyses)
     with tqdm(total=total_rows, unit="tok", desc="shared pass") as bar:
-        for hook_acts in activations:
+        for index, hook_acts in enumerate(activations):
             sae_in = hook_acts.sae_in.to(dtype)
-            check_activations(sae_in, sae.cfg.d_in, hook_name)
+            where = f"batch {index} (rows {offset}-{offset + sae_in.shape[0] - 1})"
+            check_activations(sae_in, sae.cfg.d_in, hook_name, where)
             with torch.no_grad():
                 feature_acts = sae.encode(sae_in)
                 sae_out = sae.decode(feature_acts)
@@ -118,84 +135,21 @@ def run_shared_pass(
                 positions=hook_acts.positions,
                 offset=offset,
             )
-            for analysis in analyses:
-                analysis.update(batch)
+            for analysis in list(live):
+                try:
+                    analysis.update(batch)
+                except Exception as exc:
+                    if on_error is None:
+                        raise
+                    on_error(analysis, exc)
+                    live.remove(analysis)
             offset += batch.n
             bar.update(batch.n)
+            if not live:
+                break
     if offset == 0:
         raise ActivationError(
-            "the dataset gave no tokens; check --dataset and --n-tokens"
+            "the dataset gave no tokens; check --dataset, --n-tokens and "
+            "--positions (a token-id filter may match nothing)"
         )
     return offset
-
-
-def cache_key(model_name: str, hook_name: str, dataset: str, n_tokens: int) -> str:
-    """A stable folder name for cached activations of one setting."""
-    raw = json.dumps([model_name, hook_name, dataset, n_tokens])
-    digest = hashlib.sha256(raw.encode()).hexdigest()[:16]
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model_name}__{hook_name}")
-    return f"{safe}__{n_tokens}__{digest}"
-
-
-class ActivationCache:
-    """Hook activations stored as safetensors shards under one key's folder.
-
-    A folder is complete once its ``manifest.json`` exists; shards are
-    written to a temporary folder first, so an interrupted run leaves no
-    half-written cache behind.
-    """
-
-    def __init__(self, root: Path, key: str):
-        self.folder = Path(root) / key
-        self.manifest = self.folder / "manifest.json"
-
-    def exists(self) -> bool:
-        """Whether a complete cache for this key is on disk."""
-        return self.manifest.is_file()
-
-    def read(self) -> Iterator[HookActivations]:
-        """Yield the cached batches in order."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        info = json.loads(self.manifest.read_text())
-        for shard in info["shards"]:
-            path = self.folder / shard
-            try:
-                tensors = load_file(path)
-            except (SafetensorError, FileNotFoundError) as exc:
-                raise ActivationError(
-                    f"activation cache shard {path} is unreadable ({exc}); delete "
-                    f"{self.folder} to rebuild the cache"
-                ) from exc
-            yield HookActivations(
-                sae_in=tensors["sae_in"],
-                token_context=tensors["token_context"],
-                positions=tensors["positions"],
-            )
-
-    def write_through(
-        self, batches: Iterable[HookActivations], meta: dict
-    ) -> Iterator[HookActivations]:
-        """Yield ``batches`` unchanged while saving each one as a shard."""
-        from safetensors.torch import save_file
-
-        tmp = self.folder.with_name(self.folder.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        shards = []
-        for index, batch in enumerate(batches):
-            name = f"shard_{index:05d}.safetensors"
-            save_file(
-                {
-                    "sae_in": batch.sae_in.contiguous(),
-                    "token_context": batch.token_context.contiguous(),
-                    "positions": batch.positions.contiguous(),
-                },
-                tmp / name,
-            )
-            shards.append(name)
-            yield batch
-        (tmp / "manifest.json").write_text(json.dumps({**meta, "shards": shards}))
-        shutil.rmtree(self.folder, ignore_errors=True)
-        tmp.rename(self.folder)

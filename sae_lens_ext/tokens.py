@@ -27,9 +27,27 @@ def iter_token_batches(
             f"token dataset must be a non-empty [n_seq, context] tensor, got shape "
             f"{tuple(tokens.shape)}"
         )
-    n_seq = min(tokens.shape[0], max(1, -(-n_tokens // tokens.shape[1])))
+    n_seq = n_sequences_used(tokens, n_tokens)
     for start in range(0, n_seq, batch_size):
         yield tokens[start : min(start + batch_size, n_seq)].long()
+
+
+def n_sequences_used(tokens: torch.Tensor, n_tokens: int) -> int:
+    """How many leading sequences of ``tokens`` a pass over ``n_tokens`` uses."""
+    return min(tokens.shape[0], max(1, -(-n_tokens // tokens.shape[1])))
+
+
+def read_text_file(path: Path) -> str:
+    """A text file's content; a non-UTF-8 file names the byte offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"--dataset {path} is not UTF-8 text: byte {data[exc.start]:#04x} at "
+            f"offset {exc.start} cannot be decoded ({exc.reason}); convert the file "
+            "to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from exc
 
 
 def load_token_file(path: Path, tokenizer, context_size: int, prepend_bos: bool):
@@ -51,7 +69,7 @@ def load_token_file(path: Path, tokenizer, context_size: int, prepend_bos: bool)
             )
         return tensors["tokens"]
     if path.suffix in {".txt", ".md"}:
-        return tokenize_text(path.read_text(), tokenizer, context_size, prepend_bos)
+        return tokenize_text(read_text_file(path), tokenizer, context_size, prepend_bos)
     raise DatasetError(
         f"{path}: unsupported dataset file type {path.suffix!r}; use .safetensors "
         "(key 'tokens') or .txt"

@@ -53,6 +53,23 @@ def make_sae(d_in=16, d_sae=48, hook_name=TINY_HOOK, seed=0):
     return sae
 
 
+def run_tiny(model, dataset, out, **kwargs):
+    """``sae_lens_ext.run`` of the base analysis on a fresh tiny SAE."""
+    from sae_lens_ext import run
+
+    options = dict(
+        sae=make_sae(),
+        model=model,
+        dataset=dataset,
+        plugins="base",
+        out_dir=out,
+        n_tokens=400,
+        batch_size=8,
+    )
+    options.update(kwargs)
+    return run(**options)
+
+
 @pytest.fixture
 def tiny_sae():
     """An SAE on the tiny model's residual stream."""

@@ -134,8 +134,9 @@ class HubDouble:
     preupload answers binary files: ``True`` sends them through the LFS batch
     API (as the real Hub does), ``False`` uploads everything inline.
     Inject failures with :attr:`fail_lfs_uploads_after` (that many LFS
-    PUTs succeed, later ones get 403) and :attr:`fail_commits` (commits get
-    500).
+    PUTs succeed, later ones get 403), :attr:`fail_commits` (commits get
+    500) and :attr:`lose_commit_responses` (commits are made, but answered 502
+    as if the response was lost).
     """
 
     def __init__(self, tokens: dict[str, str], *, lfs: bool = True):
@@ -146,6 +147,7 @@ class HubDouble:
         self.requests: list[tuple[str, str]] = []
         self.fail_lfs_uploads_after: int | None = None
         self.fail_commits = False
+        self.lose_commit_responses = False
         self._lfs_puts = 0
         self._lock = threading.RLock()
         self._oids = itertools.count(1)
@@ -459,6 +461,8 @@ class HubDouble:
             else:
                 raise HubError(400, f"unknown commit operation {key!r}")
         oid = self._new_commit(found, rev, parent, header["summary"], files)
+        if self.lose_commit_responses:
+            raise HubError(502, "injected failure: the commit's response was lost")
         url = f"{self.url}/{repo}/commit/{oid}"
         return 200, {"success": True, "commitOid": oid, "commitUrl": url}, {}
 

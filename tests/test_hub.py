@@ -474,3 +474,66 @@ def test_cli_push_in_subprocess(tmp_path):
         assert f"Pushed {run} to {double.url}/{REPO}" in done.stdout
         assert TOKEN not in done.stdout + done.stderr
         assert set(double.files(REPO)) == expected_files() | {".gitattributes"}
+
+
+@pytest.mark.parametrize("status", ["failed", "interrupted"])
+def test_incomplete_run_is_refused_unless_allowed(hub, tmp_path, status):
+    run = make_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": status}))
+    with pytest.raises(
+        ValueError, match=f"the run is {status}, not complete"
+    ) as caught:
+        push_to_hub(run, REPO, token=TOKEN)
+    assert "--allow-incomplete" in str(caught.value)
+    assert hub.requests == []
+    result = push_to_hub(run, REPO, token=TOKEN, allow_incomplete=True)
+    assert result.commit == hub.head(REPO)
+    assert expected_files() <= set(hub.files(REPO))
+
+
+def test_cli_push_allow_incomplete(hub, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from sae_lens_ext.cli import cli
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    run = make_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
+    refused = CliRunner().invoke(cli, ["push", str(run), REPO])
+    assert refused.exit_code != 0 and "--allow-incomplete" in str(refused.exception)
+    assert hub.requests == []
+    pushed = CliRunner().invoke(cli, ["push", str(run), REPO, "--allow-incomplete"])
+    assert pushed.exit_code == 0, pushed.output
+    assert f"Pushed {run} to {hub.url}/{REPO}" in pushed.output
+
+
+def test_lost_commit_response_is_reported_as_made(hub, tmp_path, caplog):
+    run = make_run(tmp_path)
+    hub.add_repo(REPO)
+    before = hub.head(REPO)
+    hub.lose_commit_responses = True
+
+    with caplog.at_level(logging.WARNING, logger="sae_lens_ext.hub"):
+        result = push_to_hub(run, REPO, token=TOKEN)
+
+    assert hub.head(REPO) != before and result.commit == hub.head(REPO)
+    assert expected_files() <= set(hub.files(REPO))
+    assert "the commit was made" in caplog.text
+    assert hub.commit_count(REPO) == 2
+
+
+def test_commit_by_someone_else_during_a_failed_commit_is_named(hub, tmp_path):
+    run = make_run(tmp_path)
+    hub.add_repo(REPO)
+    hub.fail_commits = True
+    original = hub.commit
+
+    def commit_then_fail(user, repo, rev, body, **kw):
+        hub.commit_files(REPO, {"other.md": b"someone else's"})
+        return original(user, repo, rev, body, **kw)
+
+    hub.commit = commit_then_fail
+    with pytest.raises(PublishError, match="someone else committed"):
+        push_to_hub(run, REPO, token=TOKEN)

@@ -118,3 +118,38 @@ def test_llc_analysis_in_a_run(tiny_model, tiny_tokens, tmp_path):
     trace = pd.read_parquet(folder / "trace.parquet")
     assert len(trace) == 2 * 40
     assert "Local learning coefficient" in (output.run_dir / "README.md").read_text()
+
+
+def test_estimate_sae_llc_and_the_analysis_share_defaults_and_calibrate(tmp_path):
+    from dataclasses import fields
+
+    from sae_lens_ext_llc.sae import SAE_LLC_DEFAULTS
+
+    defaults = {f.name: f.default for f in fields(LLCConfig)}
+    for key in ("num_chains", "num_draws", "num_burnin", "nbeta", "localization"):
+        assert defaults[key] == SAE_LLC_DEFAULTS[key]
+    assert defaults["step_size"] is None and defaults["calibrate"]
+
+    sae, x = make_sae(), activations(n=64)
+    options = dict(num_chains=2, num_draws=60, num_burnin=20)
+    direct = estimate_sae_llc(sae, x, progress=False, **options)
+    sweep = direct.calibration
+    assert sweep is not None and set(sweep.table["step_size"]) >= {3e-5, 1e-4, 3e-4}
+    chosen = sweep.recommended
+    expected_step = (
+        SAE_LLC_DEFAULTS["step_size"] if chosen is None else chosen["step_size"]
+    )
+    assert direct.settings["step_size"] == expected_step
+    assert direct.diagnostics.curvature is sweep.curvature  # computed once
+
+    context = RunContext(sae=sae, release="r", sae_id="s", out_dir=tmp_path)
+    analysis = LLCAnalysis(LLCConfig(max_tokens=64, **options), context)
+    analysis.update(batch_of(x, 0))
+    result = analysis.finish()
+    assert result.metrics["llc"] == pytest.approx(direct.llc, rel=1e-6)
+    assert result.metrics["step_size"] == expected_step
+    assert "calibration" in result.tables and "calibration" in result.plots
+    assert "calibrate_llc" in result.card
+
+    fixed = estimate_sae_llc(sae, x, progress=False, step_size=1e-4, **options)
+    assert fixed.calibration is None and fixed.settings["step_size"] == 1e-4

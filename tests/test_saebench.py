@@ -479,24 +479,27 @@ def test_meta_structure_refuses_a_non_unit_decoder():
 def test_failing_mapping_keeps_the_run(tmp_path, fresh_registry, monkeypatch):
     import sae_lens_ext_meta_sae.saebench as mapping
 
+    options = dict(
+        plugins="meta_sae",
+        config={"meta_sae": {"steps": 20, "skip_dead": False}},
+        n_tokens=2048,
+        out_dir=tmp_path / "run",
+    )
+    earlier = (
+        run(**options).run_dir / "saebench" / "meta_structure_decoder_variance.json"
+    )
+    assert earlier.is_file()
+
     def broken(result, run):
         raise RuntimeError("mapping bug")
 
     monkeypatch.setattr(mapping, "meta_structure_eval", broken)
-    stale = tmp_path / "run" / "saebench" / "meta_structure_decoder_variance.json"
-    stale.parent.mkdir(parents=True)
-    stale.write_text("{}")  # from an earlier run in the same folder
-    output = run(
-        plugins="meta_sae",
-        config={"meta_sae": {"steps": 20}},
-        n_tokens=2048,
-        out_dir=tmp_path / "run",
-        overwrite=True,
-    )
-    assert not stale.exists()
+    output = run(**options, overwrite=True)
     assert output.summary["status"] == "complete"
     assert "mapping bug" in output.summary["saebench"]["meta_sae"]["error"]
     assert (output.run_dir / "meta_sae" / "meta_sae" / "cfg.json").is_file()
+    # the earlier run's file does not pass for this run's result
+    assert not (output.run_dir / "saebench" / earlier.name).exists()
     card = (output.run_dir / "README.md").read_text()
     assert "mapping failed: RuntimeError: mapping bug" in card
 

@@ -1,10 +1,16 @@
 """sae-lens-ext plugin: feature absorption (encoder-vs-decoder, first letter)."""
 
 from .analysis import AbsorptionAnalysis
+from .boundaries import (
+    BoundaryConvention,
+    UnknownConvention,
+    WordStartLetters,
+    detect_convention,
+)
 from .config import AbsorptionConfig
 from .discrepancy import DiscrepancyAccumulator, DiscrepancyResult
 from .first_letter import FirstLetterResult, first_letter_absorption
-from .letters import LetterSampler, first_letter
+from .letters import LetterSampler, LettersUnavailable, first_letter
 from .report import AbsorptionAccumulator, AbsorptionReport, absorption_report
 from .scoring import AbsorptionScores, absorption_scores
 from .synthetic import (
@@ -17,6 +23,11 @@ from .synthetic import (
 from .topk import StreamingTopK
 
 __all__ = [
+    "BoundaryConvention",
+    "LettersUnavailable",
+    "UnknownConvention",
+    "WordStartLetters",
+    "detect_convention",
     "AbsorptionAccumulator",
     "AbsorptionAnalysis",
     "AbsorptionConfig",

@@ -54,14 +54,27 @@ def card_text(report) -> str:
     return "\n".join(lines)
 
 
+def _labelling_text(report) -> str:
+    labelling = report.labelling
+    if not labelling:
+        return ""
+    return (
+        f"{labelling['labelled_fraction']:.1%} of the {labelling['rows_seen']} rows "
+        "were labelled (alphabetic pieces that start a word; tokenizer convention: "
+        f"{labelling['convention']}; {labelling['fragment_fraction']:.1%} were "
+        "alphabetic fragments inside a word, left out). "
+    )
+
+
 def _letters_section(report) -> str:
     if report.first_letter is None:
-        return report.letters_note
+        return _labelling_text(report) + report.letters_note
     metrics = report.first_letter.metrics
     text = (
         "First-letter absorption (Chanin et al., SAEBench protocol on the "
         "run's own tokens): "
-        f"{metrics['letters_probed']} letters probed, mean ground-truth probe F1 "
+        + _labelling_text(report)
+        + f"{metrics['letters_probed']} letters probed, mean ground-truth probe F1 "
         f"{metrics['mean_probe_f1']:.2f}; "
     )
     if metrics["letters_evaluated"]:

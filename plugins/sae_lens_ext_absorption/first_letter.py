@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from .config import AbsorptionConfig
-from .letters import LETTERS, LetterRows
+from .letters import LETTERS, LetterRows, LettersUnavailable
 from .probes import f1_scores, fit_probes, fit_sparse_probes, l1_ranking
 from .scoring import absorption_scores
 
@@ -67,9 +67,12 @@ def first_letter_absorption(
     )
     letters = usable.nonzero()[:, 0]
     if letters.numel() == 0:
-        raise ValueError(
-            "too few alphabetic tokens per letter for the first-letter probes; "
-            "raise letter_rows or the number of tokens"
+        most = labels.sum(0).max().item()
+        raise LettersUnavailable(
+            f"too few labelled tokens per letter for the probes: no letter has "
+            f"{MIN_TRAIN_POSITIVES} train and {MIN_TEST_POSITIVES} test rows (the "
+            f"most frequent letter has {most} of the {len(sample.tokens)} sampled "
+            "rows); raise letter_rows or the number of tokens"
         )
     labels = labels[:, letters]
     b_dec = sae.b_dec.detach().float().cpu() if config.subtract_b_dec else 0.0
@@ -145,15 +148,7 @@ def _split_by_token(tokens, test_fraction, seed):
 def _k_sparse_main_latents(sample, d_sae, labels, train, test, max_k, f1_jump, l1):
     """Per letter: main latents, their test F1 and k, by SAEBench's F1-jump rule."""
     n_letters = labels.shape[1]
-    present = sample.code_latents[train].unique()
-    present = present[present >= 0]
-    row, column, value = sample.code_entries(train, present)
-    codes = torch.sparse_coo_tensor(
-        torch.stack([row, column]),
-        value,
-        (len(train), len(present)),
-        check_invariants=False,
-    )
+    present, codes = present_codes(sample, train)
     top = l1_ranking(codes, labels[train], l1=l1, max_k=max_k)
     ranked = present[top]  # [p, K] latent ids, best first
     candidates, columns = ranked.unique(return_inverse=True)
@@ -173,6 +168,20 @@ def _k_sparse_main_latents(sample, d_sae, labels, train, test, max_k, f1_jump, l
         growing[active[~jumped]] = False
     main = [ranked[p, : best_k[p]].tolist() for p in range(n_letters)]
     return main, best_f1.tolist(), best_k.tolist()
+
+
+def present_codes(sample: LetterRows, rows: torch.Tensor):
+    """The latents firing on ``rows`` and their codes as a sparse ``[r, p]``."""
+    present = sample.code_latents[rows].unique()
+    present = present[present >= 0]
+    row, column, value = sample.code_entries(rows, present)
+    codes = torch.sparse_coo_tensor(
+        torch.stack([row, column]),
+        value,
+        (len(rows), len(present)),
+        check_invariants=False,
+    )
+    return present, codes
 
 
 def _sparse_f1(compact, chosen, labels, train, test) -> torch.Tensor:

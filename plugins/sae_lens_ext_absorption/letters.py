@@ -1,10 +1,12 @@
-"""Which tokens start with which letter, and a bounded sample of labelled rows.
+"""A bounded sample of rows labelled with the first letter of the word they start.
 
-Following Chanin et al. (2024) and SAEBench, only tokens that are purely
-alphabetic (ASCII letters, after an optional leading space) take part; the
-label is the lower-cased first letter.  The sample keeps at most
-``rows_per_token`` occurrences of each distinct token and ``letter_rows``
-rows in all, with each row's SAE input and its largest latent activations.
+Following Chanin et al. (2024) and SAEBench, only alphabetic pieces (ASCII
+letters once the word-boundary marker is removed) take part, and only when
+they start a word (:mod:`.boundaries`: a fragment such as ``'ing'`` has no
+first letter of its own); the label is the lower-cased first letter.  The
+sample keeps at most ``rows_per_token`` occurrences of each distinct token
+and ``letter_rows`` rows in all, with each row's SAE input and its largest
+latent activations, and counts how many rows of the stream were labelled.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
+from .boundaries import LETTERS, WordStartLetters
 from .row_store import top_entries
 from .topk import entries_above, take
 
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-_UNKNOWN = -2
+
+class LettersUnavailable(ValueError):
+    """The first-letter evaluation cannot run on these rows; the message says why."""
 
 
 def first_letter(text: str) -> int:
@@ -28,34 +32,25 @@ def first_letter(text: str) -> int:
     return -1
 
 
-class TokenLetters:
-    """Lazily labels token ids with :func:`first_letter` via a tokenizer."""
+@dataclass
+class LabelCounts:
+    """How many streamed rows were alphabetic pieces, word starts, labelled."""
 
-    def __init__(self, tokenizer):
-        if tokenizer is None or not hasattr(tokenizer, "decode"):
-            raise TypeError(
-                "the first-letter evaluation needs a tokenizer with decode(); "
-                "pass the model's tokenizer or set letters=False"
-            )
-        self.tokenizer = tokenizer
-        self.labels = torch.full((0,), _UNKNOWN, dtype=torch.long)
+    rows: int = 0
+    alphabetic: int = 0
+    word_starts: int = 0
+    labelled: int = 0
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Letter index per token id (-1: not an alphabetic token)."""
-        tokens = tokens.long().cpu()
-        top = int(tokens.max()) + 1 if tokens.numel() else 0
-        if top > len(self.labels):
-            grown = torch.full((top,), _UNKNOWN, dtype=torch.long)
-            grown[: len(self.labels)] = self.labels
-            self.labels = grown
-        missing = tokens[self.labels[tokens] == _UNKNOWN].unique()
-        for token in missing.tolist():
-            self.labels[token] = first_letter(self.tokenizer.decode([token]))
-        return self.labels[tokens]
-
-    def text(self, token: int) -> str:
-        """The token's string."""
-        return self.tokenizer.decode([token])
+    def metrics(self) -> dict:
+        """Shares of all rows (``labelled_fraction`` is the headline)."""
+        total = max(self.rows, 1)
+        return {
+            "rows_seen": self.rows,
+            "labelled_fraction": self.labelled / total,
+            "alphabetic_fraction": self.alphabetic / total,
+            "word_start_fraction": self.word_starts / total,
+            "fragment_fraction": (self.alphabetic - self.labelled) / total,
+        }
 
 
 @dataclass
@@ -82,28 +77,35 @@ class LetterRows:
 
 
 class LetterSampler:
-    """Streams batches into a capped sample of alphabetic-token rows."""
+    """Streams batches into a capped sample of word-starting alphabetic rows."""
 
     def __init__(self, tokenizer, *, max_rows: int, rows_per_token: int, n_codes: int):
-        self.letters = TokenLetters(tokenizer)
+        self.letters = WordStartLetters(tokenizer)
         self.max_rows = max_rows
         self.rows_per_token = rows_per_token
         self.n_codes = n_codes
         self.seen = torch.zeros(0, dtype=torch.long)
         self.parts: list[LetterRows] = []
         self.n_rows = 0
+        self.counts = LabelCounts()
 
     @property
     def full(self) -> bool:
         """Whether the sample has reached ``max_rows``."""
         return self.n_rows >= self.max_rows
 
-    def update(self, tokens, sae_in, feature_acts) -> None:
-        """Keep this batch's eligible rows (alphabetic, token not over its cap)."""
+    def update(self, tokens, sae_in, feature_acts, previous=None) -> None:
+        """Keep this batch's eligible rows (word-starting alphabetic pieces,
+        token not over its cap); ``previous`` is the token before each row
+        (-1 or None: unknown)."""
+        tokens = tokens.long().cpu()
+        letters = self.letters(tokens, previous)
+        self.counts.rows += len(tokens)
+        self.counts.alphabetic += int(self.letters.alphabetic(tokens).sum())
+        self.counts.word_starts += int(self.letters.word_starts(tokens, previous).sum())
+        self.counts.labelled += int((letters >= 0).sum())
         if self.full:
             return
-        tokens = tokens.long().cpu()
-        letters = self.letters(tokens)
         rows = (letters >= 0).nonzero()[:, 0]
         if rows.numel() == 0:
             return
@@ -150,9 +152,13 @@ class LetterSampler:
     def rows(self) -> LetterRows:
         """All kept rows as one block."""
         if not self.parts:
-            raise ValueError(
-                "the first-letter evaluation found no alphabetic tokens; give it "
-                "text data with words, or set letters=False"
+            counts = self.counts.metrics()
+            raise LettersUnavailable(
+                f"none of the {self.counts.rows} rows is a word-starting alphabetic "
+                f"piece ({counts['alphabetic_fraction']:.1%} are alphabetic pieces, "
+                f"{counts['word_start_fraction']:.1%} start a word; tokenizer "
+                f"convention: {self.letters.convention.name}); give it text data "
+                "with words, or set letters=False"
             )
         fields = zip(*(vars(part).values() for part in self.parts), strict=True)
         return LetterRows(*(torch.cat(list(field)) for field in fields))

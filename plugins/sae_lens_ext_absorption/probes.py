@@ -259,6 +259,8 @@ def l1_ranking(codes: torch.Tensor, labels: torch.Tensor, *, l1: float, max_k: i
     by :func:`.l1_logistic.l1_logistic` for all probes at once.  Columns with
     equal weight (e.g. 0) are ordered by their mean activation on positives
     minus negatives.  Returns ``[p, min(max_k, d)]`` column indices.
+    SAEBench fits its pre-selection with a torch L1 probe (a fixed budget of
+    Adam steps) instead; ``bench/compare_l1_probe.py`` compares the two.
     """
     codes = codes.coalesce()
     rows, columns = codes.indices()

@@ -10,10 +10,11 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from .boundaries import UnknownConvention, previous_tokens
 from .config import AbsorptionConfig
 from .discrepancy import DiscrepancyAccumulator, DiscrepancyResult
 from .first_letter import FirstLetterResult, first_letter_absorption
-from .letters import LetterSampler
+from .letters import LetterSampler, LettersUnavailable
 
 NO_TOKENIZER = (
     "First-letter absorption skipped: no tokenizer (run with a model, or pass "
@@ -30,6 +31,7 @@ class AbsorptionReport:
     discrepancy: DiscrepancyResult
     first_letter: FirstLetterResult | None
     letters_note: str
+    labelling: dict | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -38,6 +40,8 @@ class AbsorptionReport:
         if self.first_letter is not None:
             for key, value in self.first_letter.metrics.items():
                 metrics[f"first_letter_{key}"] = value
+        for key, value in (self.labelling or {}).items():
+            metrics[f"first_letter_{key}"] = value
         return metrics
 
     @property
@@ -80,12 +84,15 @@ class AbsorptionAccumulator:
         self.letter_note = "" if tokenizer is not None else NO_TOKENIZER
         self.sampler = None
         if config.letters and tokenizer is not None:
-            self.sampler = LetterSampler(
-                tokenizer,
-                max_rows=config.letter_rows,
-                rows_per_token=config.rows_per_token,
-                n_codes=config.codes_per_row,
-            )
+            try:
+                self.sampler = LetterSampler(
+                    tokenizer,
+                    max_rows=config.letter_rows,
+                    rows_per_token=config.rows_per_token,
+                    n_codes=config.codes_per_row,
+                )
+            except UnknownConvention as error:
+                self.letter_note = f"First-letter absorption skipped: {error}."
 
     def update(self, batch) -> None:
         """Merge one batch (``sae_in``, ``feature_acts``, ``offset``, optional tokens)."""
@@ -99,7 +106,9 @@ class AbsorptionAccumulator:
             if tokens is None:
                 self.sampler, self.letter_note = None, NO_TOKENS
                 return
-            self.sampler.update(tokens, batch.sae_in, batch.feature_acts)
+            self.sampler.update(
+                tokens, batch.sae_in, batch.feature_acts, previous_tokens(batch)
+            )
 
     def result(self, seed: int = 0) -> AbsorptionReport:
         """Score both diagnostics (on one thread, see :func:`one_thread`)."""
@@ -113,15 +122,29 @@ class AbsorptionAccumulator:
         if not self.config.letters:
             note = "First-letter absorption not requested (letters=False)."
         elif self.sampler is not None:
-            first_letter = first_letter_absorption(
-                self.sampler.rows(),
-                self.sae,
-                self.config,
-                seed=seed,
-                token_text=self.sampler.letters.text,
+            labelling = self._labelling()
+            try:
+                first_letter = first_letter_absorption(
+                    self.sampler.rows(),
+                    self.sae,
+                    self.config,
+                    seed=seed,
+                    token_text=self.sampler.letters.text,
+                )
+                note = _letters_note(first_letter, self.config)
+            except LettersUnavailable as error:
+                note = f"First-letter absorption not evaluated: {error}."
+            return AbsorptionReport(
+                self.config, discrepancy, first_letter, note, labelling
             )
-            note = _letters_note(first_letter, self.config)
         return AbsorptionReport(self.config, discrepancy, first_letter, note)
+
+    def _labelling(self) -> dict:
+        """The labelled share of the stream and the tokenizer's convention."""
+        return {
+            **self.sampler.counts.metrics(),
+            "convention": self.sampler.letters.convention.name,
+        }
 
 
 @contextlib.contextmanager
@@ -239,9 +262,11 @@ def _letters_note(result: FirstLetterResult, config: AbsorptionConfig) -> str:
     if metrics["letters_evaluated"] == 0:
         return (
             f"No letter's ground-truth probe reached F1 {config.min_probe_f1} on "
-            f"held-out tokens (mean {metrics['mean_probe_f1']:.2f}): this model "
-            "does not linearly represent first letters at this hook, so its "
-            "per-letter absorption rates (table letters) are not meaningful."
+            f"held-out tokens (mean {metrics['mean_probe_f1']:.2f}) although "
+            f"{metrics['letters_probed']} letters had enough labelled word-starting "
+            "rows: this model does not linearly represent first letters at this "
+            "hook, so its per-letter absorption rates (table letters) are not "
+            "meaningful."
         )
     return ""
 

@@ -40,6 +40,11 @@ DIRECTIONS = {
     "first_letter_mean_absorption_rate": "lower",
     "first_letter_mean_absorption_fraction": "lower",
     "first_letter_mean_main_latents": "none",
+    "first_letter_rows_seen": "none",
+    "first_letter_labelled_fraction": "none",
+    "first_letter_alphabetic_fraction": "none",
+    "first_letter_word_start_fraction": "none",
+    "first_letter_fragment_fraction": "none",
 }
 
 SAEBENCH_DIRECTIONS = {

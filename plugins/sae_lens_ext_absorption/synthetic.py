@@ -160,6 +160,9 @@ class WordTokenizer:
         """Concatenated words of ``ids``."""
         return "".join(self.words[int(i)] for i in ids)
 
+    def __len__(self) -> int:
+        return len(self.words)
+
 
 @dataclass
 class PlantedLetters:

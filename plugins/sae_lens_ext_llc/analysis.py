@@ -9,28 +9,50 @@ import torch
 
 from sae_lens_ext import Analysis, AnalysisResult
 
-from .estimator import LLCResult
-from .sae import estimate_sae_llc
+from .estimator import LLCResult, check_sampler_options
+from .sae import SAE_LLC_DEFAULTS, estimate_sae_llc
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16}
 
 
 @dataclass
 class LLCConfig:
-    """Sampler settings of the ``llc`` analysis (small by default: ~5 s on the demo SAE)."""
+    """Settings of the ``llc`` analysis; their defaults are ``SAE_LLC_DEFAULTS``,
+    shared with ``estimate_sae_llc``.  By default the step size is calibrated
+    (``calibrate_llc``) before the estimate."""
 
     max_tokens: int = field(
         default=256, metadata={"help": "sae_in rows kept (first N tokens) as data"}
     )
-    num_chains: int = field(default=4, metadata={"help": "SGLD chains"})
-    num_draws: int = field(default=200, metadata={"help": "draws per chain"})
-    num_burnin: int = field(default=50, metadata={"help": "burn-in steps per chain"})
-    step_size: float = field(default=3e-4, metadata={"help": "SGLD step size epsilon"})
+    num_chains: int = field(
+        default=SAE_LLC_DEFAULTS["num_chains"], metadata={"help": "SGLD chains"}
+    )
+    num_draws: int = field(
+        default=SAE_LLC_DEFAULTS["num_draws"], metadata={"help": "draws per chain"}
+    )
+    num_burnin: int = field(
+        default=SAE_LLC_DEFAULTS["num_burnin"],
+        metadata={"help": "burn-in steps per chain"},
+    )
+    step_size: float | None = field(
+        default=None,
+        metadata={"help": "SGLD step size; default: calibrated (calibrate_llc)"},
+    )
+    calibrate: bool = field(
+        default=True,
+        metadata={"help": "calibrate the step size when step_size is not given"},
+    )
+    calibration_budget: int | None = field(
+        default=None,
+        metadata={"help": "chain-steps calibration may spend; default 8 rounds"},
+    )
     nbeta: float | None = field(
-        default=None, metadata={"help": "inverse temperature n*beta; default m/log m"}
+        default=SAE_LLC_DEFAULTS["nbeta"],
+        metadata={"help": "inverse temperature n*beta; default m/log m"},
     )
     localization: float = field(
-        default=1000.0, metadata={"help": "strength gamma of the pull towards w*"}
+        default=SAE_LLC_DEFAULTS["localization"],
+        metadata={"help": "strength gamma of the pull towards w*"},
     )
     batch_size: int | None = field(
         default=None, metadata={"help": "minibatch rows per step; default all"}
@@ -42,6 +64,24 @@ class LLCConfig:
         default="none", metadata={"help": "bf16 autocast for the passes (fast path)"}
     )
 
+    def __post_init__(self):
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.calibration_budget is not None and self.calibration_budget < 1:
+            raise ValueError(
+                f"calibration_budget must be at least 1, got {self.calibration_budget}"
+            )
+        check_sampler_options(
+            self.num_chains,
+            self.num_draws,
+            self.num_burnin,
+            self.step_size,
+            self.nbeta,
+            self.localization,
+        )
+
 
 class LLCAnalysis(Analysis):
     """Local learning coefficient of the SAE's weights (Lau et al. 2023)."""
@@ -51,13 +91,10 @@ class LLCAnalysis(Analysis):
     description = "LLC of the SAE's weights on its activations, batched SGLD"
     config_class = LLCConfig
     needs = frozenset({"activations"})
+    headline_metrics = ("llc",)
 
     def __init__(self, config: LLCConfig, context):
         super().__init__(config, context)
-        if config.max_tokens < 1:
-            raise ValueError(
-                f"llc.max_tokens must be at least 1, got {config.max_tokens}"
-            )
         self.rows: list[torch.Tensor] = []
         self.n_kept = 0
 
@@ -77,24 +114,40 @@ class LLCAnalysis(Analysis):
             )
         activations = torch.cat(self.rows)
         config = self.config
+        options = {}
+        if config.step_size is not None:
+            options["step_size"] = config.step_size
         result = estimate_sae_llc(
             self.context.sae,
             activations,
             sparsity_coefficient=config.sparsity_coefficient,
+            calibrate=config.calibrate,
+            calibration_budget=config.calibration_budget,
             num_chains=config.num_chains,
             num_draws=config.num_draws,
             num_burnin=config.num_burnin,
-            step_size=config.step_size,
             nbeta=config.nbeta,
             localization=config.localization,
             batch_size=config.batch_size,
             seed=self.context.seed,
             autocast_dtype=AUTOCAST_DTYPES[config.autocast],
+            **options,
         )
+        tables = {"trace": result.trace, "chains": result.per_chain_table()}
+        plots = {"trace": result.trace_plot()}
+        if result.calibration is not None:
+            tables["calibration"] = result.calibration.table
+            plots["calibration"] = result.calibration.plot()
         return AnalysisResult(
-            metrics=result.summary(),
-            tables={"trace": result.trace, "chains": result.per_chain_table()},
-            plots={"trace": result.trace_plot()},
+            metrics={
+                **result.summary(),
+                "calibrated": bool(
+                    result.calibration is not None
+                    and result.calibration.recommended is not None
+                ),
+            },
+            tables=tables,
+            plots=plots,
             card=card_text(result),
         )
 
@@ -121,9 +174,28 @@ def card_text(result: LLCResult) -> str:
         f"{s['step_size']:g}, n*beta {s['nbeta']:.4g}, localization "
         f"{s['localization']:g}, autocast {s['autocast']}; "
         f"{result.seconds:.1f} s.\n\n"
-        "These are deliberately small default settings so the analysis fits in a "
-        "default run: the number is comparable between SAEs estimated with the "
-        "same settings, not an absolute measure. For a careful estimate run "
-        "`calibrate_llc` and raise the draws (see docs/llc.md).\n\n"
+        f"{calibration_text(result)}\n\n"
+        "The localising pull keeps the chains in a small ball around w*, so the "
+        "number is comparable between SAEs estimated with the same nbeta and "
+        "localization, not an absolute measure (see docs/llc.md).\n\n"
         f"{verdict}\n\n![LLC trace](llc/trace.png)"
     )
+
+
+def calibration_text(result: LLCResult) -> str:
+    """How the step size was chosen, for the card."""
+    calibration = result.calibration
+    if calibration is None:
+        return "The step size was set, not calibrated."
+    steps = ", ".join(f"{s:g}" for s in sorted(set(calibration.table["step_size"])))
+    done = (
+        f"`calibrate_llc` tried step sizes {steps} "
+        f"({calibration.spent:,} chain-steps; table `llc/calibration.parquet`, "
+        "plot `llc/calibration.png`)"
+    )
+    if calibration.recommended is None:
+        return (
+            f"{done} and recommended none, so the default step size was used: "
+            f"{calibration.reason}"
+        )
+    return f"{done} and recommended {calibration.reason}."

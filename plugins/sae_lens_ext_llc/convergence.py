@@ -95,3 +95,45 @@ def settling_step(chain_mean: np.ndarray) -> int:
         return 0
     close = np.flatnonzero(np.abs(smooth - target) <= 0.1 * gap)
     return int(close[0]) + window - 1 if close.size else n
+
+
+def trend_drift(traces: np.ndarray) -> tuple[float, float]:
+    """Drift of the chain-averaged trace over the draws, and its standard error.
+
+    A straight line is fitted by least squares to the mean over chains of
+    ``traces`` ``[chains, draws]``; the drift is its slope times the number of
+    draws (how far the level moved from the first draw to the last).  The
+    error comes from the residuals about the line, corrected for their
+    autocorrelation, so a slow trend that an autocorrelation estimate of the
+    raw trace would absorb still shows up as significant.
+    """
+    mean = np.nanmean(traces, axis=0)
+    n = mean.shape[0]
+    if n < 4 or not np.isfinite(mean).all():
+        return float("nan"), float("nan")
+    steps = np.arange(n) - (n - 1) / 2
+    spread = float((steps**2).sum())
+    slope = float((steps * (mean - mean.mean())).sum() / spread)
+    residuals = mean - mean.mean() - slope * steps
+    variance = residuals.var(ddof=2) * autocorrelation_time(residuals)
+    slope_se = float(np.sqrt(variance / spread))
+    return slope * n, slope_se * n
+
+
+def is_stationary(
+    traces: np.ndarray, tolerance: float = 0.1, z_limit: float = 3.0
+) -> tuple[bool, float]:
+    """Whether the draws of ``traces`` stopped trending, and the relative drift.
+
+    Stationary unless the fitted drift over the draws (:func:`trend_drift`)
+    is both larger than ``tolerance`` times the traces' mean level and more
+    than ``z_limit`` standard errors from zero: a trend that is small or that
+    noise explains passes.  The relative drift returned is drift / |level|.
+    """
+    drift, drift_se = trend_drift(traces)
+    level = abs(float(np.nanmean(traces)))
+    if not np.isfinite(drift):
+        return False, float("nan")
+    relative = abs(drift) / level if level > 0 else float("inf")
+    significant = abs(drift) > z_limit * drift_se
+    return not (relative > tolerance and significant), relative

@@ -1,9 +1,11 @@
 """Checks on an LLC estimate, each with the reason it fails and the fix.
 
 Severity ``error``: the number should not be used (divergence, a negative
-estimate, an estimate above the d/2 bound).  ``warning``: usable with care
-(chains disagree, burn-in too short, estimate indistinguishable from zero,
-w* not a critical point).  ``info``: context (localisation dominates).
+estimate, an estimate above the d/2 bound, w* a saddle).  ``warning``: usable
+with care (chains disagree, burn-in too short, traces still trending, a step
+size the MALA check rejects, estimate indistinguishable from zero, w* not a
+critical point).  ``info``: context (localisation dominates, negative
+curvature the localising pull holds).
 """
 
 from __future__ import annotations
@@ -12,11 +14,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .convergence import effective_sample_size, geweke_z, settling_step, split_rhat
+from .convergence import (
+    effective_sample_size,
+    geweke_z,
+    is_stationary,
+    settling_step,
+    split_rhat,
+)
+from .curvature import CurvatureReport
 
 RHAT_LIMIT = 1.1
 GEWEKE_LIMIT = 3.0
 EXPLOSION_FACTOR = 10.0
+DRIFT_TOLERANCE = 0.1  # a trend over the draws of more than 10% of the level
+MIN_ACCEPTANCE = 0.9  # devinterp's guidance for the MALA acceptance of SGLD steps
+CURVATURE_TOLERANCE = 1e-4  # |lowest| / |highest| eigenvalue below this: zero
+BATCH_NOISE_SDS = 5.0  # minibatch loss dips allowed below L(w*), in SDs
 
 
 @dataclass
@@ -44,7 +57,15 @@ class LLCDiagnostics:
     most the gradient at w* can pull the estimate down.
     ``localization_share``: mean squared distance from w* over d / gamma, the
     spread the localising prior alone allows (near 1: the prior, not the
-    loss, confines the chains).
+    loss, confines the chains).  ``loss_drift`` / ``distance_drift``: the
+    fitted trend of the chain-averaged loss rise (nbeta (L - L(w*))) and
+    distance over the draws, relative to their level; ``stationary``: both
+    traces stopped trending (:func:`.convergence.is_stationary`).
+    ``acceptance``: mean MALA acceptance probability of the SGLD steps over
+    the draws (None when not tracked).  ``loss_gap``: L(w*) minus the lowest
+    loss any healthy chain reached (positive: the chains found lower loss
+    than w*).  ``curvature``: the Lanczos report of the Hessian at w* (None
+    when not computed).
     """
 
     r_hat: float
@@ -57,6 +78,12 @@ class LLCDiagnostics:
     init_grad_norm: float
     gradient_bias_bound: float | None
     localization_share: float | None
+    loss_drift: float = float("nan")
+    distance_drift: float = float("nan")
+    stationary: bool = False
+    acceptance: float | None = None
+    loss_gap: float = float("nan")
+    curvature: CurvatureReport | None = None
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -99,6 +126,10 @@ class ChainEvidence:
     nbeta: float
     step_size: float
     localization: float
+    acceptance_trace: np.ndarray | None = None
+    batch_loss_sd: float = 0.0
+    curvature: CurvatureReport | None = None
+    min_acceptance: float = MIN_ACCEPTANCE
 
 
 def exploded_chains(evidence: ChainEvidence) -> list[int]:
@@ -147,7 +178,21 @@ def diagnose(
         init_grad_norm=evidence.init_grad_norm,
         gradient_bias_bound=bound,
         localization_share=share,
+        curvature=evidence.curvature,
     )
+    if len(healthy):
+        distances = evidence.distance_trace[healthy, evidence.num_burnin :]
+        loss_still, diagnostics.loss_drift = is_stationary(draws, DRIFT_TOLERANCE)
+        distance_still, diagnostics.distance_drift = is_stationary(
+            distances, DRIFT_TOLERANCE
+        )
+        diagnostics.stationary = loss_still and distance_still
+        after_start = evidence.loss_trace[healthy, 1:]
+        if after_start.size:
+            diagnostics.loss_gap = float(evidence.init_loss - np.nanmin(after_start))
+        if evidence.acceptance_trace is not None:
+            accepted = evidence.acceptance_trace[healthy, evidence.num_burnin :]
+            diagnostics.acceptance = float(np.nanmean(accepted))
     diagnostics.findings = findings(evidence, diagnostics, llc, llc_se, len(healthy))
     return diagnostics
 
@@ -254,6 +299,32 @@ def findings(
                 "Train the weights to convergence first, or raise localization.",
             )
         )
+    if not diag.stationary:
+        found.append(
+            Finding(
+                "not_stationary",
+                "warning",
+                f"the traces still trend through the draws (loss rise drifts "
+                f"{diag.loss_drift:.0%} of its level, distance "
+                f"{diag.distance_drift:.0%}): the chains have not reached their "
+                f"stationary distribution in {evidence.num_burnin} burn-in steps, "
+                "so the estimate depends on the run length. Run longer chains "
+                "(num_burnin and num_draws), or a larger step size if the MALA "
+                "acceptance allows it; calibrate_llc does this by itself.",
+            )
+        )
+    if diag.acceptance is not None and diag.acceptance < evidence.min_acceptance:
+        found.append(
+            Finding(
+                "low_acceptance",
+                "warning",
+                f"the MALA acceptance rate of the SGLD steps is "
+                f"{diag.acceptance:.2f} (< {evidence.min_acceptance}): at step size "
+                f"{eps:g} the discretised chain samples a distorted posterior, "
+                "which biases the estimate. Lower step_size (and run more steps).",
+            )
+        )
+    found.extend(saddle_findings(evidence, diag, llc))
     if diag.localization_share is not None and diag.localization_share > 0.5:
         found.append(
             Finding(
@@ -267,3 +338,71 @@ def findings(
             )
         )
     return found
+
+
+def saddle_findings(
+    evidence: ChainEvidence, diag: LLCDiagnostics, llc: float
+) -> list[Finding]:
+    """``saddle`` (error) when w* is not a local minimum, with the cause and fix;
+    ``negative_curvature`` (info) when the localising pull holds a direction
+    the loss curves down in.
+
+    The evidence: a Hessian eigenvalue at w* below zero by more than
+    ``CURVATURE_TOLERANCE`` of the largest one, strong enough that
+    nbeta * eigenvalue + localization < 0 (the localised posterior is then
+    not confined by its quadratic part along that direction); or chains that
+    reached a loss below L(w*) by more than rounding and, with minibatches,
+    ``BATCH_NOISE_SDS`` standard deviations of the minibatch loss.
+    """
+    nbeta, gamma = evidence.nbeta, evidence.localization
+    report = diag.curvature
+    negative = report is not None and report.lowest < -CURVATURE_TOLERANCE * max(
+        abs(report.highest), 1e-12
+    )
+    unconfined = negative and nbeta * report.lowest + gamma < 0
+    allowance = 1e-6 * abs(evidence.init_loss) + BATCH_NOISE_SDS * (
+        evidence.batch_loss_sd
+    )
+    descended = np.isfinite(diag.loss_gap) and diag.loss_gap > allowance
+    if not (unconfined or descended):
+        if negative:
+            return [
+                Finding(
+                    "negative_curvature",
+                    "info",
+                    f"the Hessian at w* has a negative eigenvalue "
+                    f"{report.lowest:.3g} (largest {report.highest:.3g}; "
+                    f"direction: {report.direction_text()}), but the localising "
+                    f"pull {gamma:g} outweighs nbeta x it "
+                    f"({nbeta * report.lowest:.3g}) and no chain went below "
+                    "L(w*): w* is a saddle or an unconverged point whose "
+                    "estimate depends on localization.",
+                )
+            ]
+        return []
+    causes = []
+    if negative:
+        causes.append(
+            f"the lowest Hessian eigenvalue at w* is {report.lowest:.3g} "
+            f"(largest {report.highest:.3g}; Lanczos over "
+            f"{report.dimension:,} of {report.n_params:,} weights), its "
+            f"direction dominated by {report.direction_text()}"
+        )
+    if descended:
+        causes.append(
+            f"the chains' running minimum loss went {diag.loss_gap:.3g} below "
+            f"L(w*) = {evidence.init_loss:.6g} (nbeta x that = "
+            f"{nbeta * diag.loss_gap:.3g})"
+        )
+    what = "a saddle" if negative else "not a local minimum (a saddle, or unconverged)"
+    return [
+        Finding(
+            "saddle",
+            "error",
+            f"w* is {what}: {'; '.join(causes)}. The chains can descend from w*, "
+            f"so the estimate {llc:.4g} mixes that descent with the local geometry "
+            "(it can stay positive). Continue training from w* (a small step along "
+            "that direction escapes a saddle), then estimate at the new minimum; "
+            "raising localization only hides the descent.",
+        )
+    ]

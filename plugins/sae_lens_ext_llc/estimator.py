@@ -19,8 +19,15 @@ import torch
 from torch import nn
 
 from .convergence import effective_sample_size
+from .curvature import CurvatureReport, lowest_hessian_eigenvalue
 from .data import Data, chunks, num_rows, take_rows, to_device
-from .diagnostics import ChainEvidence, LLCDiagnostics, diagnose, exploded_chains
+from .diagnostics import (
+    MIN_ACCEPTANCE,
+    ChainEvidence,
+    LLCDiagnostics,
+    diagnose,
+    exploded_chains,
+)
 from .sampler import (
     ChainSettings,
     ChainTraces,
@@ -28,6 +35,7 @@ from .sampler import (
     autocast_context,
     sample_chains,
 )
+from .threads import choose_threads, thread_limit
 
 
 def default_nbeta(batch_size: int) -> float:
@@ -46,7 +54,10 @@ class LLCResult:
     ``llc`` is the mean of the per-chain estimates of healthy chains and
     ``llc_se`` their standard error (std / sqrt(chains)).  ``trace`` has one
     row per chain and step: ``chain``, ``step``, ``burn_in``, ``loss``,
-    ``llc`` (nbeta * (loss - L(w*))) and ``distance`` (|w - w*|).
+    ``llc`` (nbeta * (loss - L(w*))), ``distance`` (|w - w*|) and, when
+    tracked, ``acceptance`` (the MALA acceptance probability of that step).
+    ``calibration`` is the ``CalibrationResult`` that chose the settings,
+    when one did (``estimate_sae_llc``).
     """
 
     llc: float
@@ -58,6 +69,7 @@ class LLCResult:
     diagnostics: LLCDiagnostics
     trace: pd.DataFrame
     seconds: float = 0.0
+    calibration: Any = None
 
     @property
     def llc_std(self) -> float:
@@ -78,6 +90,11 @@ class LLCResult:
             "ess": diag.ess,
             "geweke_z": diag.geweke_z,
             "diverged_chains": len(diag.diverged_chains),
+            "acceptance": diag.acceptance,
+            "stationary": diag.stationary,
+            "lowest_hessian_eigenvalue": None
+            if diag.curvature is None
+            else diag.curvature.lowest,
             "ok": diag.ok,
             "flags": ",".join(diag.flags),
             "seconds": self.seconds,
@@ -125,14 +142,40 @@ class Problem:
     init_loss: float
     init_grad_norm: float
     autocast_dtype: torch.dtype | None
+    batch_loss_sd: float = 0.0
+    curvature: CurvatureReport | None = None
 
     @property
     def n_params(self) -> int:
         """Number of sampled parameters d."""
         return sum(p.numel() for p in self.anchor.values())
 
+    def threads(self, requested: int | None) -> int:
+        """CPU threads to sample with (see :func:`.threads.choose_threads`)."""
+        device = next(iter(self.anchor.values())).device
+        return choose_threads(requested, self.n_params, self.batch_size, device)
+
+    def check_curvature(self, seed: int) -> CurvatureReport:
+        """The Lanczos report of the Hessian at w* (computed once, then kept)."""
+        if self.curvature is None:
+            self.curvature = lowest_hessian_eigenvalue(
+                self.loss_module,
+                self.anchor,
+                self.data,
+                self.n_rows,
+                self.batch_size,
+                seed=seed,
+                autocast_dtype=self.autocast_dtype,
+            )
+        return self.curvature
+
     def sample(
-        self, settings: ChainSettings, num_steps: int, seed: int, progress: bool
+        self,
+        settings: ChainSettings,
+        num_steps: int,
+        seed: int,
+        progress: bool,
+        track_acceptance: bool = False,
     ) -> ChainTraces:
         """Run the chains of ``settings`` from w* for ``num_steps`` SGLD steps."""
         return sample_chains(
@@ -146,6 +189,7 @@ class Problem:
             seed=seed,
             autocast_dtype=self.autocast_dtype,
             progress=progress,
+            track_acceptance=track_acceptance,
         )
 
 
@@ -175,7 +219,8 @@ def prepare_problem(
     batch_size: int | None,
     autocast_dtype: torch.dtype | None,
 ) -> Problem:
-    """Validate the inputs, then compute L(w*) and |grad L(w*)| on all data."""
+    """Validate the inputs, then compute L(w*) and |grad L(w*)| on all data,
+    and the spread of the loss over minibatches of ``batch_size`` rows."""
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"model must be a torch.nn.Module, got {type(model).__name__}; wrap "
@@ -199,6 +244,7 @@ def prepare_problem(
     data = to_device(data, device)
     params = list(sampled.values())
     total_loss, total_grad = 0.0, [torch.zeros_like(p) for p in params]
+    chunk_losses = []
     for index in chunks(n_rows, batch_size):
         with autocast_context(device, autocast_dtype):
             loss = _check_loss(loss_fn(model, take_rows(data, index)))
@@ -210,6 +256,8 @@ def prepare_problem(
             )
         weight = index.numel() / n_rows
         total_loss += loss.item() * weight
+        if index.numel() == batch_size:
+            chunk_losses.append(loss.item())
         for acc, g in zip(total_grad, grads, strict=True):
             if g is not None:
                 acc.add_(g.float(), alpha=weight)
@@ -224,6 +272,9 @@ def prepare_problem(
         init_loss=total_loss,
         init_grad_norm=grad_norm,
         autocast_dtype=autocast_dtype,
+        batch_loss_sd=float(np.std(chunk_losses, ddof=1))
+        if len(chunk_losses) > 1
+        else 0.0,
     )
 
 
@@ -269,6 +320,7 @@ def summarise_chains(
     *,
     settings: dict[str, Any],
     seconds: float,
+    min_acceptance: float = MIN_ACCEPTANCE,
 ) -> LLCResult:
     """The estimate, trace table and diagnostics of the chains ``chains``,
     sampled with ``settings`` (a :func:`settings_record`)."""
@@ -287,6 +339,12 @@ def summarise_chains(
         nbeta=nbeta,
         step_size=settings["step_size"],
         localization=settings["localization"],
+        acceptance_trace=None
+        if traces.acceptance is None
+        else traces.acceptance[chains].numpy(),
+        batch_loss_sd=problem.batch_loss_sd,
+        curvature=problem.curvature,
+        min_acceptance=min_acceptance,
     )
     bad = set(exploded_chains(evidence))
     healthy = [c for c in range(loss.shape[0]) if c not in bad]
@@ -315,6 +373,8 @@ def summarise_chains(
             "distance": distance.reshape(-1),
         }
     )
+    if traces.acceptance is not None:
+        trace["acceptance"] = traces.acceptance[chains].numpy().reshape(-1)
     return LLCResult(
         llc=llc,
         llc_se=llc_se,
@@ -342,6 +402,10 @@ def estimate_llc(
     batch_size: int | None = None,
     seed: int = 0,
     autocast_dtype: torch.dtype | None = None,
+    track_acceptance: bool = True,
+    min_acceptance: float = MIN_ACCEPTANCE,
+    check_curvature: bool | CurvatureReport = True,
+    threads: int | None = None,
     progress: bool = True,
 ) -> LLCResult:
     """Estimate the local learning coefficient of ``model`` at its current weights.
@@ -359,6 +423,12 @@ def estimate_llc(
     burn-in; L(w*) is the loss on all of ``data``.  ``autocast_dtype``
     (e.g. ``torch.bfloat16``) runs forward and backward passes under
     autocast while the chains' weights stay in float32.
+    ``track_acceptance`` records the MALA acceptance rate of the steps (the
+    discretisation check, failed below ``min_acceptance``); ``check_curvature`` finds the lowest Hessian
+    eigenvalue at w* by Lanczos (the saddle check; a report from an earlier
+    check of the same w*, e.g. ``calibrate_llc``'s, is reused); ``threads`` is the CPU
+    thread count (None: one for small problems or on a busy machine).
+    Don't know which step size to use?  ``calibrate_llc`` finds one.
     """
     check_sampler_options(
         num_chains, num_draws, num_burnin, step_size, nbeta, localization
@@ -373,7 +443,14 @@ def estimate_llc(
             (num_chains,), float(localization), dtype=torch.float64
         ),
     )
-    traces = problem.sample(settings, num_burnin + num_draws, seed, progress)
+    with thread_limit(problem.threads(threads)):
+        if isinstance(check_curvature, CurvatureReport):
+            problem.curvature = check_curvature
+        elif check_curvature:
+            problem.check_curvature(seed)
+        traces = problem.sample(
+            settings, num_burnin + num_draws, seed, progress, track_acceptance
+        )
     return summarise_chains(
         problem,
         traces,
@@ -389,4 +466,5 @@ def estimate_llc(
             seed=seed,
         ),
         seconds=time.perf_counter() - started,
+        min_acceptance=min_acceptance,
     )

@@ -26,6 +26,26 @@ def trace_plot(result: LLCResult) -> Figure:
     """
     fig = Figure(figsize=(8, 5.5))
     top, bottom = fig.subplots(2, 1, sharex=True)
+    draw_traces(result, top, bottom)
+    fig.tight_layout()
+    return fig
+
+
+def side_by_side_plot(results: dict[str, LLCResult]) -> Figure:
+    """The traces of several estimates in columns, titled by ``results``' keys
+    (e.g. a setting ``calibrate_llc`` recommended next to one it rejected)."""
+    fig = Figure(figsize=(5.5 * len(results), 5.5))
+    axes = fig.subplots(2, len(results), sharex="col", squeeze=False)
+    for column, (title, result) in enumerate(results.items()):
+        top, bottom = axes[0, column], axes[1, column]
+        draw_traces(result, top, bottom)
+        top.set_title(f"{title}\n{top.get_title()}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def draw_traces(result: LLCResult, top, bottom) -> None:
+    """Draw ``result``'s LLC traces on ``top`` and distances on ``bottom``."""
     burnin = result.settings["num_burnin"]
     for chain, rows in result.trace.groupby("chain"):
         color = f"C{chain % 10}"
@@ -60,16 +80,16 @@ def trace_plot(result: LLCResult) -> Figure:
     top.legend(fontsize=7, ncol=4, loc="lower right")
     bottom.set_ylabel("|w − w*|")
     bottom.set_xlabel("SGLD step (shaded: burn-in; bold: running mean of draws)")
-    fig.tight_layout()
-    return fig
 
 
 def calibration_plot(calibration: CalibrationResult) -> Figure:
-    """LLC against step size, one line per nbeta; unhealthy settings hollow."""
+    """LLC against step size, one line per nbeta and run length (one per
+    calibration round); settings that did not qualify hollow."""
     table = calibration.table
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
-    for i, (nbeta, rows) in enumerate(table.groupby("nbeta")):
+    groups = table.groupby(["nbeta", "num_burnin", "num_draws"])
+    for i, ((nbeta, burnin, draws), rows) in enumerate(groups):
         color = f"C{i % 10}"
         rows = rows.sort_values("step_size")
         ax.errorbar(
@@ -79,7 +99,7 @@ def calibration_plot(calibration: CalibrationResult) -> Figure:
             color=color,
             marker="none",
             capsize=3,
-            label=f"nβ = {nbeta:.4g}",
+            label=f"nβ = {nbeta:.4g}, {burnin} + {draws} steps",
         )
         healthy = rows["healthy"].to_numpy(dtype=bool)
         ax.scatter(
@@ -107,7 +127,7 @@ def calibration_plot(calibration: CalibrationResult) -> Figure:
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("step size ε")
     ax.set_ylabel("LLC estimate")
-    ax.set_title("Calibration (hollow: failed a check)")
+    ax.set_title("Calibration (hollow: did not qualify)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

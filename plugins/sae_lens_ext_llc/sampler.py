@@ -73,11 +73,16 @@ class ChainTraces:
     ``loss`` is the minibatch loss at the chain's current weights ``[C, T]``
     (NaN from the step a chain's loss became non-finite: the chain is frozen
     there), ``distance`` the Euclidean distance of the weights from ``w*``
-    ``[C, T]``.
+    ``[C, T]``.  ``acceptance`` (when tracked) is the Metropolis-adjusted
+    Langevin (MALA) acceptance probability of the SGLD proposal made at each
+    step ``[C, T]`` (NaN for the last step, whose proposal is never
+    evaluated): near 1 when the discretised step leaves the localised tempered
+    posterior almost unchanged.
     """
 
     loss: torch.Tensor
     distance: torch.Tensor
+    acceptance: torch.Tensor | None = None
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
@@ -195,6 +200,7 @@ def sample_chains(
     seed: int,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
+    track_acceptance: bool = False,
 ) -> ChainTraces:
     """Run ``settings.num_chains`` localised SGLD chains from ``anchor`` (w*).
 
@@ -202,6 +208,8 @@ def sample_chains(
     ``loss_module``) to their values at w*; parameters not in it stay fixed.
     All chains see the same minibatch at each step, as devinterp's default
     ``match_sampling_input_ids_across_chains=True`` does.
+    ``track_acceptance`` also records each step's MALA acceptance
+    probability (:class:`MalaTracker`; a few more passes over the weights).
     """
     device = next(iter(anchor.values())).device
     num_chains = settings.num_chains
@@ -231,6 +239,7 @@ def sample_chains(
     )
     full_batch = batch_size >= n_rows
     offset = torch.empty_like(weights)  # w - w*, reused every step
+    mala = MalaTracker(settings, weights, num_steps) if track_acceptance else None
     try:
         for step in bar:
             batch = data if full_batch else take_rows(data, next(batches))
@@ -257,17 +266,80 @@ def sample_chains(
                     torch.where(alive, distance, float("nan")).double().cpu()
                 )
                 update = offset.mul_(pull_factor)
-                update.addcmul_(noise.next(), noise_factor)
                 for columns, gradient in zip(chains.columns, gradients, strict=True):
                     if gradient is not None:  # in its own layout: no copy
                         shape = (num_chains,) + (1,) * (gradient.dim() - 1)
                         update[:, columns].view(gradient.shape).addcmul_(
                             gradient, grad_factor.view(shape)
                         )
+                step_noise = noise.next()
+                if mala is not None:  # update holds the drift -(eps/2) grad U
+                    mala.record(step, losses, distance, update, step_noise)
+                update.addcmul_(step_noise, noise_factor)
+                if mala is not None:
+                    mala.keep(update)
                 if not alive.all():
                     update = torch.where(alive[:, None], update, 0.0)
                 weights.add_(update)
     finally:
         noise.close()
         bar.close()
-    return ChainTraces(loss=loss_trace, distance=distance_trace)
+    return ChainTraces(
+        loss=loss_trace,
+        distance=distance_trace,
+        acceptance=None if mala is None else mala.acceptance,
+    )
+
+
+class MalaTracker:
+    """MALA acceptance probabilities of the SGLD proposals, step by step.
+
+    The chains sample p(w) ~ exp(-U(w)) with U(w) = nbeta L(w) +
+    (gamma / 2) |w - w*|^2.  The SGLD step w -> w' = w + drift(w) + sqrt(eps)
+    xi, drift = -(eps / 2) grad U, is a Langevin proposal; Metropolis would
+    accept it with probability min(1, exp(a)),
+
+        a = U(w) - U(w') - |w - w' - drift(w')|^2 / (2 eps) + |xi|^2 / 2
+
+    (the reverse proposal's density over the forward one).  Near 1 the
+    discretisation barely distorts the target; a low rate means the step size
+    biases the estimate.  The loss and gradient are the step's minibatch ones
+    (exact with full batches), as in devinterp's MALA callback.  Evaluating
+    the proposal made at step t needs U and the drift at step t + 1, so each
+    step keeps its update and finishes the previous step's probability.
+    """
+
+    def __init__(self, settings: ChainSettings, weights: torch.Tensor, steps: int):
+        self.nbeta = settings.nbeta.double()
+        self.localization = settings.localization.double()
+        self.step_size = settings.step_size.double()
+        self.acceptance = torch.full(
+            (settings.num_chains, steps), float("nan"), dtype=torch.float64
+        )
+        self.previous_update = torch.empty_like(weights)
+        self.previous_potential: torch.Tensor | None = None
+        self.previous_noise_sq: torch.Tensor | None = None
+
+    def record(self, step, losses, distance, drift, step_noise) -> None:
+        """Finish the previous step's probability with this step's U and drift."""
+        potential = (
+            self.nbeta * losses.double().cpu()
+            + 0.5 * self.localization * distance.double().cpu() ** 2
+        )
+        if self.previous_potential is not None:
+            reverse = self.previous_update.add_(drift)  # w' - w + drift(w')
+            reverse_sq = torch.linalg.vector_norm(reverse, dim=1, dtype=torch.float64)
+            log_accept = (
+                self.previous_potential
+                - potential
+                - reverse_sq.cpu() ** 2 / (2 * self.step_size)
+                + self.previous_noise_sq / 2
+            )
+            self.acceptance[:, step - 1] = log_accept.clamp(max=0.0).exp()
+        self.previous_potential = potential
+        noise_norm = torch.linalg.vector_norm(step_noise, dim=1, dtype=torch.float64)
+        self.previous_noise_sq = noise_norm.cpu() ** 2
+
+    def keep(self, update: torch.Tensor) -> None:
+        """Remember this step's full update (w' - w) for the next step."""
+        self.previous_update.copy_(update)

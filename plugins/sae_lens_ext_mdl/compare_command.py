@@ -10,7 +10,13 @@ from sae_lens_ext.runner import resolve_tokens
 from sae_lens_ext.shared_pass import check_activations, model_activations
 from sae_lens_ext.tokens import iter_token_batches
 
-from .analysis import compare_saes
+from .analysis import (
+    comparison_plot,
+    comparison_table,
+    curves_table,
+    describe_saes,
+    rate_distortion_plot,
+)
 
 
 def run_comparison(release, sae_ids, n_tokens, tolerance, loss_bound, dataset, out):
@@ -34,12 +40,17 @@ def run_comparison(release, sae_ids, n_tokens, tolerance, loss_bound, dataset, o
             check_activations(acts.sae_in, first.cfg.d_in, hook)
             yield acts.sae_in
 
-    table, plot = compare_saes(
-        saes, batches(), loss_bound=loss_bound, tolerance=tolerance
-    )
+    results = describe_saes(saes, batches(), tolerance=tolerance)
+    table = comparison_table(results, saes, loss_bound)
     out = Path(out)
     write_result(
-        AnalysisResult(tables={"comparison": table}, plots={"comparison": plot}),
+        AnalysisResult(
+            tables={"comparison": table, "curves": curves_table(results)},
+            plots={
+                "comparison": comparison_plot(table, loss_bound),
+                "rate_distortion": rate_distortion_plot(results),
+            },
+        ),
         out,
         out,
     )

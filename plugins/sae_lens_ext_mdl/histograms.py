@@ -87,9 +87,7 @@ class QuantisedHistograms:
 
     def dequantise(self, values: torch.Tensor, levels: int = 0) -> torch.Tensor:
         """The bin midpoint of each non-zero value at ``precision * 2**levels``."""
-        precision = self.precision * 2**levels
-        bins = torch.floor(values.abs().double() / precision)
-        return (torch.sign(values) * (bins + 0.5) * precision).to(values.dtype)
+        return bin_midpoints(values, self.precision * 2**levels)
 
     def nonzero_counts(self) -> torch.Tensor:
         """How many tokens each latent was non-zero on ``[d_sae]``."""
@@ -206,6 +204,12 @@ class QuantisedHistograms:
         """Slices of latents whose table rows fill about ``SLICE`` cells."""
         step = max(1, SLICE // max(self.width or 1, 1))
         return [slice(i, i + step) for i in range(0, self.d_sae, step)]
+
+
+def bin_midpoints(values: torch.Tensor, precision: float) -> torch.Tensor:
+    """The midpoint of each value's bin of width ``precision`` (sign kept)."""
+    bins = torch.floor(values.abs().double() / precision)
+    return (torch.sign(values) * (bins + 0.5) * precision).to(values.dtype)
 
 
 def merge_keys(

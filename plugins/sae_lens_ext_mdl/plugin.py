@@ -52,6 +52,7 @@ def register_commands(cli):
         table = run_comparison(
             release, list(sae_ids), n_tokens, tolerance, loss_bound, dataset, out
         )
-        columns = ["sae", "d_sae", "l0", "bits_per_token", "mse_at_precision"]
-        click.echo(table[[*columns, "mdl_optimal"]].to_string(index=False))
+        columns = ["sae", "d_sae", "l0", "precision", "bits_per_token"]
+        columns += ["mse_at_precision", "at_ladder_end", "mdl_optimal"]
+        click.echo(table[columns].to_string(index=False))
         click.echo(f"Written to {out}")

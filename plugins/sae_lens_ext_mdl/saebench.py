@@ -32,6 +32,17 @@ DIRECTIONS = {
     "l0": "none",
     "naive_bound_bits": "none",
     "dead_latents": "lower",
+    "mse_increase": "none",
+    "mse_increase_se": "lower",
+    "precision_low": "none",
+    "precision_high": "none",
+    "precision_stability": "higher",
+    "loss_batches": "none",
+    "activation_scale": "none",
+    "pilot_precision": "none",
+    "ladder_finest": "none",
+    "ladder_coarsest": "none",
+    "at_ladder_end": "lower",
 }
 
 

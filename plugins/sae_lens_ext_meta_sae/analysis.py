@@ -16,6 +16,10 @@ from .meta_sae import fit_meta_sae
 from .trainer import TrainingLog
 
 LARGEST_SHOWN = 5
+SAMPLING = {
+    "uniform": "each row once per epoch",
+    "frequency": "rows drawn in proportion to their latent's firing frequency",
+}
 MEMBERS_SHOWN = 6
 
 
@@ -59,20 +63,28 @@ class MetaSAEAnalysis(Analysis):
             )
         return alive
 
+    def firing_frequency(self) -> torch.Tensor | None:
+        """Share of the run's tokens each base latent fired on (None: no tokens)."""
+        if self.n_tokens == 0:
+            return None
+        return self.firings.double() / self.n_tokens
+
     def finish(self) -> AnalysisResult:
         """Train the meta-SAE, decompose the latents, plot and describe it."""
         context = self.context
         seed = self.config.seed if self.config.seed is not None else context.seed
         config = dataclasses.replace(self.config, seed=seed)
         latents = self.trained_latents()
+        frequency = self.firing_frequency()
         meta_sae, log = fit_meta_sae(
             context.sae,
             config,
             release=context.release,
             sae_id=context.sae_id,
             latents=latents,
+            firing_frequency=frequency,
         )
-        result = decompose(context.sae, meta_sae, latents)
+        result = decompose(context.sae, meta_sae, latents, firing_frequency=frequency)
         metrics = {
             **result.metrics,
             "dead_base_latents_left_out": result.metrics["d_sae"] - log.rows,
@@ -120,8 +132,13 @@ def decomposition_plot(result: MetaDecomposition) -> Figure:
     right.set_xlabel("meta-latent, largest first (dead ones left out)")
     right.set_ylabel("member base latents")
     metrics = result.metrics
+    null = (
+        f" (null {metrics['null_fve']:.1%})"
+        if metrics.get("null_fve") is not None
+        else ""
+    )
     fig.suptitle(
-        f"{metrics['fraction_variance_explained']:.1%} of variance explained, "
+        f"{metrics['fraction_variance_explained']:.1%} of variance explained{null}, "
         f"{metrics['mean_active_meta_latents']:.2f} meta-latents per latent, "
         f"{metrics['dead_meta_latents']} dead of {metrics['d_meta']}"
     )
@@ -146,12 +163,14 @@ def card_text(
     lines = [
         f"A BatchTopK meta-SAE with **{m['d_meta']} meta-latents** (k={config.k:g} "
         f"on average) was trained for {config.steps} steps ({log.seconds:.1f} s) on "
-        f"{scope}, unit-normalised, so each latent is written as a sparse "
+        f"{scope}, unit-normalised ({SAMPLING[config.sampling]}), so each latent "
+        "is written as a sparse "
         "combination of meta-latents (Bussmann, Pearce, Leask, Bloom, Sharkey, "
         "Nanda 2024). The meta-SAE is saved in `meta_sae/meta_sae` as a SAE-Lens "
         "JumpReLU SAE whose threshold keeps k activations per latent on average.",
         "",
         f"- fraction of variance explained: **{m['fraction_variance_explained']:.3f}**",
+        null_line(m),
         f"- mean reconstruction cosine: {m['mean_reconstruction_cosine']:.3f} "
         f"(median {m['median_reconstruction_cosine']:.3f})",
         f"- meta-latents per latent: {m['mean_active_meta_latents']:.2f}; latents "
@@ -160,8 +179,8 @@ def card_text(
         "",
         "Largest meta-latents and their strongest members:",
         "",
-        "| meta-latent | members | top members (weight) |",
-        "|---|---|---|",
+        "| meta-latent | members | top members (weight) | nearest base latents (cos) |",
+        "|---|---|---|---|",
     ]
     largest = result.meta_latents.nlargest(LARGEST_SHOWN, "n_members")
     for _, row in largest.iterrows():
@@ -171,11 +190,39 @@ def card_text(
             strict=True,
         )
         members = ", ".join(f"{b} ({w:.2f})" for b, w in shown)
-        lines.append(f"| {row['meta_latent']} | {row['n_members']} | {members} |")
+        near = zip(
+            row["nearest_base_latents"][:3],
+            row["nearest_base_cosines"][:3],
+            strict=True,
+        )
+        nearest = ", ".join(f"{b} ({c:.2f})" for b, c in near)
+        lines.append(
+            f"| {row['meta_latent']} | {row['n_members']} | {members} | {nearest} |"
+        )
     lines += [
         "",
-        "Tables: `base_latents` (each latent's meta-latents and weights), "
-        "`meta_latents` (each meta-latent's members, ranked), `memberships` "
+        "Tables: `base_latents` (each latent's meta-latents and weights, its "
+        "firing frequency), `meta_latents` (each meta-latent's members, ranked, "
+        "and its nearest base latents by decoder cosine), `memberships` "
         "(long form).",
     ]
     return "\n".join(lines)
+
+
+def null_line(m: dict) -> str:
+    """The card's line on the null baseline and whether the FVE beats it."""
+    if "null_fve" not in m:
+        return "- null baseline: not trained (meta_sae.null_seeds is 0)"
+    verdict = (
+        "above chance"
+        if m["distinguishable_from_null"]
+        else "**not distinguishable from chance**: the FVE says nothing about "
+        "structure in this decoder"
+    )
+    return (
+        f"- null FVE (the same trainer, d_meta, k, steps and sampling on "
+        f"{m['null_seeds']} random unit-norm Gaussian decoders of the same shape): "
+        f"{m['null_fve']:.3f} +/- {m['null_fve_std']:.3f}; FVE above null "
+        f"**{m['fve_above_null']:+.3f}** (threshold {m['null_threshold']:.3f}): "
+        f"{verdict}"
+    )

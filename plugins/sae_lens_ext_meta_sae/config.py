@@ -37,6 +37,10 @@ class MetaSAEConfig:
       second thread makes each step several times slower), and torch's
       setting otherwise.
     - ``seed``: makes the run deterministic (None: the run's seed, or 0).
+    - ``sampling``: ``uniform`` (each row once per epoch) or ``frequency``
+      (rows drawn in proportion to their base latent's firing frequency, so
+      the meta-latents fit frequently used latents best).
+    - ``null_seeds``, ``null_margin``: the null baseline (see :mod:`.null`).
     """
 
     d_meta: int | None = field(
@@ -82,6 +86,21 @@ class MetaSAEConfig:
     seed: int | None = field(
         default=None, metadata={"help": "training seed; default: the run's seed"}
     )
+    sampling: str = field(
+        default="uniform",
+        metadata={
+            "help": "decoder rows per batch: uniform, or frequency (in proportion "
+            "to each base latent's firing frequency)"
+        },
+    )
+    null_seeds: int = field(
+        default=3,
+        metadata={"help": "random decoders the null baseline trains on (0: no null)"},
+    )
+    null_margin: float = field(
+        default=0.01,
+        metadata={"help": "smallest FVE above null that counts as structure"},
+    )
 
     def meta_width(self, d_sae: int) -> int:
         """The number of meta-latents for a base SAE of ``d_sae`` latents."""
@@ -113,13 +132,22 @@ class MetaSAEConfig:
                 f"{d_sae} (the paper's ratio gives "
                 f"{max(1, round(d_sae * PAPER_META_RATIO))})"
             )
-        if not self.k > 0:
-            raise ValueError(f"k must be positive, got {self.k}")
         if self.k > d_meta:
             raise ValueError(
                 f"k={self.k} is larger than d_meta={d_meta}: at most d_meta "
                 "meta-latents can be active, so lower k or raise d_meta"
             )
+        self.check_fields()
+
+    def __post_init__(self):
+        self.check_fields()
+
+    def check_fields(self) -> None:
+        """Raise ValueError for options that cannot work whatever the SAE."""
+        if self.d_meta is not None and self.d_meta < 1:
+            raise ValueError(f"d_meta must be at least 1, got {self.d_meta}")
+        if not self.k > 0:
+            raise ValueError(f"k must be positive, got {self.k}")
         for name in ("steps", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer")
@@ -131,3 +159,9 @@ class MetaSAEConfig:
             raise ValueError("lr_decay_fraction must lie in [0, 1]")
         if not 0 <= self.resample_until <= 1:
             raise ValueError("resample_until must lie in [0, 1]")
+        if self.sampling not in ("uniform", "frequency"):
+            raise ValueError(
+                f"sampling must be 'uniform' or 'frequency', got {self.sampling!r}"
+            )
+        if int(self.null_seeds) < 0:
+            raise ValueError(f"null_seeds must be >= 0, got {self.null_seeds}")

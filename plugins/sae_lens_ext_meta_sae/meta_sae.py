@@ -90,6 +90,7 @@ def train_meta_sae(
     sae_id: str | None = None,
     latents: torch.Tensor | None = None,
     progress: bool = True,
+    firing_frequency: torch.Tensor | None = None,
     **options,
 ) -> JumpReLUSAE:
     """Train a BatchTopK meta-SAE on ``sae``'s unit-normalised decoder rows.
@@ -100,6 +101,7 @@ def train_meta_sae(
     ``release`` and ``sae_id`` name the base SAE in the result's metadata.
     ``latents`` restricts training to those base latent ids (e.g. the ones
     that fire: a dead latent's decoder row is often still its random init).
+    ``firing_frequency`` ``[d_sae]`` is needed with ``sampling="frequency"``.
     Returns a SAE-Lens ``JumpReLUSAE`` with ``d_in`` equal to the base
     SAE's ``d_in``; training statistics are in ``cfg.metadata``.
     """
@@ -126,6 +128,7 @@ def train_meta_sae(
         sae_id=sae_id,
         latents=latents,
         progress=progress,
+        firing_frequency=firing_frequency,
     )
     return meta_sae
 
@@ -138,11 +141,15 @@ def fit_meta_sae(
     sae_id: str | None = None,
     latents: torch.Tensor | None = None,
     progress: bool = True,
+    firing_frequency: torch.Tensor | None = None,
 ) -> tuple[JumpReLUSAE, TrainingLog]:
     """Like :func:`train_meta_sae` from a config; also returns the training log."""
     rows = decoder_rows(sae, latents)
     config.validate(rows.shape[0])
-    trainer = MetaSAETrainer(rows, config.meta_width(rows.shape[0]), config)
+    weights = sampling_weights(config, firing_frequency, sae, latents)
+    trainer = MetaSAETrainer(
+        rows, config.meta_width(rows.shape[0]), config, row_weights=weights
+    )
     weights = trainer.fit(progress=progress)
     meta_sae = to_sae_lens(
         weights,
@@ -153,6 +160,24 @@ def fit_meta_sae(
         sae_id=sae_id,
     )
     return meta_sae, trainer.log
+
+
+def sampling_weights(
+    config: MetaSAEConfig,
+    firing_frequency: torch.Tensor | None,
+    sae: SAE,
+    latents: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """Per trained row, its sampling weight: None (uniform) or its frequency."""
+    if config.sampling != "frequency":
+        return None
+    if firing_frequency is None:
+        raise ValueError(
+            "sampling='frequency' needs the base latents' firing frequencies: "
+            "pass firing_frequency (the analysis counts them on the run's tokens)"
+        )
+    ids = latent_ids(int(sae.W_dec.shape[0]), latents)
+    return torch.as_tensor(firing_frequency, dtype=torch.float64)[ids]
 
 
 def to_sae_lens(

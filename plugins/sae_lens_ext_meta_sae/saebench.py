@@ -34,6 +34,13 @@ DIRECTIONS = {
     "training_steps": "none",
     "training_seconds": "lower",
     "resampled_latents": "none",
+    "null_fve": "none",
+    "null_fve_std": "none",
+    "null_seeds": "none",
+    "fve_above_null": "none",
+    "null_threshold": "none",
+    "distinguishable_from_null": "none",
+    "frequency_weighted_fve": "lower",
 }
 
 SAEBENCH_DIRECTIONS = {

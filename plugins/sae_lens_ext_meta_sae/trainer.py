@@ -22,14 +22,13 @@ the residuals of the worst-reconstructed rows.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
+
+from sae_lens_ext import machine_is_busy, thread_limit
 
 from .batchtopk import Selection, TopValues, batch_topk, threshold_select
 from .config import MetaSAEConfig
@@ -71,8 +70,15 @@ class TrainingLog:
 class MetaSAETrainer:
     """Trains a BatchTopK SAE on ``data`` ``[n, d]`` (rows are the samples)."""
 
-    def __init__(self, data: torch.Tensor, d_meta: int, config: MetaSAEConfig):
+    def __init__(
+        self,
+        data: torch.Tensor,
+        d_meta: int,
+        config: MetaSAEConfig,
+        row_weights: torch.Tensor | None = None,
+    ):
         self.data = data.float().contiguous()
+        self.row_weights = check_row_weights(row_weights, self.data.shape[0])
         self.config = config
         self.generator = torch.Generator().manual_seed(int(config.seed or 0))
         n, d = self.data.shape
@@ -197,14 +203,27 @@ class MetaSAETrainer:
         buffer = torch.empty(self.batch_size, d)
         low_buffer = torch.empty(self.batch_size, d, dtype=torch.bfloat16)
         while True:
-            order = torch.randperm(n, generator=self.generator)
-            for start in range(0, n - self.batch_size + 1, self.batch_size):
-                index = order[start : start + self.batch_size]
+            for index in self._batch_indices(n):
                 torch.index_select(self.data, 0, index, out=buffer)
                 if low is None:
                     yield buffer, None
                 else:
                     yield buffer, torch.index_select(low, 0, index, out=low_buffer)
+
+    def _batch_indices(self, n: int):
+        """One epoch of row indices per batch: a shuffle, or weighted draws."""
+        if self.row_weights is not None:
+            for _ in range(max(1, n // self.batch_size)):
+                yield torch.multinomial(
+                    self.row_weights,
+                    self.batch_size,
+                    replacement=True,
+                    generator=self.generator,
+                )
+            return
+        order = torch.randperm(n, generator=self.generator)
+        for start in range(0, n - self.batch_size + 1, self.batch_size):
+            yield order[start : start + self.batch_size]
 
     @torch.no_grad()
     def resample_dead(self) -> int:
@@ -257,28 +276,19 @@ class MetaSAETrainer:
         return weights
 
 
-def machine_is_busy() -> bool:
-    """Whether the 1-minute load average already fills every CPU core.
-
-    Then every parallel region waits for a thread the scheduler has parked,
-    and one thread runs this trainer several times faster than two.
-    """
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return False
-    return load >= (os.cpu_count() or 1)
-
-
-@contextmanager
-def thread_limit(threads: int) -> Iterator[None]:
-    """Run the block with ``threads`` torch CPU threads, then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def check_row_weights(weights: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """Sampling weights of the rows as float64, checked; None stays None."""
+    if weights is None:
+        return None
+    weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+    if weights.numel() != n:
+        raise ValueError(f"got {weights.numel()} row weights for {n} rows")
+    if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(
+            "row weights must be finite, non-negative and not all zero; with "
+            "sampling='frequency', leave dead latents out (skip_dead)"
+        )
+    return weights
 
 
 def _unit_rows(matrix: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,23 @@ class TokenIdentityConfig:
         metadata={"help": "train under bf16 autocast (fast with AVX-512 BF16 or AMX)"},
     )
 
+    def __post_init__(self):
+        if not 0 < self.token_latent_threshold <= 1:
+            raise ValueError(
+                "token_latent_threshold must lie in (0, 1], got "
+                f"{self.token_latent_threshold}"
+            )
+        for name in ("min_firings", "max_latent_table", "d_sae", "k", "pair_buckets"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "buffer_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"{name} must be at least 1, got {getattr(self, name)}"
+                )
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
 
 class GroupedMoments:
     """Per-group counts, sums and summed squares of vectors, grown on demand."""

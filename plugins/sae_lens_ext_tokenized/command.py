@@ -10,7 +10,13 @@ from .training import TrainingOptions
 
 
 def resolve_model(name: str | None, device: str):
-    """A registered release's model (default: the demo) or a TransformerLens name."""
+    """The ``--model`` (default: the demo release's) and its release, if any.
+
+    A registered release brings its own tokens; any other form of
+    ``--model`` (TransformerLens name, Hugging Face folder, module:function)
+    goes through :func:`sae_lens_ext.load_model`.
+    """
+    from sae_lens_ext import load_model
     from sae_lens_ext.demo import DEMO_RELEASE
     from sae_lens_ext.plugins import get_registry
 
@@ -20,9 +26,7 @@ def resolve_model(name: str | None, device: str):
         if release.load_model is None:
             raise click.UsageError(f"release {name!r} ships no model loader")
         return release.load_model(device), release
-    from transformer_lens import HookedTransformer
-
-    return HookedTransformer.from_pretrained(name, device=device), None
+    return load_model(name, device=device), None
 
 
 def resolve_dataset(dataset: str | None, release):
@@ -41,7 +45,8 @@ def add_command(cli: click.Group) -> None:
     @click.option(
         "--model",
         default=None,
-        help="release name or TransformerLens model (default: the demo)",
+        help="TransformerLens name, Hugging Face folder, module:function or "
+        "release (default: the demo)",
     )
     @click.option(
         "--hook", "hook_name", default="blocks.0.hook_resid_post", show_default=True
