@@ -185,9 +185,11 @@ def core_eval(result, run: SAEBenchRun) -> SAEBenchEval:
             f"the tokens in its batch ({int(terms['tokens_per_batch'])} here), "
             "so it scales with the batch size; mse_per_element is the plain "
             "mean squared error per element.",
-            "Sparsity and variance statistics skip BOS positions; the CE and KL "
-            "losses use every position, as SAEBench does without "
-            "exclude_special_tokens_from_reconstruction.",
+            "Statistics, and the splicing and zero-ablation for the CE and KL "
+            "losses, use the positions of the shared pass (by default every "
+            "position but BOS); SAEBench uses every position unless "
+            "exclude_special_tokens_from_reconstruction. CE and KL are means "
+            "over every next-token prediction on both sides.",
         ],
     )
 
