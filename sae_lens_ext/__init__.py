@@ -17,6 +17,7 @@ from .reconstruction import (
 )
 from .releases import Release
 from .runner import RunOutput, run
+from .saebench import SAEBenchEval, SAEBenchRun, SAEBenchSkip, check_finite
 from .threads import machine_is_busy, thread_limit
 
 __version__ = "0.1.0"
@@ -31,8 +32,12 @@ __all__ = [
     "Release",
     "RunContext",
     "RunOutput",
+    "SAEBenchEval",
+    "SAEBenchRun",
+    "SAEBenchSkip",
     "UnsupportedSAEError",
     "at_positions",
+    "check_finite",
     "code_map",
     "flat_rows",
     "hookimpl",

@@ -97,6 +97,9 @@ class AnalysisResult:
       with ``SAE.load_from_disk`` or ``SAE.from_pretrained(repo, folder)``.
     - ``card``: a Markdown section for the model card (without a heading;
       the host adds ``## <analysis title>``).
+    - ``saebench``: numbers computed only for the analysis's SAEBench
+      mapping (``register_saebench_evals``); the host writes them nowhere
+      else.
     """
 
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +108,7 @@ class AnalysisResult:
     plots: dict[str, Figure] = field(default_factory=dict)
     saes: dict[str, SAE] = field(default_factory=dict)
     card: str = ""
+    saebench: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

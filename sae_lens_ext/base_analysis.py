@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 
 from .analysis import ActivationBatch, Analysis, AnalysisResult
-from .reconstruction import at_positions, position_mask, require_reconstruction, splice
+from .core_statistics import CoreStatistics, downstream_metrics
+from .reconstruction import position_mask, require_reconstruction
 
 
 @dataclass
@@ -29,11 +30,14 @@ class BaseConfig:
 
 
 class BaseAnalysis(Analysis):
-    """L0, explained variance, MSE, dead/dense latents and spliced CE loss."""
+    """L0, explained variance, MSE, dead/dense latents, shrinkage, spliced CE and KL."""
 
     name = "base"
     title = "Base metrics"
-    description = "L0, variance explained, MSE, dead/dense latents, CE loss recovered"
+    description = (
+        "L0, variance explained, MSE, dead/dense latents, shrinkage, "
+        "CE loss recovered, KL divergence"
+    )
     config_class = BaseConfig
     needs = frozenset({"activations", "model"})
     headline_metrics = ("l0", "mse", "explained_variance")
@@ -51,6 +55,7 @@ class BaseAnalysis(Analysis):
         self.x_sum: torch.Tensor | None = None
         self.x_sq = 0.0
         self.contexts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.core = CoreStatistics(d_sae)
 
     def update(self, batch: ActivationBatch) -> None:
         """Accumulate firing counts, errors and the first batches' contexts."""
@@ -67,6 +72,7 @@ class BaseAnalysis(Analysis):
         self.n += batch.n
         if len(self.contexts) < self.config.ce_batches:
             self.contexts.append((batch.token_context, batch.positions))
+        self.core.update(batch)
 
     def finish(self) -> AnalysisResult:
         """Summarise the pass into metrics, a per-latent table and a plot."""
@@ -86,6 +92,7 @@ class BaseAnalysis(Analysis):
             .float()
             .mean()
             .item(),
+            **self.core.metrics(),
         }
         if self.contexts and self.context.model is not None:
             metrics.update(ce_metrics(self.context, *splice_inputs(self.contexts)))
@@ -106,6 +113,7 @@ class BaseAnalysis(Analysis):
             tensors={"log_feature_density": log_freq},
             plots={"feature_density": density_plot(log_freq, metrics)},
             card=card_text(metrics),
+            saebench=self.core.saebench_terms(),
         )
 
 
@@ -119,39 +127,23 @@ def splice_inputs(contexts) -> tuple[torch.Tensor, torch.Tensor]:
 def ce_metrics(
     context, tokens: torch.Tensor, mask: torch.Tensor | None = None
 ) -> dict[str, float]:
-    """Clean, SAE-spliced and zero-ablated CE loss on ``tokens``.
+    """Clean, SAE-spliced and zero-ablated CE loss and KL divergence on ``tokens``.
 
     The SAE's reconstruction (or zero) replaces the hook activations only at
     the positions in ``mask`` ``[n_seq, context]`` (all when None), the same
     positions the shared pass used; the loss is the mean over every
-    next-token prediction.  ``ce_warning`` is set when the SAE lowers the loss.
+    next-token prediction (see :func:`.core_statistics.downstream_metrics`).
+    ``ce_warning`` is set when the SAE lowers the loss.
     """
-    model, sae, hook = context.model, context.sae, context.hook_name
-
-    def splice_sae(acts, hook):
-        return at_positions(acts, splice(sae, acts, sae), mask)
-
-    def zero(acts, hook):
-        return at_positions(acts, torch.zeros_like(acts), mask)
-
-    with torch.no_grad():
-        clean = model(tokens, return_type="loss").item()
-        spliced = model.run_with_hooks(
-            tokens, return_type="loss", fwd_hooks=[(hook, splice_sae)]
-        ).item()
-        zeroed = model.run_with_hooks(
-            tokens, return_type="loss", fwd_hooks=[(hook, zero)]
-        ).item()
-    recovered = (
-        (zeroed - spliced) / (zeroed - clean) if zeroed != clean else float("nan")
+    metrics = downstream_metrics(
+        context.model, context.sae, context.hook_name, tokens, mask
     )
-    metrics = {
-        "ce_loss_clean": clean,
-        "ce_loss_spliced": spliced,
-        "ce_loss_zero_ablated": zeroed,
-        "ce_loss_recovered": recovered,
-    }
-    warning = ce_warning(clean, spliced, zeroed, recovered)
+    warning = ce_warning(
+        metrics["ce_loss_clean"],
+        metrics["ce_loss_spliced"],
+        metrics["ce_loss_zero_ablated"],
+        metrics["ce_loss_recovered"],
+    )
     if warning:
         metrics["ce_warning"] = warning
     return metrics

@@ -20,6 +20,7 @@ import click
 from .models import MODEL_HELP
 from .plugins import ENV_ENABLED, get_registry, resolve_enabled
 from .positions import HELP as POSITIONS_HELP
+from .presets import preset_config, preset_names
 from .runner import DEFAULT_N_TOKENS, config_fields
 
 _CLICK_TYPES = {int: click.INT, float: click.FLOAT, bool: click.BOOL, str: click.STRING}
@@ -145,6 +146,20 @@ def make_run_command(registry) -> click.Command:
         click.Option(["--device"], default="cpu", show_default=True),
         click.Option(["--seed"], type=int, default=0, show_default=True),
         click.Option(
+            ["--seeds"],
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="run seeds seed..seed+N-1, report mean ± std (each in --out/seed-S)",
+        ),
+        click.Option(
+            ["--preset"],
+            type=click.Choice(preset_names()),
+            default=None,
+            help="run at another tool's settings (saebench: SAEBench's); "
+            "options given explicitly win",
+        ),
+        click.Option(
             ["--cache-activations"], type=click.Path(path_type=Path), default=None
         ),
         click.Option(
@@ -174,14 +189,15 @@ def make_run_command(registry) -> click.Command:
             )
 
     def callback(**kwargs):
-        from .runner import run
+        from .seeds import seeded_run
 
         config: dict[str, dict] = {}
         for dest, (analysis_name, field_name) in dests.items():
             value = kwargs.pop(dest)
             if value is not None:
                 config.setdefault(analysis_name, {})[field_name] = value
-        output = run(
+        config = preset_config(kwargs["preset"], config, kwargs["plugins"] or None)
+        output = seeded_run(kwargs["seeds"])(
             kwargs["release"],
             kwargs["sae_id"],
             plugins=list(kwargs["plugins"]) or None,

@@ -1,4 +1,5 @@
-"""The host's own hook implementations: the base analysis and the demo release."""
+"""The host's own hook implementations: the base analysis, the demo release,
+the base analysis's SAEBench mapping and the model-card notes on it."""
 
 from __future__ import annotations
 
@@ -34,3 +35,27 @@ def register_releases(register):
             dataset="sae-lens-ext/demo-shakespeare",
         )
     )
+
+
+@hookimpl
+def register_metric_directions(register):
+    """Directions of the base analysis's metrics."""
+    from .saebench_core import BASE_DIRECTIONS
+
+    register("base", BASE_DIRECTIONS)
+
+
+@hookimpl
+def register_saebench_evals(register):
+    """The base analysis as SAEBench's ``core`` eval."""
+    from .saebench_core import core_eval
+
+    register("base", core_eval)
+
+
+@hookimpl
+def model_card_sections(summary, run_dir):
+    """Warnings, SAEBench-format files and the preset, when there are any."""
+    from .saebench import card_notes
+
+    return card_notes(summary)

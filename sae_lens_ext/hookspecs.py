@@ -70,3 +70,32 @@ def register_commands(cli):
     ``cli`` is the root :class:`click.Group`; decorate new commands with
     ``@cli.command()``.
     """
+
+
+@hookspec
+def register_metric_directions(register):
+    """Say, for each headline metric, whether higher or lower is better.
+
+    Call ``register(analysis_name, {metric: direction})`` with a direction
+    from :data:`sae_lens_ext.saebench.DIRECTIONS`: ``"higher"``,
+    ``"lower"``, ``"closer_to_1"``, ``"closer_to_0"`` or ``"none"`` (a count or a setting, not
+    a score).  ``summary.json``, the model card and the SAEBench-format
+    JSON show the direction next to each metric.
+    """
+
+
+@hookspec
+def register_saebench_evals(register):
+    """Map an analysis's result to one of SAEBench's eval-output JSONs.
+
+    Call ``register(analysis_name, build, warnings=None)``; after the
+    analysis finishes the host calls ``build(result, run)`` with its
+    :class:`AnalysisResult` and a :class:`sae_lens_ext.SAEBenchRun`, and
+    writes the returned :class:`sae_lens_ext.SAEBenchEval` to
+    ``<run>/saebench/<eval_type_id>.json``.  ``build`` raises
+    :class:`sae_lens_ext.SAEBenchSkip` when SAEBench itself would not report
+    the eval (the reason goes into ``summary.json``).  ``warnings(result,
+    run)``, when given, returns the reasons the analysis's numbers may
+    mislead on this run (an SAE or model outside the range where the metric
+    is meaningful); they go into ``summary.json``, the card and the JSON.
+    """

@@ -153,19 +153,26 @@ def load_block(repo: str, sae_folders: list[str]) -> list[str]:
 
 def metrics_table(analyses: dict) -> list[str]:
     """The headline-metrics table (and any analysis errors)."""
+    from .saebench import DIRECTIONS
+
     lines = [
         "## Headline metrics",
         "",
-        "| analysis | metric | value |",
-        "|---|---|---|",
+        "| analysis | metric | value | better |",
+        "|---|---|---|---|",
     ]
     for name, entry in analyses.items():
+        directions = entry.get("directions", {})
         for key, value in headline(entry.get("metrics", {})).items():
-            lines.append(f"| {name} | {key} | {table_cell(format_value(value))} |")
+            direction = directions.get(key)
+            better = DIRECTIONS.get(direction, direction or "")
+            lines.append(
+                f"| {name} | {key} | {table_cell(format_value(value))} | {better} |"
+            )
         if "error" in entry:
-            lines.append(f"| {name} | error | {table_cell(entry['error'])} |")
+            lines.append(f"| {name} | error | {table_cell(entry['error'])} | |")
         if "skipped" in entry:
-            lines.append(f"| {name} | skipped | {table_cell(entry['skipped'])} |")
+            lines.append(f"| {name} | skipped | {table_cell(entry['skipped'])} | |")
     return [*lines, ""]
 
 

@@ -29,6 +29,7 @@ from .plugins import get_registry, resolve_enabled, unknown_name_message
 from .positions import PositionFilter, default_positions, parse_positions
 from .run_dir import prepare_run_dir
 from .sae_names import run_labels
+from .saebench import write_saebench_outputs
 from .shared_pass import model_activations
 from .tokens import (
     DatasetError,
@@ -220,6 +221,9 @@ def run(
                 total_rows=n_tokens,
             )
         finish_analyses(analyses, registry, run_dir, summary, output, failed)
+        write_saebench_outputs(
+            registry, summary, run_dir, output.results, sae=sae, model=model
+        )
     except KeyboardInterrupt:
         summary.update(status="interrupted", error="interrupted (Ctrl-C)")
         write_json(run_dir / "summary.json", summary)

@@ -257,6 +257,7 @@ def test_overwrite_leaves_only_the_new_run(
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md",
         "base",
+        "saebench",  # the base analysis as SAEBench's core eval
         "summary.json",
     ]
     assert list(summary_of(out)["analyses"]) == ["base"]

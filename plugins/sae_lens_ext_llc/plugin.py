@@ -11,3 +11,11 @@ def register_analyses(register):
     from .analysis import LLCAnalysis
 
     register(LLCAnalysis)
+
+
+@hookimpl
+def register_metric_directions(register):
+    """Whether higher or lower is better for each LLC metric."""
+    from .directions import DIRECTIONS
+
+    register("llc", DIRECTIONS)

@@ -18,6 +18,22 @@ def register_analyses(register):
 
 
 @hookimpl
+def register_metric_directions(register):
+    """Whether higher or lower is better for each MDL metric."""
+    from .saebench import DIRECTIONS
+
+    register("mdl", DIRECTIONS)
+
+
+@hookimpl
+def register_saebench_evals(register):
+    """Our description length beside SAEBench's ``mdl`` output layout."""
+    from .saebench import mdl_eval
+
+    register("mdl", mdl_eval)
+
+
+@hookimpl
 def register_commands(cli):
     """Add ``sae-lens-ext mdl-compare RELEASE ID...``."""
 

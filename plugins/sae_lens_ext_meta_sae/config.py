@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 #: Paper ratio: 2304 meta-latents for a 49152-latent base SAE (1 per 21.3).
@@ -15,6 +16,8 @@ class MetaSAEConfig:
     - ``d_meta``: number of meta-latents; None picks the paper's ratio,
       ``round(n * 2304 / 49152)`` for ``n`` base latents trained on (2304
       for a 49152-latent SAE; ``n < d_sae`` when dead latents are left out).
+    - ``width_ratio``: instead, ``max(ceil(n * width_ratio), ceil(k))``
+      meta-latents (SAEBench's meta_structure eval uses 0.25).
     - ``k``: mean number of active meta-latents per base latent (BatchTopK
       keeps the ``k * batch_size`` largest activations of each batch).
     - ``steps``, ``batch_size`` (capped at the number of base latents),
@@ -43,6 +46,12 @@ class MetaSAEConfig:
     d_meta: int | None = field(
         default=None,
         metadata={"help": "meta-latents; default: latents used * 2304 / 49152"},
+    )
+    width_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "meta-latents as a fraction of latents used (SAEBench: 0.25)"
+        },
     )
     k: float = field(
         default=4.0, metadata={"help": "mean active meta-latents per base latent"}
@@ -97,6 +106,8 @@ class MetaSAEConfig:
         """The number of meta-latents for a base SAE of ``d_sae`` latents."""
         if self.d_meta is not None:
             return int(self.d_meta)
+        if self.width_ratio is not None:
+            return max(math.ceil(d_sae * self.width_ratio), math.ceil(self.k))
         return max(1, round(d_sae * PAPER_META_RATIO))
 
     def validate(self, d_sae: int) -> None:
@@ -104,6 +115,13 @@ class MetaSAEConfig:
 
         ``d_sae`` is the number of base latents trained on.
         """
+        if self.d_meta is not None and self.width_ratio is not None:
+            raise ValueError(
+                "give d_meta or width_ratio, not both: d_meta fixes the number of "
+                "meta-latents, width_ratio sets it from the base SAE's width"
+            )
+        if self.width_ratio is not None and not 0 < self.width_ratio <= 1:
+            raise ValueError(f"width_ratio must lie in (0, 1], got {self.width_ratio}")
         d_meta = self.meta_width(d_sae)
         if d_meta < 1:
             raise ValueError(f"d_meta must be at least 1, got {d_meta}")

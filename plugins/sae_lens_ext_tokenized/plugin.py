@@ -27,3 +27,11 @@ def register_commands(cli):
     from .command import add_command
 
     add_command(cli)
+
+
+@hookimpl
+def register_metric_directions(register):
+    """Whether higher or lower is better for each token-identity metric."""
+    from .directions import DIRECTIONS
+
+    register("tokenized", DIRECTIONS)
