@@ -10,11 +10,19 @@ which moves the error far beyond the float64 rounding allowed here.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from conftest import make_sae
-from sae_lens_ext_mdl import MDLAccumulator, MDLConfig, QuantisedHistograms
+from sae_lens_ext_mdl import (
+    MDLAccumulator,
+    MDLConfig,
+    QuantisedHistograms,
+    binary_entropy,
+    entropy_bits,
+)
 
 
 def midpoint(values: np.ndarray, precision: float) -> np.ndarray:
@@ -58,3 +66,29 @@ def test_quantised_error_equals_an_independent_midpoint_decode(linear_decoder):
         # The SAE decodes in float32 (relative rounding ~1e-7, measured 5e-8);
         # a lower-edge decode moves the error by tens of percent at every level.
         assert accumulator.sq_err[level].item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("counts", "bits"),
+    [
+        ([1, 1, 1, 1], 2.0),  # uniform over 4 symbols
+        ([3, 0, 0], 0.0),  # one symbol: no information
+        ([0, 0, 0], 0.0),  # an empty row
+        ([1, 3], 2 - 0.75 * math.log2(3)),  # H(1/4) = 2 - (3/4) log2 3
+        ([2, 1, 1], 1.5),  # probabilities 1/2, 1/4, 1/4
+    ],
+)
+def test_entropy_bits_of_hand_computed_histograms(counts, bits):
+    assert entropy_bits(torch.tensor(counts)).item() == pytest.approx(bits, abs=1e-12)
+
+
+def test_entropy_bits_is_per_row():
+    counts = torch.tensor([[[1, 1, 0, 0], [1, 1, 1, 1]], [[5, 0, 0, 0], [0, 2, 1, 1]]])
+    expected = torch.tensor([[1.0, 2.0], [0.0, 1.5]], dtype=torch.float64)
+    torch.testing.assert_close(entropy_bits(counts), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.11, 0.5, 0.9, 1.0])
+def test_binary_entropy_closed_form(p):
+    expected = sum(-q * math.log2(q) for q in (p, 1 - p) if q > 0)
+    assert binary_entropy(p) == pytest.approx(expected, abs=1e-12)
