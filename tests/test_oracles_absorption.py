@@ -48,6 +48,8 @@ CASES = [
     (20.0, 2.0, [1.0, 4.0, 2.0, 3.0], [0.5] * 4, 9 / 11, "top three only"),
     # The 5.0 latent's cosine 0.05 < 0.1 excludes it: T = 4 = 0.4 P exactly (kept).
     (10.0, 2.0, [5.0, 4.0], [0.05, 0.5], 4 / 6, "cosine threshold, share boundary"),
+    # A cosine exactly at the threshold counts (SAEBench: >=): T = 4 + 3, A = 7.
+    (10.0, 2.0, [4.0, 3.0], [0.1, 0.1], 7 / 9, "cosine at the threshold"),
     # A negative contribution is no absorber: T = 3 < 0.4 * 10.
     (10.0, 2.0, [3.0, -6.0], [0.5, -0.5], 0.0, "T / P below 0.4"),
     # The main latents carry the whole projection.
@@ -103,6 +105,8 @@ def test_cases_score_together_as_one_batch():
         (10.0, False, [2.0, 6.0], [0.9, 0.02], False, 1),
         # The largest carries 3.9 < 0.4 * 10 even though together they carry more.
         (10.0, False, [3.0, 3.9], [0.9, 0.9], False, 1),
+        # A projection below 1: the share is 0.3 / 0.5 = 0.6 >= 0.4, full.
+        (0.5, False, [0.1, 0.3], [0.9, 0.5], True, 1),
         # Nothing positive fires: no top latent at all.
         (10.0, False, [-1.0, 0.0], [0.9, 0.9], False, -1),
     ],
@@ -113,3 +117,14 @@ def test_full_absorption_matches_saebench_worked_cases(
     scores = score(projection, 0.0, contributions, cosines, main_active=main_active)
     assert bool(scores.full.item()) is full
     assert scores.top_slot.item() == slot
+
+
+@pytest.mark.parametrize(
+    ("projection", "share"),
+    [(0.5, 0.6), (10.0, 0.03), (-0.5, 0.0), (0.0, 0.0)],
+)
+def test_top_share_is_the_largest_contribution_over_a_positive_projection(
+    projection, share
+):
+    scores = score(projection, 0.0, [0.1, 0.3], [0.9, 0.5], main_active=False)
+    assert scores.top_share.item() == pytest.approx(share, abs=1e-6)
