@@ -50,6 +50,10 @@ CASES = [
     (10.0, 2.0, [5.0, 4.0], [0.05, 0.5], 4 / 6, "cosine threshold, share boundary"),
     # A cosine exactly at the threshold counts (SAEBench: >=): T = 4 + 3, A = 7.
     (10.0, 2.0, [4.0, 3.0], [0.1, 0.1], 7 / 9, "cosine at the threshold"),
+    # A small negative contribution is no absorber either: T = 5, A = 5, 5 / 7.
+    (10.0, 2.0, [5.0, -0.5], [0.5, 0.5], 5 / 7, "small negative contribution"),
+    # A main projection below 1 still gives a partial fraction: 5 / 5.5.
+    (10.0, 0.5, [5.0], [0.5], 5 / 5.5, "0 < M < 1"),
     # A negative contribution is no absorber: T = 3 < 0.4 * 10.
     (10.0, 2.0, [3.0, -6.0], [0.5, -0.5], 0.0, "T / P below 0.4"),
     # The main latents carry the whole projection.
@@ -60,6 +64,10 @@ CASES = [
     (10.0, -1.0, [5.0], [0.5], 1.0, "M < 0"),
     # A negative projection: M = 0 >= P, so no absorption.
     (-1.0, 0.0, [5.0], [0.5], 0.0, "P < 0"),
+    # M < P < 0: T / P = -5 < 0.4, so no absorption.
+    (-1.0, -2.0, [5.0], [0.5], 0.0, "M < P < 0"),
+    # P = 0 (SAEBench divides by zero here; ours: no absorption without a projection).
+    (0.0, -1.0, [5.0], [0.5], 0.0, "P = 0"),
 ]
 
 
