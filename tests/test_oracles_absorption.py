@@ -107,6 +107,8 @@ def test_cases_score_together_as_one_batch():
     [
         # Main off, the largest (slot 1, 6 >= 0.4 * 10, cos 0.03 >= 0.025): full.
         (10.0, False, [2.0, 6.0], [0.9, 0.03], True, 1),
+        # The largest carries exactly 0.4 of the projection (SAEBench: >=): full.
+        (10.0, False, [2.0, 4.0], [0.9, 0.5], True, 1),
         # Same, but a main latent fires: not full absorption.
         (10.0, True, [2.0, 6.0], [0.9, 0.03], False, 1),
         # The largest latent's cosine 0.02 < 0.025: not full.
