@@ -117,6 +117,8 @@ def test_cases_score_together_as_one_batch():
         (10.0, False, [3.0, 3.9], [0.9, 0.9], False, 1),
         # A projection below 1: the share is 0.3 / 0.5 = 0.6 >= 0.4, full.
         (0.5, False, [0.1, 0.3], [0.9, 0.5], True, 1),
+        # Only negative contributions: no top latent at all.
+        (10.0, False, [-1.0, -2.0], [0.9, 0.9], False, -1),
         # Nothing positive fires: no top latent at all.
         (10.0, False, [-1.0, 0.0], [0.9, 0.9], False, -1),
     ],
@@ -138,3 +140,18 @@ def test_top_share_is_the_largest_contribution_over_a_positive_projection(
 ):
     scores = score(projection, 0.0, [0.1, 0.3], [0.9, 0.5], main_active=False)
     assert scores.top_share.item() == pytest.approx(share, abs=1e-6)
+
+
+def test_inputs_without_other_active_latents_score_zero():
+    scores = absorption_scores(
+        torch.tensor([10.0, 10.0]),
+        torch.tensor([2.0, 0.0]),
+        torch.tensor([True, False]),
+        torch.zeros(2, 0),
+        torch.zeros(2, 0),
+        share_threshold=SHARE,
+        cos_threshold=COS,
+    )
+    assert scores.fraction.tolist() == [0.0, 0.0]
+    assert scores.full.tolist() == [False, False]
+    assert scores.top_slot.tolist() == [-1, -1]
