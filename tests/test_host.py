@@ -61,7 +61,12 @@ def test_base_metrics_match_a_direct_computation(tiny_model, tiny_tokens, tmp_pa
     assert metrics["explained_variance"] == pytest.approx(
         1 - (err / total).item(), rel=1e-4
     )
-    assert metrics["ce_loss_clean"] < metrics["ce_loss_zero_ablated"] + 5
+    # CE is spliced on the first ce_batches (2) batches of 8 sequences; float32
+    # rounding is ~1e-7 relative (the SAE-spliced losses are checked against a
+    # hand-spliced model in test_oracles_ce.py).
+    with torch.no_grad():
+        clean = tiny_model(tiny_tokens[:16], return_type="loss").item()
+    assert metrics["ce_loss_clean"] == pytest.approx(clean, rel=1e-5)
 
 
 def test_run_directory_layout(tiny_model, tiny_tokens, tmp_path):

@@ -23,7 +23,6 @@ from sae_lens_ext_meta_sae.batchtopk import batch_topk
 from sae_lens_ext_meta_sae.trainer import (
     MetaSAEWeights,
     encode_sparse,
-    global_threshold,
 )
 
 from sae_lens_ext import ActivationBatch, RunContext, run
@@ -194,7 +193,6 @@ def test_sae_lens_encoding_matches_ours(trained):
     )
     (selection,) = encode_sparse(weights, rows)
     torch.testing.assert_close(selection.matrix().to_dense(), theirs)
-    assert global_threshold(weights, rows, 2) == pytest.approx(weights.threshold)
 
 
 def test_decompose_tables_agree_with_a_direct_computation(trained):

@@ -1,0 +1,101 @@
+"""``apply_lookup_to_input`` against SAE-Lens's own SAE with the table by hand.
+
+With the option off the latents are the base SAE's ``encode(x)``; with it on
+they are ``encode(x - T[token])`` (the token table's row is subtracted from
+the encoder's input, Dooms & Wilhelm 2024); either way the reconstruction
+adds ``T[token]`` back after decoding.  The oracle is a plain SAE-Lens
+``TopKSAE`` / ``StandardSAE`` with the same weights and the row applied by
+hand, so adding the row instead of subtracting it cannot pass.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+from test_tokenized import D_IN, D_SAE, VOCAB, tokenized_sae
+
+PLAIN = {
+    "topk": lambda: TopKSAE(TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4)),
+    "standard": lambda: StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE)),
+}
+
+
+def plain_copy(sae, base: str):
+    """The SAE-Lens base SAE with ``sae``'s weights (tables left out)."""
+    plain = PLAIN[base]()
+    plain.load_state_dict(
+        {k: v for k, v in sae.state_dict().items() if not k.endswith("lookup")}
+    )
+    return plain
+
+
+@pytest.mark.parametrize("base", ["topk", "standard"])
+@pytest.mark.parametrize("apply_lookup_to_input", [False, True])
+def test_lookup_is_subtracted_from_the_input_only_when_asked(
+    base, apply_lookup_to_input
+):
+    sae = tokenized_sae(base, apply_lookup_to_input=apply_lookup_to_input)
+    with torch.no_grad():
+        sae.W_lookup.mul_(5)  # rows large enough to change which latents fire
+    plain = plain_copy(sae, base)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(7, D_IN, generator=generator)
+    tokens = torch.tensor([0, 3, 3, 39, 7, 12, 25])
+    row = sae.W_lookup[tokens].detach()
+    encoder_input = x - row if apply_lookup_to_input else x
+    with torch.no_grad(), sae.using_tokens(tokens):
+        feats = sae.encode(x)
+        out = sae(x)
+        expected_feats = plain.encode(encoder_input)
+        expected_out = plain.decode(expected_feats) + row
+    torch.testing.assert_close(feats, expected_feats, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, expected_out, atol=1e-5, rtol=1e-5)
+    # The table row moves the code: the two settings really differ here.
+    with torch.no_grad():
+        other = plain.encode(x + row if apply_lookup_to_input else x - row)
+    assert not torch.allclose(feats, other, atol=1e-3)
+
+
+def test_training_sae_subtracts_the_packed_tokens_row():
+    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens_ext_tokenized import (
+        TokenizedTrainingSAE,
+        TokenizedTrainingSAEConfig,
+        pack_tokens,
+    )
+
+    cfg = TokenizedTrainingSAEConfig(
+        d_in=D_IN,
+        d_sae=D_SAE,
+        k=4,
+        vocab_size=VOCAB,
+        apply_lookup_to_input=True,
+        rescale_acts_by_decoder_norm=False,
+    )
+    torch.manual_seed(0)
+    sae = TokenizedTrainingSAE(cfg)
+    with torch.no_grad():
+        for param in sae.parameters():
+            param.normal_(0, 0.3)
+        sae.W_lookup.mul_(5)
+    plain = plain_copy(sae, "topk")
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(6, D_IN, generator=generator)
+    tokens = torch.tensor([1, 2, 3, 4, 5, 39])
+    prev = torch.tensor([-1, 1, 2, 3, 4, 5])
+    step = TrainStepInput(
+        sae_in=pack_tokens(x, tokens, prev),
+        coefficients={},
+        dead_neuron_mask=None,
+        n_training_steps=0,
+        is_logging_step=False,
+    )
+    with torch.no_grad():
+        output = sae.training_forward_pass(step)
+        row = sae.W_lookup[tokens]
+        expected = plain.encode(x - row)
+    torch.testing.assert_close(output.feature_acts, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        output.sae_out, plain.decode(expected) + row, atol=1e-5, rtol=1e-5
+    )
