@@ -22,8 +22,9 @@ whose formulas differ from the textbook ones we report:
   averaged: it depends on the batch size;
 
 and per latent the ``consistent_activation_heuristic``: firing tokens per
-prompt it fires in (-1 for a latent that never fired, as SAEBench writes).  :func:`downstream_metrics` gives the CE losses and
-SAEBench's KL divergences with the SAE spliced in and zero-ablated.
+prompt it fires in (-1 for a latent that never fired, as SAEBench writes).
+:func:`downstream_metrics` gives the CE losses and SAEBench's KL
+divergences with the SAE spliced in and zero-ablated.
 """
 
 from __future__ import annotations

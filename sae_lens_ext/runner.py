@@ -154,7 +154,8 @@ def run(
             n_ctx=model.cfg.n_ctx,
             source=dataset_label(dataset, release, metadata),
         )
-        selected = position_filter.count(tokens[: n_sequences_used(tokens, n_tokens)])
+        tokens = tokens[: n_sequences_used(tokens, n_tokens)]  # what the pass reads
+        selected = position_filter.count(tokens)
         short = short_dataset_warning(
             tokens, n_tokens, selected, position_filter.describe()
         )
@@ -313,13 +314,16 @@ def activation_batches(
     model, sae, metadata, tokens, n_tokens, batch_size, cache_dir,
     positions: PositionFilter,
 ):  # fmt: skip
-    """The hook activations for the shared pass, from the cache or the model."""
+    """The hook activations for the shared pass, from the cache or the model.
+
+    ``tokens`` are the sequences the pass reads (already cut to ``n_tokens``).
+    """
     hook_name = metadata.hook_name
     skip_bos = metadata.prepend_bos is not False
     cache = None
     if cache_dir is not None:
         key = cache_key_fields(
-            tokens=tokens[: n_sequences_used(tokens, n_tokens)],
+            tokens=tokens,
             model=model,
             model_name=metadata.model_name,
             hook_name=hook_name,
