@@ -1,0 +1,444 @@
+"""The registry of documented numbers that ``scripts/refresh_docs.py`` re-measures.
+
+A *producer* is one command (a benchmark in ``bench/`` or a worked example)
+run once per refresh; it returns a dict.  A *number* is one marked value in
+the docs: the producer it comes from, how to read it from the producer's
+dict, how the docs write it, and the noise tolerance a re-measurement must
+fall within (``None`` for context that is rewritten but never checked: the
+load average, the date, a min-max range).
+
+Tiers: ``cheap`` producers take seconds and run in the test suite
+(``tests/test_docs_numbers.py``); ``standard`` ones take minutes and run by
+default; ``expensive`` ones (tens of minutes) only with ``--tier all`` or
+``--only``.  ``demo`` marks producers whose numbers change with the embedded
+demo release.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a re-measurement may move: ``abs + rel * |measured|``, or a factor."""
+
+    rel: float = 0.0
+    abs: float = 0.0
+    factor: float | None = None
+
+    def accepts(self, documented: float, measured: float) -> bool:
+        """Whether ``documented`` is within this tolerance of ``measured``."""
+        if self.factor is not None:
+            return measured / self.factor <= documented <= measured * self.factor
+        return abs(documented - measured) <= self.abs + self.rel * abs(measured)
+
+    def describe(self) -> str:
+        """A short human-readable form, e.g. ``±30%`` or ``x/÷ 3``."""
+        if self.factor is not None:
+            return f"within a factor {self.factor:g}"
+        parts = [f"±{self.rel:.0%}"] if self.rel else []
+        parts += [f"±{self.abs:g}"] if self.abs else []
+        return " + ".join(parts) or "exact"
+
+
+@dataclass(frozen=True)
+class Producer:
+    """One command whose output backs documented numbers."""
+
+    command: str
+    run: Callable[[], dict]
+    tier: str  # cheap | standard | expensive
+    demo: bool
+
+
+@dataclass(frozen=True)
+class Number:
+    """One documented number: its producer, reader, format and tolerance."""
+
+    producer: str
+    value: Callable[[dict], Any]
+    format: Callable[[Any], str]
+    tolerance: Tolerance | None
+    noise: str = ""
+
+
+# -- noise, stated once -------------------------------------------------------
+
+SHARED_SECONDS = Tolerance(factor=3.0)
+SHARED_SECONDS_NOISE = (
+    "absolute times on the shared 2-core machine move 2-3x with the load average"
+)
+PAIRED_RATIO = Tolerance(rel=0.35)
+PAIRED_RATIO_NOISE = (
+    "medians of round-by-round ratios of alternated runs moved by up to 35% "
+    "between invocations under load (MDL 100k: 9.7x, then 6.6x twice)"
+)
+PEAK_MB = Tolerance(rel=0.25)
+PEAK_MB_NOISE = "peak RSS sampled every 2 ms varies with allocator timing"
+DETERMINISTIC = "deterministic for a seed: only the printed rounding may differ"
+
+
+def rounded(digits: int) -> Tolerance:
+    """The tolerance of a deterministic number printed with ``digits`` decimals."""
+    return Tolerance(abs=0.51 * 10.0**-digits)
+
+
+# -- running commands ---------------------------------------------------------
+
+
+class LoadSampler:
+    """The 1-minute load average, sampled every 5 s while a command runs."""
+
+    def __enter__(self):
+        self.samples = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(5.0):
+            self.samples.append(os.getloadavg()[0])
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+
+def json_command(*args: str) -> Callable[[], dict]:
+    """A producer that runs ``python ARGS --json FILE`` and reads FILE back.
+
+    The result also holds ``load`` (min, max of the load average during the
+    command) and ``date`` (UTC, ISO).
+    """
+
+    def run() -> dict:
+        with tempfile.TemporaryDirectory() as folder, LoadSampler() as load:
+            out = Path(folder) / "result.json"
+            command = [sys.executable, *args, "--json", str(out)]
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
+            result = json.loads(out.read_text())
+        result["load"] = (min(load.samples), max(load.samples))
+        result["date"] = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+        return result
+
+    return run
+
+
+def mdl_compare() -> dict:
+    """The MDL worked example: ``sae-lens-ext mdl-compare`` on the four demo SAEs."""
+    with tempfile.TemporaryDirectory() as folder:
+        command = [
+            sys.executable,
+            "-m",
+            "sae_lens_ext.cli",
+            *MDL_COMPARE_ARGS,
+            "--out",
+            folder,
+        ]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"mdl-compare failed:\n{done.stderr[-3000:]}")
+        table = pd.read_csv(Path(folder) / "comparison.csv")
+    return {"table": table.set_index(table.columns[0])}
+
+
+MDL_COMPARE_ARGS = [
+    "mdl-compare",
+    "sae-lens-ext/demo",
+    "resid0-topk-512",
+    "resid0-topk-1024",
+    "resid0-topk-2048",
+    "resid0-relu-1024",
+    "--n-tokens",
+    "65536",
+]
+
+# -- formats ------------------------------------------------------------------
+
+
+def fixed(digits: int, unit: str = "") -> Callable[[float], str]:
+    """Format with ``digits`` decimals, thousands separators and a unit suffix."""
+    return lambda value: f"{value:,.{digits}f}{unit}"
+
+
+def span(digits: int, unit: str = "") -> Callable[[tuple[float, float]], str]:
+    """Format a (low, high) pair as ``low-high``."""
+    return lambda pair: f"{pair[0]:,.{digits}f}-{pair[1]:,.{digits}f}{unit}"
+
+
+def spread_range(path: str) -> Callable[[dict], tuple[float, float]]:
+    """Read a Spread's (min, max) from a nested result dict, ``a.b`` paths."""
+
+    def read(result: dict) -> tuple[float, float]:
+        node = dig(result, path)
+        return node["min"], node["max"]
+
+    return read
+
+
+def median(path: str) -> Callable[[dict], float]:
+    """Read a Spread's median from a nested result dict."""
+    return lambda result: dig(result, path)["median"]
+
+
+def dig(result: dict, path: str):
+    """``result['a']['b']`` for ``path`` ``'a.b'``."""
+    for part in path.split("."):
+        result = result[part]
+    return result
+
+
+def iso_date(value: str) -> str:
+    """Dates are written as they come (ISO)."""
+    return value
+
+
+# -- the registry -------------------------------------------------------------
+
+PRODUCERS: dict[str, Producer] = {
+    "mdl_100k": Producer(
+        "python bench/bench_mdl.py --tokens 100000 --threads 1 --repeats 3",
+        json_command(
+            "bench/bench_mdl.py",
+            "--tokens",
+            "100000",
+            "--threads",
+            "1",
+            "--repeats",
+            "3",
+        ),
+        tier="standard",
+        demo=False,
+    ),
+    "mdl_1m": Producer(
+        "python bench/bench_mdl.py --tokens 1000000 --threads 1 --repeats 3",
+        json_command(
+            "bench/bench_mdl.py",
+            "--tokens",
+            "1000000",
+            "--threads",
+            "1",
+            "--repeats",
+            "3",
+        ),
+        tier="standard",
+        demo=False,
+    ),
+    "meta_demo": Producer(
+        "python bench/bench_meta_sae.py --decoder demo --steps 2000 --threads 1 "
+        "--repeats 3",
+        json_command(
+            "bench/bench_meta_sae.py",
+            "--decoder",
+            "demo",
+            "--steps",
+            "2000",
+            "--threads",
+            "1",
+            "--repeats",
+            "3",
+        ),
+        tier="standard",
+        demo=True,
+    ),
+    "stage_meta_sae": Producer(
+        "python scripts/stage_timing.py -p meta_sae --repeats 3",
+        json_command("scripts/stage_timing.py", "-p", "meta_sae", "--repeats", "3"),
+        tier="standard",
+        demo=True,
+    ),
+    "stage_tokenized": Producer(
+        "python scripts/stage_timing.py -p tokenized --repeats 3",
+        json_command("scripts/stage_timing.py", "-p", "tokenized", "--repeats", "3"),
+        tier="standard",
+        demo=True,
+    ),
+    "stage_tokenized_no_sae": Producer(
+        "python scripts/stage_timing.py -p tokenized --set tokenized.train_sae=false "
+        "--repeats 3",
+        json_command(
+            "scripts/stage_timing.py",
+            "-p",
+            "tokenized",
+            "--set",
+            "tokenized.train_sae=false",
+            "--repeats",
+            "3",
+        ),
+        tier="standard",
+        demo=True,
+    ),
+    "mdl_compare": Producer(
+        "sae-lens-ext " + " ".join(MDL_COMPARE_ARGS),
+        mdl_compare,
+        tier="cheap",
+        demo=True,
+    ),
+}
+
+
+def _context(producer: str, value, fmt) -> Number:
+    return Number(producer, value, fmt, None, "context: rewritten, not checked")
+
+
+def _seconds(producer: str, path: str, digits: int = 1) -> Number:
+    return Number(
+        producer,
+        median(path),
+        fixed(digits, " s"),
+        SHARED_SECONDS,
+        SHARED_SECONDS_NOISE,
+    )
+
+
+def _ratio(producer: str, path: str) -> Number:
+    return Number(
+        producer, median(path), fixed(1, "x"), PAIRED_RATIO, PAIRED_RATIO_NOISE
+    )
+
+
+def _mdl_numbers(name: str, size: str) -> dict[str, Number]:
+    """The MDL benchmark's numbers at one size (``100k`` or ``1m``)."""
+    tokens_per_s = {
+        side: Number(
+            name,
+            lambda r, side=side: r["tokens"] / r["seconds"][side]["median"],
+            fixed(0),
+            SHARED_SECONDS,
+            SHARED_SECONDS_NOISE,
+        )
+        for side in ("streaming", "naive")
+    }
+    numbers = {
+        f"mdl.{size}.ours_s": _seconds(name, "seconds.streaming", 2),
+        f"mdl.{size}.naive_s": _seconds(name, "seconds.naive", 2),
+        f"mdl.{size}.ours_s.range": _context(
+            name, spread_range("seconds.streaming"), span(2)
+        ),
+        f"mdl.{size}.naive_s.range": _context(
+            name, spread_range("seconds.naive"), span(2)
+        ),
+        f"mdl.{size}.ours_tps": tokens_per_s["streaming"],
+        f"mdl.{size}.naive_tps": tokens_per_s["naive"],
+        f"mdl.{size}.ours_mb": Number(
+            name, median("peak_mb.streaming"), fixed(0), PEAK_MB, PEAK_MB_NOISE
+        ),
+        f"mdl.{size}.naive_mb": Number(
+            name, median("peak_mb.naive"), fixed(0), PEAK_MB, PEAK_MB_NOISE
+        ),
+        f"mdl.{size}.speedup": _ratio(name, "speedup"),
+        f"mdl.{size}.speedup.range": _context(name, spread_range("speedup"), span(1)),
+        f"mdl.{size}.memory_ratio": Number(
+            name, median("memory_ratio"), fixed(1, "x"), PEAK_MB, PEAK_MB_NOISE
+        ),
+        f"mdl.{size}.bits": Number(
+            name, lambda r: r["bits"]["streaming"], fixed(4), rounded(4), DETERMINISTIC
+        ),
+        f"mdl.{size}.load": _context(name, lambda r: r["load"], span(1)),
+        f"mdl.{size}.date": _context(name, lambda r: r["date"], iso_date),
+    }
+    return numbers
+
+
+def _meta_demo_numbers() -> dict[str, Number]:
+    name = "meta_demo"
+    steps = 2000
+    numbers = {
+        "meta.demo.ours_s": _seconds(name, "seconds.ours"),
+        "meta.demo.peer_s": _seconds(name, "seconds.peer"),
+        "meta.demo.ours_s.range": _context(name, spread_range("seconds.ours"), span(1)),
+        "meta.demo.peer_s.range": _context(name, spread_range("seconds.peer"), span(1)),
+        "meta.demo.speedup": Number(
+            name, median("speedup"), fixed(2, "x"), PAIRED_RATIO, PAIRED_RATIO_NOISE
+        ),
+        "meta.demo.speedup.range": _context(name, spread_range("speedup"), span(2)),
+        "meta.demo.load": _context(name, lambda r: r["load"], span(1)),
+        "meta.demo.date": _context(name, lambda r: r["date"], iso_date),
+    }
+    for side in ("ours", "peer"):
+        numbers[f"meta.demo.{side}_ms"] = Number(
+            name,
+            lambda r, side=side: 1e3 * r["seconds"][side]["median"] / steps,
+            fixed(1),
+            SHARED_SECONDS,
+            SHARED_SECONDS_NOISE,
+        )
+        for field, digits in (
+            ("fvu_at_k", 4),
+            ("dead", 0),
+            ("own_threshold_l0", 2),
+            ("own_threshold_fvu", 4),
+        ):
+            numbers[f"meta.demo.{side}.{field}"] = Number(
+                name,
+                lambda r, side=side, field=field: r["quality"][side][field],
+                fixed(digits),
+                rounded(digits),
+                "training is deterministic for a seed (bf16 autocast, one thread)",
+            )
+    return numbers
+
+
+def _stage_numbers() -> dict[str, Number]:
+    numbers = {}
+    for producer, key, stage in (
+        ("stage_meta_sae", "stage.meta_sae", "meta_sae"),
+        ("stage_tokenized", "stage.tokenized", "tokenized"),
+        ("stage_tokenized_no_sae", "stage.tokenized_no_sae", "tokenized"),
+    ):
+        numbers[f"{key}.stage_s"] = _seconds(producer, stage)
+        numbers[f"{key}.run_s"] = _seconds(producer, "run")
+        numbers[f"{key}.load"] = _context(producer, lambda r: r["load"], span(1))
+    return numbers
+
+
+def _mdl_compare_numbers() -> dict[str, Number]:
+    numbers = {}
+    columns = {
+        "bits": ("bits_per_token", 1),
+        "mse_q": ("mse_quantised", 3),
+        "rel": ("relative_increase", 4),
+    }
+    for sae in (
+        "resid0-topk-512",
+        "resid0-topk-1024",
+        "resid0-topk-2048",
+        "resid0-relu-1024",
+    ):
+        for short, (column, digits) in columns.items():
+            numbers[f"mdl.compare.{sae}.{short}"] = Number(
+                "mdl_compare",
+                lambda r, sae=sae, column=column: float(r["table"].loc[sae, column]),
+                fixed(digits),
+                rounded(digits),
+                DETERMINISTIC,
+            )
+    return numbers
+
+
+NUMBERS: dict[str, Number] = {
+    **_mdl_numbers("mdl_100k", "100k"),
+    **_mdl_numbers("mdl_1m", "1m"),
+    **_meta_demo_numbers(),
+    **_stage_numbers(),
+    **_mdl_compare_numbers(),
+}
