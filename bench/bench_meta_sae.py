@@ -244,7 +244,16 @@ def main() -> None:
     print(f"time ratio {what}, round by round: {ratio.text(unit='x')}")
     write_json(
         args.json,
-        {"seconds": times, "speedup": ratio, "quality": qualities, "names": names},
+        {
+            "rows": rows,
+            "d_in": d_in,
+            "d_meta": d_meta,
+            "steps": args.steps,
+            "seconds": times,
+            "speedup": ratio,
+            "quality": qualities,
+            "names": names,
+        },
     )
     if args.paper:
         paper_scale(args, autocast)

@@ -157,8 +157,8 @@ def mdl_compare() -> dict:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"mdl-compare failed:\n{done.stderr[-3000:]}")
-        table = pd.read_csv(Path(folder) / "comparison.csv")
-    return {"table": table.set_index(table.columns[0])}
+        table = pd.read_csv(Path(folder) / "comparison.csv").set_index("sae")
+    return {"table": json.loads(table.to_json(orient="index"))}
 
 
 MDL_COMPARE_ARGS = [
@@ -178,6 +178,11 @@ MDL_COMPARE_ARGS = [
 def fixed(digits: int, unit: str = "") -> Callable[[float], str]:
     """Format with ``digits`` decimals, thousands separators and a unit suffix."""
     return lambda value: f"{value:,.{digits}f}{unit}"
+
+
+def significant(figures: int) -> Callable[[float], str]:
+    """Format with ``figures`` significant figures (``0.0289``, ``-0.202``)."""
+    return lambda value: f"{value:.{figures}g}"
 
 
 def span(digits: int, unit: str = "") -> Callable[[tuple[float, float]], str]:
@@ -316,29 +321,9 @@ def _ratio(producer: str, path: str) -> Number:
     )
 
 
-def _mdl_numbers(name: str, size: str) -> dict[str, Number]:
-    """The MDL benchmark's numbers at one size (``100k`` or ``1m``)."""
-    tokens_per_s = {
-        side: Number(
-            name,
-            lambda r, side=side: r["tokens"] / r["seconds"][side]["median"],
-            fixed(0),
-            SHARED_SECONDS,
-            SHARED_SECONDS_NOISE,
-        )
-        for side in ("streaming", "naive")
-    }
+def _mdl_numbers(name: str, size: str, full: bool) -> dict[str, Number]:
+    """The MDL benchmark's numbers at one size; ``full``: times and rates too."""
     numbers = {
-        f"mdl.{size}.ours_s": _seconds(name, "seconds.streaming", 2),
-        f"mdl.{size}.naive_s": _seconds(name, "seconds.naive", 2),
-        f"mdl.{size}.ours_s.range": _context(
-            name, spread_range("seconds.streaming"), span(2)
-        ),
-        f"mdl.{size}.naive_s.range": _context(
-            name, spread_range("seconds.naive"), span(2)
-        ),
-        f"mdl.{size}.ours_tps": tokens_per_s["streaming"],
-        f"mdl.{size}.naive_tps": tokens_per_s["naive"],
         f"mdl.{size}.ours_mb": Number(
             name, median("peak_mb.streaming"), fixed(0), PEAK_MB, PEAK_MB_NOISE
         ),
@@ -354,8 +339,25 @@ def _mdl_numbers(name: str, size: str) -> dict[str, Number]:
             name, lambda r: r["bits"]["streaming"], fixed(4), rounded(4), DETERMINISTIC
         ),
         f"mdl.{size}.load": _context(name, lambda r: r["load"], span(1)),
-        f"mdl.{size}.date": _context(name, lambda r: r["date"], iso_date),
     }
+    if not full:
+        return numbers
+    for side, short in (("streaming", "ours"), ("naive", "naive")):
+        numbers[f"mdl.{size}.{short}_s"] = _seconds(name, f"seconds.{side}", 2)
+        numbers[f"mdl.{size}.{short}_s.range"] = _context(
+            name, spread_range(f"seconds.{side}"), span(2)
+        )
+        numbers[f"mdl.{size}.{short}_tps"] = Number(
+            name,
+            lambda r, side=side: r["tokens"] / r["seconds"][side]["median"],
+            fixed(0),
+            SHARED_SECONDS,
+            SHARED_SECONDS_NOISE,
+        )
+    numbers[f"mdl.{size}.naive_bits"] = Number(
+        name, lambda r: r["bits"]["naive"], fixed(4), rounded(4), DETERMINISTIC
+    )
+    numbers[f"mdl.{size}.date"] = _context(name, lambda r: r["date"], iso_date)
     return numbers
 
 
@@ -372,6 +374,16 @@ def _meta_demo_numbers() -> dict[str, Number]:
         ),
         "meta.demo.speedup.range": _context(name, spread_range("speedup"), span(2)),
         "meta.demo.load": _context(name, lambda r: r["load"], span(1)),
+        "meta.demo.rows": Number(
+            name,
+            lambda r: r["rows"],
+            fixed(0),
+            rounded(0),
+            "the demo SAE's live latents",
+        ),
+        "meta.demo.d_meta": Number(
+            name, lambda r: r["d_meta"], fixed(0), rounded(0), "set from the row count"
+        ),
         "meta.demo.date": _context(name, lambda r: r["date"], iso_date),
     }
     for side in ("ours", "peer"):
@@ -411,33 +423,34 @@ def _stage_numbers() -> dict[str, Number]:
     return numbers
 
 
+MDL_COMPARE_COLUMNS = {  # short key: (comparison.csv column, decimals in the docs)
+    "l0": ("l0", 1),
+    "bits": ("bits_per_token", 1),
+    "mse_q": ("mse_at_precision", 3),
+    "mse": ("mse_unquantised", 3),
+    "rel": ("mse_increase", None),  # three significant figures
+    "bound": ("naive_bound_bits", 1),
+    "dead": ("dead_latents", 0),
+}
+
+
 def _mdl_compare_numbers() -> dict[str, Number]:
     numbers = {}
-    columns = {
-        "bits": ("bits_per_token", 1),
-        "mse_q": ("mse_quantised", 3),
-        "rel": ("relative_increase", 4),
-    }
-    for sae in (
-        "resid0-topk-512",
-        "resid0-topk-1024",
-        "resid0-topk-2048",
-        "resid0-relu-1024",
-    ):
-        for short, (column, digits) in columns.items():
+    for sae in MDL_COMPARE_ARGS[2:6]:
+        for short, (column, digits) in MDL_COMPARE_COLUMNS.items():
             numbers[f"mdl.compare.{sae}.{short}"] = Number(
                 "mdl_compare",
-                lambda r, sae=sae, column=column: float(r["table"].loc[sae, column]),
-                fixed(digits),
-                rounded(digits),
+                lambda r, sae=sae, column=column: float(r["table"][sae][column]),
+                significant(3) if digits is None else fixed(digits),
+                Tolerance(rel=0.005) if digits is None else rounded(digits),
                 DETERMINISTIC,
             )
     return numbers
 
 
 NUMBERS: dict[str, Number] = {
-    **_mdl_numbers("mdl_100k", "100k"),
-    **_mdl_numbers("mdl_1m", "1m"),
+    **_mdl_numbers("mdl_100k", "100k", full=False),
+    **_mdl_numbers("mdl_1m", "1m", full=True),
     **_meta_demo_numbers(),
     **_stage_numbers(),
     **_mdl_compare_numbers(),
