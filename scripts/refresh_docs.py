@@ -42,6 +42,7 @@ from docs_registry import NUMBERS, PRODUCERS, Number  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"<!--n:(?P<key>[\w.\-]+)-->(?P<text>.*?)<!--/n-->")
+FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
 NUMBER_TEXT = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
 TIERS = {"cheap": ("cheap",), "standard": ("cheap", "standard"), "all": None}
 
@@ -57,11 +58,17 @@ class Marker:
 
 
 def find_markers(paths: list[Path]) -> list[Marker]:
-    """Every marked number in ``paths``, in file and line order."""
+    """Every marked number in ``paths``, in file and line order.
+
+    Markers inside fenced code blocks are examples and are skipped.
+    """
     found = []
     for path in paths:
         content = path.read_text()
+        fences = [m.span() for m in FENCE.finditer(content)]
         for match in MARKER.finditer(content):
+            if any(start <= match.start() < end for start, end in fences):
+                continue  # an example of the convention, not a number
             line = content.count("\n", 0, match.start()) + 1
             found.append(Marker(path, match["key"], match["text"], line))
     return found
@@ -78,9 +85,11 @@ def parse_number(text: str) -> float:
 def rewrite(content: str, texts: dict[str, str]) -> str:
     """``content`` with the text of every marker whose key is in ``texts`` replaced."""
 
+    fences = [m.span() for m in FENCE.finditer(content)]
+
     def replace(match: re.Match) -> str:
         key = match["key"]
-        if key not in texts:
+        if key not in texts or any(a <= match.start() < b for a, b in fences):
             return match.group()
         return f"<!--n:{key}-->{texts[key]}<!--/n-->"
 

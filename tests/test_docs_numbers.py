@@ -67,12 +67,15 @@ def test_context_numbers_are_rewritten_but_never_checked():
     assert load.format((2.04, 6.81)) == "2.0-6.8"
 
 
-def test_rewrite_changes_only_the_marked_text():
-    text = "a <!--n:x-->1.0x<!--/n--> b <!--n:y-->2<!--/n--> 1.0x"
-    assert (
-        refresh_docs.rewrite(text, {"x": "3.5x"})
-        == "a <!--n:x-->3.5x<!--/n--> b <!--n:y-->2<!--/n--> 1.0x"
+def test_rewrite_changes_only_the_marked_text_outside_code_blocks(tmp_path):
+    fenced = "```markdown\n**<!--n:x-->1.0x<!--/n--> faster**\n```\n"
+    text = "a <!--n:x-->1.0x<!--/n--> b <!--n:y-->2<!--/n--> 1.0x\n" + fenced
+    assert refresh_docs.rewrite(text, {"x": "3.5x"}) == (
+        "a <!--n:x-->3.5x<!--/n--> b <!--n:y-->2<!--/n--> 1.0x\n" + fenced
     )
+    page = tmp_path / "page.md"
+    page.write_text(text)
+    assert [m.key for m in refresh_docs.find_markers([page])] == ["x", "y"]
 
 
 @pytest.fixture
