@@ -161,6 +161,25 @@ def mdl_compare() -> dict:
     return {"table": json.loads(table.to_json(orient="index"))}
 
 
+def demo_run() -> dict:
+    """The default demo run: ``sae-lens-ext run``; every analysis's metrics."""
+    with tempfile.TemporaryDirectory() as folder, LoadSampler() as load:
+        command = [sys.executable, "-m", "sae_lens_ext.cli", "run", "--out", folder]
+        command[-1] = str(Path(folder) / "run")
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"sae-lens-ext run failed:\n{done.stderr[-3000:]}")
+        summary = json.loads((Path(folder) / "run" / "summary.json").read_text())
+    metrics = {
+        name: entry.get("metrics", {}) for name, entry in summary["analyses"].items()
+    }
+    return {
+        "metrics": metrics,
+        "duration_s": summary["duration_s"],
+        "load": (min(load.samples), max(load.samples)),
+    }
+
+
 MDL_COMPARE_ARGS = [
     "mdl-compare",
     "sae-lens-ext/demo",
@@ -289,6 +308,12 @@ PRODUCERS: dict[str, Producer] = {
             "--repeats",
             "3",
         ),
+        tier="standard",
+        demo=True,
+    ),
+    "demo_run": Producer(
+        "sae-lens-ext run --out DIR (every plugin on the demo release)",
+        demo_run,
         tier="standard",
         demo=True,
     ),
@@ -448,7 +473,126 @@ def _mdl_compare_numbers() -> dict[str, Number]:
     return numbers
 
 
+def signed(digits: int) -> Callable[[float], str]:
+    """With an explicit sign: ``+0.202``."""
+    return lambda value: f"{value:+.{digits}f}"
+
+
+THREADED_TRAINING = (
+    "rounding, plus float differences when the trainer's thread count follows the "
+    "load (seed-to-seed spread of the FVE: 0.006)"
+)
+LLC_NOISE = (
+    "about 3 standard errors of the estimate (SE 0.021 on the first demo release)"
+)
+
+# (analysis, metric) -> (format, tolerance, noise[, scale]); key demo.<analysis>.<metric>
+# (scale 100: a fraction the docs write as a percentage)
+DEMO_RUN_METRICS = {
+    ("meta_sae", "base_latents_used"): (fixed(0), rounded(0), DETERMINISTIC),
+    ("meta_sae", "dead_base_latents_left_out"): (fixed(0), rounded(0), DETERMINISTIC),
+    ("meta_sae", "d_meta"): (fixed(0), rounded(0), DETERMINISTIC),
+    ("meta_sae", "mean_active_meta_latents"): (fixed(2), rounded(2), DETERMINISTIC),
+    ("meta_sae", "fraction_variance_explained"): (
+        fixed(3),
+        Tolerance(abs=0.003),
+        THREADED_TRAINING,
+    ),
+    ("meta_sae", "null_fve"): (fixed(3), Tolerance(abs=0.003), THREADED_TRAINING),
+    ("meta_sae", "null_fve_std"): (fixed(3), Tolerance(abs=0.002), THREADED_TRAINING),
+    ("meta_sae", "fve_above_null"): (
+        signed(3),
+        Tolerance(abs=0.004),
+        THREADED_TRAINING,
+    ),
+    ("meta_sae", "frequency_weighted_fve"): (
+        fixed(3),
+        Tolerance(abs=0.003),
+        THREADED_TRAINING,
+    ),
+    ("meta_sae", "mean_reconstruction_cosine"): (
+        fixed(3),
+        Tolerance(abs=0.003),
+        THREADED_TRAINING,
+    ),
+    ("meta_sae", "median_reconstruction_cosine"): (
+        fixed(3),
+        Tolerance(abs=0.003),
+        THREADED_TRAINING,
+    ),
+    ("meta_sae", "dead_meta_latents"): (fixed(0), Tolerance(abs=1), THREADED_TRAINING),
+    ("meta_sae", "base_latents_without_meta_latent"): (
+        fixed(0),
+        Tolerance(abs=2),
+        THREADED_TRAINING,
+    ),
+    ("absorption", "alive_latents"): (fixed(0), rounded(0), DETERMINISTIC),
+    ("absorption", "n_rows"): (lambda v: f"{v:.0f}", rounded(0), DETERMINISTIC),
+    ("absorption", "rare_latents"): (fixed(0), rounded(0), DETERMINISTIC),
+    ("absorption", "mean_overlap"): (fixed(2), rounded(2), DETERMINISTIC),
+    ("absorption", "low_overlap_fraction"): (
+        fixed(1, "%"),
+        Tolerance(abs=0.051),
+        DETERMINISTIC,
+        100,
+    ),
+    ("absorption", "mean_absorption_score"): (fixed(3), rounded(3), DETERMINISTIC),
+    ("absorption", "suspected_latents"): (fixed(0), rounded(0), DETERMINISTIC),
+    ("llc", "llc"): (fixed(3), Tolerance(abs=0.07), LLC_NOISE),
+    ("llc", "llc_se"): (
+        fixed(3),
+        Tolerance(rel=0.5),
+        "an SE over 4 chains is itself noisy",
+    ),
+    ("tokenized", "token_share_of_activations"): (
+        fixed(1, "%"),
+        Tolerance(abs=0.051),
+        DETERMINISTIC,
+        100,
+    ),
+    ("tokenized", "token_share_of_activations_in_sample"): (
+        fixed(1, "%"),
+        Tolerance(abs=0.051),
+        DETERMINISTIC,
+        100,
+    ),
+    ("tokenized", "sae_explained_variance"): (
+        fixed(1, "%"),
+        Tolerance(abs=0.051),
+        DETERMINISTIC,
+        100,
+    ),
+    ("tokenized", "token_share_of_reconstruction"): (
+        fixed(1, "%"),
+        Tolerance(abs=0.051),
+        DETERMINISTIC,
+        100,
+    ),
+    ("tokenized", "token_like_latent_fraction"): (
+        fixed(1, "%"),
+        Tolerance(abs=0.051),
+        DETERMINISTIC,
+        100,
+    ),
+    ("tokenized", "median_latent_token_share"): (fixed(2), rounded(2), DETERMINISTIC),
+}
+
+
+def _demo_run_numbers() -> dict[str, Number]:
+    numbers = {}
+    for (analysis, metric), (fmt, tolerance, noise, *scale) in DEMO_RUN_METRICS.items():
+        numbers[f"demo.{analysis}.{metric}"] = Number(
+            "demo_run",
+            lambda r, a=analysis, m=metric, k=(scale or [1])[0]: k * r["metrics"][a][m],
+            fmt,
+            tolerance,
+            noise,
+        )
+    return numbers
+
+
 NUMBERS: dict[str, Number] = {
+    **_demo_run_numbers(),
     **_mdl_numbers("mdl_100k", "100k", full=False),
     **_mdl_numbers("mdl_1m", "1m", full=True),
     **_meta_demo_numbers(),
