@@ -291,14 +291,14 @@ PRODUCERS: dict[str, Producer] = {
         demo=True,
     ),
     "stage_tokenized": Producer(
-        "python scripts/stage_timing.py -p tokenized --repeats 3",
-        json_command("scripts/stage_timing.py", "-p", "tokenized", "--repeats", "3"),
+        "python scripts/stage_timing.py -p tokenized --repeats 2",
+        json_command("scripts/stage_timing.py", "-p", "tokenized", "--repeats", "2"),
         tier="standard",
         demo=True,
     ),
     "stage_tokenized_no_sae": Producer(
         "python scripts/stage_timing.py -p tokenized --set tokenized.train_sae=false "
-        "--repeats 3",
+        "--repeats 2",
         json_command(
             "scripts/stage_timing.py",
             "-p",
@@ -306,7 +306,7 @@ PRODUCERS: dict[str, Producer] = {
             "--set",
             "tokenized.train_sae=false",
             "--repeats",
-            "3",
+            "2",
         ),
         tier="standard",
         demo=True,
