@@ -7,6 +7,7 @@ dict, how the docs write it, and the noise tolerance a re-measurement must
 fall within (``None`` for context that is rewritten but never checked: the
 load average, the date, a min-max range).
 
+The producers' commands live in ``scripts/docs_producers.py``.
 Tiers: ``cheap`` producers take seconds and run in the test suite
 (``tests/test_docs_numbers.py``); ``standard`` ones take minutes and run by
 default; ``expensive`` ones (tens of minutes) only with ``--tier all`` or
@@ -16,21 +17,11 @@ demo release.
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import subprocess
-import sys
-import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-ROOT = Path(__file__).resolve().parents[1]
+from docs_producers import MDL_COMPARE_ARGS, demo_run, json_command, mdl_compare
 
 
 @dataclass(frozen=True)
@@ -97,99 +88,6 @@ def rounded(digits: int) -> Tolerance:
     """The tolerance of a deterministic number printed with ``digits`` decimals."""
     return Tolerance(abs=0.51 * 10.0**-digits)
 
-
-# -- running commands ---------------------------------------------------------
-
-
-class LoadSampler:
-    """The 1-minute load average, sampled every 5 s while a command runs."""
-
-    def __enter__(self):
-        self.samples = [os.getloadavg()[0]]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(5.0):
-            self.samples.append(os.getloadavg()[0])
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.samples.append(os.getloadavg()[0])
-
-
-def json_command(*args: str) -> Callable[[], dict]:
-    """A producer that runs ``python ARGS --json FILE`` and reads FILE back.
-
-    The result also holds ``load`` (min, max of the load average during the
-    command) and ``date`` (UTC, ISO).
-    """
-
-    def run() -> dict:
-        with tempfile.TemporaryDirectory() as folder, LoadSampler() as load:
-            out = Path(folder) / "result.json"
-            command = [sys.executable, *args, "--json", str(out)]
-            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-            if done.returncode:
-                raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
-            result = json.loads(out.read_text())
-        result["load"] = (min(load.samples), max(load.samples))
-        result["date"] = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-        return result
-
-    return run
-
-
-def mdl_compare() -> dict:
-    """The MDL worked example: ``sae-lens-ext mdl-compare`` on the four demo SAEs."""
-    with tempfile.TemporaryDirectory() as folder:
-        command = [
-            sys.executable,
-            "-m",
-            "sae_lens_ext.cli",
-            *MDL_COMPARE_ARGS,
-            "--out",
-            folder,
-        ]
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"mdl-compare failed:\n{done.stderr[-3000:]}")
-        table = pd.read_csv(Path(folder) / "comparison.csv").set_index("sae")
-    return {"table": json.loads(table.to_json(orient="index"))}
-
-
-def demo_run() -> dict:
-    """The default demo run: ``sae-lens-ext run``; every analysis's metrics."""
-    with tempfile.TemporaryDirectory() as folder, LoadSampler() as load:
-        command = [sys.executable, "-m", "sae_lens_ext.cli", "run", "--out", folder]
-        command[-1] = str(Path(folder) / "run")
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"sae-lens-ext run failed:\n{done.stderr[-3000:]}")
-        summary = json.loads((Path(folder) / "run" / "summary.json").read_text())
-    metrics = {
-        name: entry.get("metrics", {}) for name, entry in summary["analyses"].items()
-    }
-    return {
-        "metrics": metrics,
-        "duration_s": summary["duration_s"],
-        "load": (min(load.samples), max(load.samples)),
-    }
-
-
-MDL_COMPARE_ARGS = [
-    "mdl-compare",
-    "sae-lens-ext/demo",
-    "resid0-topk-512",
-    "resid0-topk-1024",
-    "resid0-topk-2048",
-    "resid0-relu-1024",
-    "--n-tokens",
-    "65536",
-]
 
 # -- formats ------------------------------------------------------------------
 

@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+import threading
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -156,11 +159,34 @@ def produce(name: str, results: Path | None, reuse: bool) -> dict:
         return json.loads(saved.read_text())
     producer = PRODUCERS[name]
     print(f"running {name}: {producer.command}", flush=True)
-    result = producer.run()
+    with LoadSampler() as load:
+        result = producer.run()
+    result.setdefault("load", (min(load.samples), max(load.samples)))
+    result.setdefault("date", datetime.now(timezone.utc).date().isoformat())
     if saved is not None:
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+class LoadSampler:
+    """The 1-minute load average, sampled every 5 s while a producer runs."""
+
+    def __enter__(self):
+        self.samples = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(5.0):
+            self.samples.append(os.getloadavg()[0])
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
 
 
 def list_registry() -> None:
