@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+# the console script, with this interpreter (and so this PYTHONPATH)
+CLI = [sys.executable, "-c", "from sae_lens_ext.cli import main; main()"]
 
 
 def run_checked(command: list[str], what: str) -> None:
@@ -39,8 +41,7 @@ def json_command(*args: str) -> Callable[[], dict]:
 def mdl_compare() -> dict:
     """The MDL worked example: ``sae-lens-ext mdl-compare`` on the four demo SAEs."""
     with tempfile.TemporaryDirectory() as folder:
-        cli = [sys.executable, "-m", "sae_lens_ext.cli"]
-        run_checked([*cli, *MDL_COMPARE_ARGS, "--out", folder], "mdl-compare")
+        run_checked([*CLI, *MDL_COMPARE_ARGS, "--out", folder], "mdl-compare")
         table = pd.read_csv(Path(folder) / "comparison.csv").set_index("sae")
     return {"table": json.loads(table.to_json(orient="index"))}
 
@@ -49,8 +50,7 @@ def demo_run() -> dict:
     """The default demo run: ``sae-lens-ext run``; every analysis's metrics."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "run"
-        cli = [sys.executable, "-m", "sae_lens_ext.cli"]
-        run_checked([*cli, "run", "--out", str(out)], "sae-lens-ext run")
+        run_checked([*CLI, "run", "--out", str(out)], "sae-lens-ext run")
         summary = json.loads((out / "summary.json").read_text())
     return {
         "metrics": {
