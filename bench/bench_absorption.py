@@ -6,6 +6,9 @@ activation, take exact top-N per latent, score each input in a Python loop
 (as SAEBench's calculator does), and fit every probe with scikit-learn.  Both
 sides get the same activations of the demo model (the model pass is not
 timed) and the same labelled rows and train/test split.
+The sides take turns for ``--repeats`` rounds; times are medians with the
+min-max range and speed-ups medians of the round-by-round ratios
+(``bench/timing.py``; ``--json FILE`` saves them).
 
     python bench/bench_absorption.py                 # demo resid0-topk-1024, 65536 tokens
     python bench/bench_absorption.py --seeds 5       # + planted-hierarchy precision/recall

@@ -1,6 +1,7 @@
 """LLC: our batched SGLD vs devinterp 2.x, same model, data and hyperparameters.
 
-Two cases, each run on both sides in the same process, one after the other:
+Two cases, each run on both sides in the same process, the sides taking turns
+for ``--repeats`` rounds (medians with min-max, through ``bench/timing.py``):
 
 - ``model``: the demo release's 2-layer TransformerLens model, every weight
   sampled, next-token cross-entropy on demo evaluation sequences (devinterp's
