@@ -228,6 +228,11 @@ def _context(producer: str, value, fmt) -> Number:
     return Number(producer, value, fmt, None, "context: rewritten, not checked")
 
 
+def _rounds(producer: str, path: str) -> Number:
+    """How many rounds a median is over (context)."""
+    return _context(producer, lambda r: len(dig(r, path)["samples"]), fixed(0))
+
+
 def _seconds(producer: str, path: str, digits: int = 1) -> Number:
     return Number(
         producer,
@@ -281,6 +286,7 @@ def _mdl_numbers(name: str, size: str, full: bool) -> dict[str, Number]:
         name, lambda r: r["bits"]["naive"], fixed(4), rounded(4), DETERMINISTIC
     )
     numbers[f"mdl.{size}.date"] = _context(name, lambda r: r["date"], iso_date)
+    numbers[f"mdl.{size}.rounds"] = _rounds(name, "seconds.streaming")
     return numbers
 
 
@@ -308,6 +314,7 @@ def _meta_demo_numbers() -> dict[str, Number]:
             name, lambda r: r["d_meta"], fixed(0), rounded(0), "set from the row count"
         ),
         "meta.demo.date": _context(name, lambda r: r["date"], iso_date),
+        "meta.demo.rounds": _rounds(name, "seconds.ours"),
     }
     for side in ("ours", "peer"):
         numbers[f"meta.demo.{side}_ms"] = Number(
@@ -341,8 +348,10 @@ def _stage_numbers() -> dict[str, Number]:
         ("stage_tokenized_no_sae", "stage.tokenized_no_sae", "tokenized"),
     ):
         numbers[f"{key}.stage_s"] = _seconds(producer, stage)
-        numbers[f"{key}.run_s"] = _seconds(producer, "run")
+        if stage != "meta_sae":  # the meta-SAE page gives the stage alone
+            numbers[f"{key}.run_s"] = _seconds(producer, "run")
         numbers[f"{key}.load"] = _context(producer, lambda r: r["load"], span(1))
+        numbers[f"{key}.rounds"] = _rounds(producer, "run")
     return numbers
 
 
