@@ -95,11 +95,11 @@ def main() -> None:
         for name, seconds in spent.items():
             stages[name].append(seconds)
         runs.append(duration)
-    record = {"run": Spread(tuple(runs))}
-    record.update({name: Spread(tuple(s)) for name, s in stages.items()})
+        record = {"run": Spread(tuple(runs))}
+        record.update({name: Spread(tuple(s)) for name, s in stages.items()})
+        write_json(args.json, record)  # after every run: a cut-short job keeps its runs
     for name, spread in record.items():
         print(f"{name:>12}: {spread.text()}")
-    write_json(args.json, record)
 
 
 if __name__ == "__main__":
