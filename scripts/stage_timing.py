@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     config: dict[str, dict] = defaultdict(dict)
     for analysis, field, value in args.set:
         config[analysis][field] = value
