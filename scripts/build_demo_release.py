@@ -73,7 +73,7 @@ DEFAULT_SAE = "resid0-topk-1024"
 SPELLING_SHARE = 0.5
 DEAD_WINDOW = 20
 LETTER_HOOK = HOOKS["resid0"]
-LETTER_HEAD_WEIGHT = 2.0
+LETTER_HEAD_WEIGHT = 8.0
 LETTER_HEAD_ON_TEXT = True
 UNSEEN_WORDS = 0.05
 
@@ -309,6 +309,12 @@ def train_sae(spec: dict, hook: str, acts: torch.Tensor, n_train: int, batch: in
             l1_coefficient=spec["l1"], l1_warm_up_steps=100, **common
         )
         sae = StandardTrainingSAE(cfg)
+    # start b_dec at the activations' mean: from zero, the latents whose
+    # encoder rows point away from the (large) mean never fire and stay dead,
+    # AuxK or not (measured: 50% of a TopK 1024's latents dead on training and
+    # held-out tokens alike)
+    with torch.no_grad():
+        sae.b_dec.copy_(acts[:n_train].mean(0))
     metadata = sae.cfg.metadata
     metadata.model_name = MODEL_CFG["model_name"]
     metadata.hook_name = hook
@@ -406,6 +412,13 @@ def main() -> None:
     parser.add_argument("--sae-tokens", type=int, default=1_000_000)
     parser.add_argument("--sae-batch", type=int, default=1024)
     parser.add_argument(
+        "--sae-threads",
+        type=int,
+        default=1,
+        help="torch threads for SAE training (its steps are small; a second "
+        "thread mostly waits on a busy machine)",
+    )
+    parser.add_argument(
         "--only-model",
         action="store_true",
         help="stop after the model's spelling metrics; write the tokenizer, the "
@@ -479,13 +492,17 @@ def main() -> None:
         for layer, hook in HOOKS.items():
             if not any(i.startswith(f"{layer}-") for i in args.sae_ids):
                 continue
-            acts = collect_activations(model, train, hook, args.sae_tokens)
+            # every training-text activation; the SAEs take several epochs
+            acts = collect_activations(model, train, hook, train.numel())
             held_acts = collect_activations(model, held, hook, held.numel())
             for sae_id, spec in SAES.items():
                 if not sae_id.startswith(f"{layer}-") or sae_id not in args.sae_ids:
                     continue
                 t0 = time.perf_counter()
+                threads = torch.get_num_threads()
+                torch.set_num_threads(args.sae_threads)
                 sae = train_sae(spec, hook, acts, args.sae_tokens, args.sae_batch)
+                torch.set_num_threads(threads)
                 folder = build / "saes" / sae_id
                 sae.save_inference_model(folder)
                 inference = SAE.load_from_disk(folder)
