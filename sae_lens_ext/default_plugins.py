@@ -23,13 +23,16 @@ def register_releases(register):
     if not (demo.demo_dir() / "release.json").is_file():
         return
     info = demo.demo_release_info()
+    hooks = [entry["hook_name"] for entry in info.get("hooks", [])] or [
+        info["hook_name"]
+    ]
     register(
         Release(
             name=demo.DEMO_RELEASE,
             saes={sae_id: demo.demo_sae_path(sae_id) for sae_id in demo.demo_sae_ids()},
             default_sae_id=info["default_sae_id"],
             description="Embedded demo: a 2-layer model trained on Shakespeare "
-            "and SAE-Lens SAEs on blocks.0.hook_resid_post",
+            f"(and first-letter spelling) and SAE-Lens SAEs on {', '.join(hooks)}",
             load_model=demo.load_demo_model,
             load_tokens=demo.demo_eval_tokens,
             dataset="sae-lens-ext/demo-shakespeare",

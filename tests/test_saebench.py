@@ -208,10 +208,15 @@ def test_meta_structure_matches_saebenchs_variance_formula(demo_run):
     assert meta.cfg.d_sae == math.ceil(0.25 * base.cfg.d_sae)
 
 
-def test_absorption_is_skipped_with_the_reason_and_warned(demo_run):
+def test_demo_absorption_is_written_in_saebench_format_and_warned(demo_run):
+    """Demo release v2 spells: at least SAEBench's 20 letters have a good
+    probe (version 1 had none, and the file was skipped with the reason)."""
+    metrics = demo_run.summary["analyses"]["absorption"]["metrics"]
+    assert metrics["first_letter_letters_evaluated"] >= 20
     record = demo_run.summary["saebench"]["absorption"]
-    assert record["written"] is False
-    assert "min_feats_for_eval" in record["reason"]
+    assert record["written"] is True
+    document = load_output(demo_run, "absorption_first_letter")
+    assert schema_errors(document, "absorption_first_letter") == []
     warnings = demo_run.summary["analyses"]["absorption"]["warnings"]
     assert any("1,024 latents" in w for w in warnings)
     assert any("parameters" in w for w in warnings)
