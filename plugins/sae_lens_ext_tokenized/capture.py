@@ -57,7 +57,7 @@ def capture_tokens(model, sae) -> CaptureHandle:
     if uses_upstream(sae.cfg):
         hook_name = sae.cfg.upstream_hook_name
         check_hook_order(model, hook_name, sae.cfg.metadata.hook_name)
-        sae.upstream_sae  # load it now, not inside the forward pass
+        sae.attach_upstream(sae.upstream_sae)  # loaded now, not in a forward pass
 
         def bind_upstream(module, args, output):
             sae.bind_upstream_acts(output)
