@@ -43,7 +43,6 @@ from sae_lens_ext_tokenized.lookup_init import (
     init_tables_from_means,
     init_upstream_table,
 )
-from sae_lens_ext_tokenized.training import set_lookup_lr
 from sae_lens_ext_tokenized.upstream import upstream_fields, upstream_term
 
 from sae_lens_ext import load_sae
@@ -401,6 +400,7 @@ def test_capture_refuses_an_upstream_hook_after_the_sae(tiny2, release_dir):
         sae.capture_tokens(tiny2)
 
 
+@pytest.mark.slow  # a fresh Python that imports SAE-Lens and the plugins
 def test_from_pretrained_brings_back_the_upstream_sae(tmp_path, trained):
     """A Hub repo holding both SAEs; the downstream one names the upstream by repo/id."""
     sae = SAE.load_from_disk(trained[("both", "codes")])
