@@ -137,23 +137,11 @@ def test_cli_trains_and_saves_in_sae_lens_format(
     tiny_model, corpus, tmp_path, fresh_registry
 ):
     from click.testing import CliRunner
+    from conftest import register_model_release
 
-    from sae_lens_ext import Release, hookimpl
     from sae_lens_ext.cli import build_cli
 
-    class TinyRelease:
-        @hookimpl
-        def register_releases(self, register):
-            register(
-                Release(
-                    name="tiny",
-                    saes={},
-                    load_model=lambda device: tiny_model,
-                    load_tokens=lambda n_seq: corpus,
-                )
-            )
-
-    get_registry().register(TinyRelease(), name="tiny-release")
+    register_model_release("tiny", tiny_model, corpus)
     out = tmp_path / "run"
     args = [
         "train-tokenized", "--model", "tiny", "--out", str(out), "--d-sae", "32",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import prefill_hf_cache, run_offline
+from conftest import prefill_hf_cache, register_model_release, run_offline
 from sae_lens import (
     SAE,
     HookedSAETransformer,
@@ -458,21 +458,7 @@ def test_jumprelu_tokenized_sae_trains_saves_and_loads(
 @pytest.fixture
 def tiny2_release(tiny2, corpus, fresh_registry):
     """The tiny 2-layer model registered as release ``tiny2``."""
-    from sae_lens_ext import Release, hookimpl
-
-    class Tiny2Release:
-        @hookimpl
-        def register_releases(self, register):
-            register(
-                Release(
-                    name="tiny2",
-                    saes={},
-                    load_model=lambda device: tiny2,
-                    load_tokens=lambda n_seq: corpus,
-                )
-            )
-
-    get_registry().register(Tiny2Release(), name="tiny2-release")
+    register_model_release("tiny2", tiny2, corpus)
 
 
 def invoke(args):
