@@ -169,10 +169,9 @@ def main() -> None:
     print("\nlearning curves (held-out MSE per element):")
     print(curves.iloc[:: max(1, len(curves) // 12)].to_string(float_format="%.4f"))
     (args.out / "header.txt").write_text(header + "\n")
-    for name, arm in result.arms.items():
-        upstream_arm = dataclasses.replace(options, **ARMS[name]).lookup != "token"
-        if name != "baseline" and upstream_arm:
-            report_effective_tokens(name, arm.sae, model, tokens, args)
+    for name in variants:
+        if dataclasses.replace(options, **ARMS[name]).lookup != "token":
+            report_effective_tokens(name, result.arms[name].sae, model, tokens, args)
 
 
 def report_effective_tokens(name, sae, model, tokens, args) -> None:
