@@ -30,9 +30,9 @@ from .lookup_init import (
 from .online import OnlineTokenizedTrainer
 from .runner import TokenizedActivationsStore, TokenizedSAETrainingRunner
 from .sae import (
-    TokenizedSAE,
     TokenizedJumpReLUSAE,
     TokenizedJumpReLUTrainingSAE,
+    TokenizedSAE,
     TokenizedSAEConfig,
     TokenizedStandardSAE,
     TokenizedStandardTrainingSAE,
