@@ -187,7 +187,8 @@ def report_effective_tokens(name, sae, model, tokens, args) -> None:
     counts.to_csv(args.out / f"effective_token_units_{name}.csv")
     print(f"\neffective tokens of arm {name!r} (top {args.top} latents by weight):")
     shown = ["latent", "firings", "weight", "cos_upstream_decoder", "unit",
-             "coverage_1", "precision_1", "precision_2", "precision_3", "contexts"]  # fmt: skip
+             "determined_1", "determined_2", "determined_3", "distinct_tokens",
+             "contexts"]  # fmt: skip
     print(top[shown].to_string(index=False, float_format="%.3f", max_colwidth=70))
     print(counts.to_string())
 

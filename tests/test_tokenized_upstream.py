@@ -38,7 +38,11 @@ from sae_lens_ext_tokenized import (
     pack_tokens,
     train_tokenized_sae,
 )
-from sae_lens_ext_tokenized.effective_tokens import classify, ngram_stats
+from sae_lens_ext_tokenized.effective_tokens import (
+    classify,
+    determined_share,
+    ngram_index,
+)
 from sae_lens_ext_tokenized.lookup_init import (
     init_tables_from_means,
     init_upstream_table,
@@ -518,12 +522,14 @@ def test_cli_rejects_a_bad_upstream_before_training(
 
 
 def test_ngram_units_are_told_apart():
-    """A latent on every 'b' is a token unit; one on 'b' only after 'a' a bigram."""
+    """A latent on every 'b' is a token unit, one on 'b' only after 'a' a bigram, one
+    on 'c a b' a trigram; one firing at random on 20% of positions none of them."""
     generator = torch.Generator().manual_seed(0)
     cur = torch.randint(0, 6, (3000,), generator=generator)
     prev = torch.randint(0, 6, (3000,), generator=generator)
     prev2 = torch.randint(0, 6, (3000,), generator=generator)
     grams = torch.stack([prev2, prev, cur], dim=1)
+    index = ngram_index(grams)
     units = {}
     for name, fired in {
         "on b": cur == 1,
@@ -531,8 +537,8 @@ def test_ngram_units_are_told_apart():
         "on c a b": (cur == 1) & (prev == 0) & (prev2 == 2),
         "random": torch.rand(3000, generator=generator) < 0.2,
     }.items():
-        stats = [ngram_stats(fired, grams, n) for n in (1, 2, 3)]
-        units[name] = classify([s[1] for s in stats], [s[2] for s in stats], 0.5)
+        determined = [determined_share(fired, *index[n], 0.5, 5) for n in (1, 2, 3)]
+        units[name] = classify(determined, 0.5)
     assert units == {
         "on b": "token",
         "on a b": "bigram",

@@ -6,15 +6,15 @@ For an SAE with an upstream-SAE table ``U``, each upstream latent ``j`` adds
 vector where the latent fires, ``mean(g_j | g_j > 0) * |U[j]|``.  For the
 latents of largest weight this reports the token contexts where they fire and
 the shortest n-gram (current token; previous + current; two previous +
-current) that explains them:
+current) that determines them.  An n-gram *determines* a latent when it occurs
+at least ``min_occurrences`` times and the latent fires on at least
+``threshold`` of its occurrences; ``determined_n`` is the share of the
+latent's firings that fall on n-grams that determine it.
 
-- ``coverage_n``: the share of the latent's firings on its most frequent
-  n-gram;
-- ``precision_n``: the share of that n-gram's occurrences on which it fires.
-
-A latent is a ``unit`` of length n when, for the smallest such n, both are at
-least ``threshold`` (0.5): ``"token"`` (n=1), ``"bigram"``, ``"trigram"``, or
-``"context"`` (no short n-gram explains it).  The same classification of every
+A latent's ``unit`` is the smallest n with ``determined_n >= threshold``
+(0.5): ``"token"`` (it fires on a fixed set of tokens), ``"bigram"`` (on
+token pairs, not on their last tokens alone), ``"trigram"``, or ``"context"``
+(no n-gram up to 3 tokens determines it).  The same classification of every
 upstream latent that fires often enough is the null baseline the top latents
 are compared with.
 """
@@ -48,23 +48,35 @@ def upstream_firings(sae, model, tokens: torch.Tensor, batch_seqs: int = 32):
     return torch.cat(codes), torch.cat(grams)
 
 
-def ngram_stats(fired: torch.Tensor, grams: torch.Tensor, n: int) -> tuple:
-    """(top n-gram, coverage, precision) of the rows in ``fired`` [bool, n_rows]."""
-    keys = grams[:, 3 - n :]
-    firing_keys, counts = torch.unique(keys[fired], dim=0, return_counts=True)
-    best = int(counts.argmax())
-    top = firing_keys[best]
-    occurrences = int((keys == top).all(dim=1).sum())
-    coverage = counts[best].item() / int(fired.sum())
-    return top.tolist(), coverage, counts[best].item() / occurrences
+def ngram_index(grams: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per n (1-3): each row's n-gram id and each n-gram's number of occurrences."""
+    index = {}
+    for n in (1, 2, 3):
+        _, inverse, counts = torch.unique(
+            grams[:, 3 - n :], dim=0, return_inverse=True, return_counts=True
+        )
+        index[n] = (inverse, counts)
+    return index
 
 
-def classify(coverages: list[float], precisions: list[float], threshold: float):
-    """The unit of the smallest n-gram with coverage and precision >= threshold."""
-    for n, (coverage, precision) in enumerate(
-        zip(coverages, precisions, strict=True), start=1
-    ):
-        if coverage >= threshold and precision >= threshold:
+def determined_share(
+    fired: torch.Tensor,
+    inverse: torch.Tensor,
+    counts: torch.Tensor,
+    threshold: float,
+    min_occurrences: int,
+) -> float:
+    """Share of the firings (``fired`` [bool, rows]) on n-grams that determine them."""
+    ids, fires = torch.unique(inverse[fired], return_counts=True)
+    occurrences = counts[ids]
+    determining = (occurrences >= min_occurrences) & (fires >= threshold * occurrences)
+    return fires[determining].sum().item() / max(fires.sum().item(), 1)
+
+
+def classify(determined: list[float], threshold: float) -> str:
+    """The unit of the smallest n-gram length whose determined share >= threshold."""
+    for n, share in enumerate(determined, start=1):
+        if share >= threshold:
             return UNITS[n]
     return "context"
 
@@ -77,6 +89,7 @@ def effective_tokens(
     top: int = 20,
     min_firings: int = 20,
     threshold: float = 0.5,
+    min_occurrences: int = 5,
     examples: int = 3,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-latent table of the ``top`` latents by weight, unit counts).
@@ -93,12 +106,15 @@ def effective_tokens(
     decoder = sae.upstream_sae.W_dec.detach().float().cpu()
     cosine = torch.nn.functional.cosine_similarity(table, decoder, dim=1)
     eligible = (firings >= min_firings).nonzero().flatten()
+    index = ngram_index(grams)
     rows = []
     for j in eligible.tolist():
         fired = fired_mask[:, j]
-        stats = [ngram_stats(fired, grams, n) for n in (1, 2, 3)]
-        coverages = [s[1] for s in stats]
-        precisions = [s[2] for s in stats]
+        determined = [
+            determined_share(fired, *index[n], threshold, min_occurrences)
+            for n in (1, 2, 3)
+        ]
+        tokens_fired = grams[fired, 2]
         rows.append(
             {
                 "latent": j,
@@ -106,10 +122,9 @@ def effective_tokens(
                 "weight": float(weight[j]),
                 "table_norm": float(table[j].norm()),
                 "cos_upstream_decoder": float(cosine[j]),
-                "unit": classify(coverages, precisions, threshold),
-                **{f"coverage_{n}": c for n, c in enumerate(coverages, 1)},
-                **{f"precision_{n}": p for n, p in enumerate(precisions, 1)},
-                "top_trigram": stats[2][0],
+                "unit": classify(determined, threshold),
+                **{f"determined_{n}": d for n, d in enumerate(determined, 1)},
+                "distinct_tokens": int(tokens_fired.unique().numel()),
                 "contexts": top_contexts(codes[:, j], grams, examples),
             }
         )
@@ -133,13 +148,12 @@ def top_contexts(acts: torch.Tensor, grams: torch.Tensor, examples: int) -> list
 
 
 def decode_contexts(table: pd.DataFrame, tokenizer) -> pd.DataFrame:
-    """``contexts`` and ``top_trigram`` as text, ``[cur]`` marked."""
+    """``contexts`` as text: two previous tokens, then ``[current]``."""
 
     def text(ids):
         words = [tokenizer.decode([i]) if i >= 0 else "<start>" for i in ids]
-        return " ".join(words[:-1]) + f" [{words[-1]}]"
+        return "".join(words[:-1]) + f"[{words[-1]}]"
 
     decoded = table.copy()
     decoded["contexts"] = [" | ".join(text(c) for c in cs) for cs in table.contexts]
-    decoded["top_trigram"] = [text(t) for t in table.top_trigram]
     return decoded
