@@ -4,7 +4,9 @@ Both arms train on the same ``blocks.0.hook_resid_post`` activations of the
 demo model, in the same order, with the same width, k, steps, batch size,
 learning rate and initial ``b_dec`` (the mean activation); the tokenized arm
 adds the per-token lookup table, initialised from per-token mean activations
-(Dooms & Wilhelm 2024).  Held-out sequences (the last ``--eval-fraction`` of
+(Dooms & Wilhelm 2024) and trained at the same learning rate as the rest
+(``--inits`` and ``--lookup-lr`` change both; the library's defaults are
+``unigram`` and 0.01, measured with ``bench/bench_tokenized_upstream.py``).  Held-out sequences (the last ``--eval-fraction`` of
 the demo's token file) give the learning curves, the final MSE, explained
 variance, and the demo model's next-token CE loss with each SAE's
 reconstruction spliced in.  Prints both training times and their ratio, the
@@ -47,6 +49,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--inits", default="mean", help="table inits, one tokenized arm each"
     )
+    parser.add_argument(
+        "--lookup-lr", type=float, default=0.0, help="the table's lr (0: --lr)"
+    )
     parser.add_argument("--timing-steps", type=int, default=30)
     parser.add_argument("--ce-sequences", type=int, default=64)
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
@@ -72,6 +77,7 @@ def main() -> None:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        lookup_lr=args.lookup_lr or None,
         eval_every=args.eval_every,
         eval_fraction=args.eval_fraction,
         init_tokens=len(tokens) * tokens.shape[1],

@@ -95,6 +95,27 @@ def fresh_registry():
     reset_registry()
 
 
+def register_model_release(name: str, model, tokens) -> None:
+    """Register a release ``name`` that brings ``model`` and ``tokens`` (no SAEs);
+    use with ``fresh_registry``."""
+    from sae_lens_ext import Release, hookimpl
+    from sae_lens_ext.plugins import get_registry
+
+    class ModelRelease:
+        @hookimpl
+        def register_releases(self, register):
+            register(
+                Release(
+                    name=name,
+                    saes={},
+                    load_model=lambda device: model,
+                    load_tokens=lambda n_seq: tokens,
+                )
+            )
+
+    get_registry().register(ModelRelease(), name=f"{name}-release")
+
+
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     """A running HubDouble with the huggingface_hub client pointed at it."""

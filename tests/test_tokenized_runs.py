@@ -174,3 +174,25 @@ def test_sae_lens_runner_trains_a_tokenized_sae(tiny_model, token_dataset, tmp_p
     )
     with pytest.raises(MissingTokensError, match="TokenizedSAETrainingRunner"):
         plain.run()
+
+
+def test_runner_refuses_an_upstream_lookup_with_the_fix(
+    tiny_model, token_dataset, tmp_path
+):
+    upstream = {
+        "lookup": "both",
+        "upstream_release": "rel",
+        "upstream_sae_id": "up",
+        "upstream_hook_name": "blocks.0.hook_resid_pre",
+        "upstream_d_in": 16,
+        "upstream_d_sae": 8,
+    }
+    sae_cfg = TokenizedTrainingSAEConfig(
+        d_in=16, d_sae=32, k=2, vocab_size=40, **upstream
+    )
+    with pytest.raises(ValueError, match="train_tokenized_sae"):
+        TokenizedSAETrainingRunner(
+            runner_config(tmp_path, sae_cfg),
+            override_dataset=token_dataset,
+            override_model=tiny_model,
+        )

@@ -18,7 +18,7 @@ from sae_lens_ext_tokenized import (
     train_tokenized_sae,
 )
 from sae_lens_ext_tokenized.data import packed_rows
-from sae_lens_ext_tokenized.training import scale_lookup_lr
+from sae_lens_ext_tokenized.training import set_lookup_lr
 
 from sae_lens_ext.plugins import get_registry
 
@@ -86,13 +86,13 @@ def test_unigram_initialisation_reads_the_token_after_bos(tiny_model):
     assert torch.allclose(sae.W_lookup[17], 0.5 * cache[HOOK][0, 1], atol=1e-5)
 
 
-def test_lookup_learning_rate_multiplier_makes_two_groups():
+def test_lookup_learning_rate_makes_two_groups():
     sae = training_sae(pair_buckets=3)
     cfg = SAETrainerConfig(
         total_training_samples=640, train_batch_size_samples=64, lr=1e-3, lr_end=1e-3
     )
     trainer = SAETrainer(cfg, sae, iter([]))
-    scale_lookup_lr(trainer, 10.0)
+    set_lookup_lr(trainer, 1e-2)
     groups = trainer.optimizer.param_groups
     assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-2])
     assert {id(p) for p in groups[1]["params"]} == {
@@ -137,23 +137,11 @@ def test_cli_trains_and_saves_in_sae_lens_format(
     tiny_model, corpus, tmp_path, fresh_registry
 ):
     from click.testing import CliRunner
+    from conftest import register_model_release
 
-    from sae_lens_ext import Release, hookimpl
     from sae_lens_ext.cli import build_cli
 
-    class TinyRelease:
-        @hookimpl
-        def register_releases(self, register):
-            register(
-                Release(
-                    name="tiny",
-                    saes={},
-                    load_model=lambda device: tiny_model,
-                    load_tokens=lambda n_seq: corpus,
-                )
-            )
-
-    get_registry().register(TinyRelease(), name="tiny-release")
+    register_model_release("tiny", tiny_model, corpus)
     out = tmp_path / "run"
     args = [
         "train-tokenized", "--model", "tiny", "--out", str(out), "--d-sae", "32",

@@ -277,6 +277,7 @@ def online_trainer(config: TokenIdentityConfig, context, vocab: int):
         pair_buckets=config.pair_buckets,
         batch_size=config.batch_size,
         lr=config.lr,
+        lookup_lr=None,
         device=context.device,
         autocast=config.bf16,
     )

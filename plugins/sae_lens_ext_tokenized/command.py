@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -64,8 +65,34 @@ def add_command(cli: click.Group) -> None:
     )
     @click.option(
         "--architecture",
-        type=click.Choice(["topk", "standard"]),
+        type=click.Choice(["topk", "standard", "jumprelu"]),
         default="topk",
+        show_default=True,
+    )
+    @click.option(
+        "--lookup",
+        type=click.Choice(["token", "upstream_sae", "both"]),
+        default="token",
+        show_default=True,
+        help="tables keyed on the token, an upstream SAE's latents, or both",
+    )
+    @click.option(
+        "--upstream",
+        default=None,
+        help="the upstream SAE, RELEASE/ID (e.g. sae-lens-ext/demo/resid0-topk-1024) "
+        "or an SAE-Lens folder; needed by --lookup upstream_sae|both",
+    )
+    @click.option(
+        "--upstream-key",
+        type=click.Choice(["codes", "top1"]),
+        default="codes",
+        show_default=True,
+        help="sum_j g_j U[j], or the row of the top upstream latent",
+    )
+    @click.option(
+        "--upstream-init",
+        type=click.Choice(["lstsq", "zeros"]),
+        default="lstsq",
         show_default=True,
     )
     @click.option("--d-sae", type=int, default=TrainingOptions.d_sae, show_default=True)
@@ -76,6 +103,13 @@ def add_command(cli: click.Group) -> None:
         default=TrainingOptions.l1_coefficient,
         show_default=True,
         help="L1 coefficient (standard)",
+    )
+    @click.option(
+        "--l0",
+        type=float,
+        default=TrainingOptions.l0_coefficient,
+        show_default=True,
+        help="L0 coefficient (jumprelu)",
     )
     @click.option(
         "--pair-buckets",
@@ -91,8 +125,8 @@ def add_command(cli: click.Group) -> None:
     )
     @click.option(
         "--init",
-        type=click.Choice(["mean", "unigram", "zeros"]),
-        default="mean",
+        type=click.Choice(["unigram", "mean", "zeros"]),
+        default=TrainingOptions.init,
         show_default=True,
     )
     @click.option("--steps", type=int, default=TrainingOptions.steps, show_default=True)
@@ -101,10 +135,11 @@ def add_command(cli: click.Group) -> None:
     )
     @click.option("--lr", type=float, default=TrainingOptions.lr, show_default=True)
     @click.option(
-        "--lookup-lr-multiplier",
+        "--lookup-lr",
         type=float,
-        default=TrainingOptions.lookup_lr_multiplier,
+        default=TrainingOptions.lookup_lr,
         show_default=True,
+        help="the tables' learning rate (0: the same as --lr)",
     )
     @click.option("--device", default="cpu", show_default=True)
     @click.option("--seed", type=int, default=0, show_default=True)
@@ -116,21 +151,36 @@ def add_command(cli: click.Group) -> None:
     @click.option(
         "--baseline", is_flag=True, help="also train the plain SAE and compare"
     )
-    def train_tokenized(model, hook_name, dataset, out, architecture, d_sae, k, l1, pair_buckets,
-                        apply_lookup_to_input, init, steps, batch_size, lr, lookup_lr_multiplier,
+    def train_tokenized(model, hook_name, dataset, out, architecture, lookup, upstream,
+                        upstream_key, upstream_init, d_sae, k, l1, l0, pair_buckets,
+                        apply_lookup_to_input, init, steps, batch_size, lr, lookup_lr,
                         device, seed, autocast, baseline):  # fmt: skip
         """Train a tokenized SAE with SAE-Lens's SAETrainer; save it in SAE-Lens format."""
         from .report import write_comparison, write_single
+        from .training import resolve_upstream
 
+        if lookup != "token" and not upstream:
+            raise click.UsageError(
+                f"--lookup {lookup} needs --upstream RELEASE/ID (the upstream SAE)"
+            )
         lm, release = resolve_model(model, device)
         tokens = resolve_dataset(dataset, release)
-        options = TrainingOptions(
-            d_sae=d_sae, k=k, base_architecture=architecture, l1_coefficient=l1,
-            pair_buckets=pair_buckets, apply_lookup_to_input=apply_lookup_to_input,
-            init=init, steps=steps, batch_size=batch_size, lr=lr,
-            lookup_lr_multiplier=lookup_lr_multiplier, device=device, seed=seed,
-            autocast=autocast,
-        )  # fmt: skip
+        try:
+            options = TrainingOptions(
+                d_sae=d_sae, k=k, base_architecture=architecture, l1_coefficient=l1,
+                l0_coefficient=l0, lookup=lookup, upstream=upstream,
+                upstream_key=upstream_key, upstream_init=upstream_init,
+                pair_buckets=pair_buckets, apply_lookup_to_input=apply_lookup_to_input,
+                init=init, steps=steps, batch_size=batch_size, lr=lr,
+                lookup_lr=lookup_lr or None, device=device, seed=seed, autocast=autocast,
+            )  # fmt: skip
+            if lookup != "token":  # load and check the upstream SAE before training
+                upstream_sae = resolve_upstream(options, lm, hook_name)[0]
+                options = dataclasses.replace(
+                    options, upstream=upstream_sae, upstream_reference=upstream
+                )
+        except (ValueError, RuntimeError) as exc:  # RuntimeError: SAELoadError
+            raise click.UsageError(str(exc)) from exc
         if baseline:
             summary = write_comparison(lm, hook_name, tokens, options, out)
         else:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from sae_lens_ext.shared_pass import check_activations, model_activations
+from sae_lens_ext.shared_pass import check_activations, stop_layer
 from sae_lens_ext.tokens import load_token_file
 
-from .keys import NO_PREVIOUS, pack_tokens
+from .keys import pack_tokens
 
 
 def load_tokens(dataset, model, context_size: int | None = None) -> torch.Tensor:
@@ -38,25 +38,47 @@ def load_tokens(dataset, model, context_size: int | None = None) -> torch.Tensor
 
 
 def activation_rows(
-    model, hook_name: str, tokens: torch.Tensor, batch_seqs: int = 32
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    model,
+    hook_name: str,
+    tokens: torch.Tensor,
+    batch_seqs: int = 32,
+    upstream_hook: str | None = None,
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """Yield ``(acts [n, d], tokens [n], prev_tokens [n])`` per batch of sequences.
 
-    Position 0 (BOS) is skipped, as in the host's shared pass.
+    With ``upstream_hook`` each tuple also holds that hook's activations at
+    the same positions, from the same forward pass.  Position 0 (BOS) is
+    skipped, as in the host's shared pass.
     """
-    batches = (tokens[i : i + batch_seqs] for i in range(0, len(tokens), batch_seqs))
-    for hook_acts in model_activations(model, hook_name, batches, skip_bos=True):
-        seq, pos = hook_acts.positions[:, 0], hook_acts.positions[:, 1]
-        prev = hook_acts.token_context[seq, (pos - 1).clamp_min(0)]
-        prev = torch.where(pos > 0, prev, torch.full_like(prev, NO_PREVIOUS))
-        check_activations(hook_acts.sae_in, model.cfg.d_model, hook_name)
-        yield hook_acts.sae_in.float(), hook_acts.tokens, prev
+    hooks = [hook_name] + ([upstream_hook] if upstream_hook else [])
+    stop = max((stop_layer(h) or model.cfg.n_layers for h in hooks), default=None)
+    for start in range(0, len(tokens), batch_seqs):
+        part = tokens[start : start + batch_seqs].to(model.cfg.device)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(
+                part,
+                names_filter=hooks,
+                stop_at_layer=None if stop >= model.cfg.n_layers else stop,
+            )
+        body = part[:, 1:].reshape(-1).cpu()
+        prev = part[:, :-1].reshape(-1).cpu()
+        rows = [cache[h][:, 1:].reshape(len(body), -1).float().cpu() for h in hooks]
+        for hook, acts in zip(hooks, rows, strict=True):
+            check_activations(acts, acts.shape[-1], hook)
+        yield (rows[0], body, prev, *rows[1:])
 
 
-def packed_rows(model, hook_name: str, tokens: torch.Tensor) -> torch.Tensor:
-    """All activation rows of ``tokens`` packed with their keys ``[n, d + 2]``."""
+def packed_rows(
+    model, hook_name: str, tokens: torch.Tensor, upstream_hook: str | None = None
+) -> torch.Tensor:
+    """All activation rows of ``tokens`` packed with their keys ``[n, d + 2 (+ d_up)]``."""
     return torch.cat(
-        [pack_tokens(*row) for row in activation_rows(model, hook_name, tokens)]
+        [
+            pack_tokens(*row)
+            for row in activation_rows(
+                model, hook_name, tokens, upstream_hook=upstream_hook
+            )
+        ]
     )
 
 
@@ -68,6 +90,7 @@ def shuffled_batches(
     *,
     buffer_seqs: int = 256,
     seed: int = 0,
+    upstream_hook: str | None = None,
 ) -> Iterator[torch.Tensor]:
     """Endless packed batches ``[batch_size, d + 2]``, shuffled within buffers.
 
@@ -81,7 +104,7 @@ def shuffled_batches(
         order = torch.randperm(len(tokens), generator=generator)
         for start in range(0, len(order), buffer_seqs):
             chunk = tokens[order[start : start + buffer_seqs]]
-            rows = packed_rows(model, hook_name, chunk)
+            rows = packed_rows(model, hook_name, chunk, upstream_hook)
             rows = rows[torch.randperm(len(rows), generator=generator)]
             if leftover is not None:
                 rows = torch.cat([leftover, rows])

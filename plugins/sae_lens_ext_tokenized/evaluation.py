@@ -14,28 +14,30 @@ def is_tokenized(sae) -> bool:
     return hasattr(sae, "using_tokens")
 
 
-def token_scope(sae, tokens, prev_tokens=None):
-    """``sae.using_tokens(...)`` for a tokenized SAE, a no-op context otherwise."""
+def keys_scope(sae, packed: torch.Tensor):
+    """The keys of packed rows bound to a tokenized SAE; a no-op otherwise."""
     if is_tokenized(sae):
-        return sae.using_tokens(tokens, prev_tokens)
+        return sae._using_keys(sae.unpack(packed)[1])
     return contextlib.nullcontext()
 
 
 @torch.no_grad()
 def reconstruction_metrics(sae, rows: torch.Tensor, chunk: int = 8192) -> dict:
-    """MSE per element, explained variance and L0 on packed rows ``[n, d + 2]``."""
+    """MSE per element, explained variance and L0 on packed rows.
+
+    ``rows`` are ``[n, d + 2]``, or ``[n, d + 2 + upstream d_in]`` for an SAE
+    with an upstream lookup (a plain SAE reads the first ``d`` columns).
+    """
     d_in = sae.cfg.d_in
-    if rows.ndim != 2 or rows.shape[1] != d_in + KEY_COLUMNS:
-        raise ValueError(
-            f"expected packed rows [n, {d_in + KEY_COLUMNS}], got {tuple(rows.shape)}"
-        )
+    width = sae.packed_width if is_tokenized(sae) else d_in + KEY_COLUMNS
+    if rows.ndim != 2 or rows.shape[1] not in (width, d_in + KEY_COLUMNS):
+        raise ValueError(f"expected packed rows [n, {width}], got {tuple(rows.shape)}")
     was_training = sae.training
     sae.eval()
     sq_err = l0 = 0.0
     for part in rows.split(chunk):
         acts = part[:, :d_in]
-        ids = part[:, d_in:].long()
-        with token_scope(sae, ids[:, 0], ids[:, 1]):
+        with keys_scope(sae, part):
             feats = sae.encode(acts.to(sae.W_dec.dtype))
             recon = sae.decode(feats).float()
         sq_err += (acts - recon).double().pow(2).sum().item()
@@ -57,20 +59,22 @@ def ce_metrics(model, hook_name: str, sae, tokens: torch.Tensor, batch: int = 32
 
     The SAE's reconstruction (zeros, for the ablation) replaces the hook's
     activations at every position but the first (BOS), the positions SAEs
-    here are trained on.  ``recovered`` is the fraction of the zero-ablation
-    loss gap the splice closes.
+    here are trained on.  A tokenized SAE takes its keys from the same
+    forward pass (``capture_tokens``: input ids, and the upstream SAE's codes
+    at its hook).  ``recovered`` is the fraction of the zero-ablation loss gap
+    the splice closes.
     """
     totals = {"ce_loss_clean": 0.0, "ce_loss_spliced": 0.0, "ce_loss_zero": 0.0}
     was_training = sae.training
     sae.eval()
+    capture = sae.capture_tokens(model) if is_tokenized(sae) else None
     for start in range(0, len(tokens), batch):
         part = tokens[start : start + batch].to(model.cfg.device)
         weight = len(part) / len(tokens)
 
-        def splice(acts, hook, part=part):
-            body = acts[:, 1:].to(sae.W_dec.dtype)
-            with token_scope(sae, part[:, 1:], part[:, :-1]):
-                acts[:, 1:] = sae(body).to(acts.dtype)
+        def splice(acts, hook):
+            recon = sae(acts.to(sae.W_dec.dtype)).to(acts.dtype)
+            acts[:, 1:] = recon[:, 1:]
             return acts
 
         def zero(acts, hook):
@@ -84,6 +88,8 @@ def ce_metrics(model, hook_name: str, sae, tokens: torch.Tensor, batch: int = 32
         ):
             loss = model.run_with_hooks(part, return_type="loss", fwd_hooks=hooks)
             totals[key] += loss.item() * weight
+    if capture is not None:
+        capture.remove()
     sae.train(was_training)
     gap = totals["ce_loss_zero"] - totals["ce_loss_clean"]
     totals["ce_loss_recovered"] = (

@@ -4,14 +4,18 @@ Every activation row has a *current token* (the token at its position) and a
 *previous token* (the one before it, or :data:`NO_PREVIOUS` at the start of a
 sequence).  The token table is indexed by the current token; the optional
 pair table by a hash of (previous, current) into a fixed number of buckets.
+An SAE with an upstream-SAE lookup also needs the upstream SAE's codes at the
+same position (``upstream_codes``, ``[..., upstream d_sae]``).
 
 For training through SAE-Lens's ``SAETrainer``, the keys travel inside the
 batch: :func:`pack_tokens` appends them to the activations as two extra
-float32 columns, so shuffling or mixing rows keeps every row with its tokens.
+float32 columns (and, for an upstream lookup, the upstream hook's activations
+after them), so shuffling or mixing rows keeps every row with its keys.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -35,15 +39,30 @@ class TokenKeys:
     """Token ids for a batch of activations, shaped like its leading dims.
 
     ``tokens`` holds the current token ids; ``prev_tokens`` the previous ones
-    (:data:`NO_PREVIOUS` where there is none).
+    (:data:`NO_PREVIOUS` where there is none); ``upstream_codes`` the upstream
+    SAE's latent activations ``[..., upstream d_sae]`` (None when not bound).
+    Either the tokens or the codes may be None when the SAE has no table
+    keyed on them.
     """
 
-    tokens: torch.Tensor
-    prev_tokens: torch.Tensor
+    tokens: torch.Tensor | None
+    prev_tokens: torch.Tensor | None
+    upstream_codes: torch.Tensor | None = None
 
     def to(self, device) -> TokenKeys:
         """The same keys on ``device``."""
-        return TokenKeys(self.tokens.to(device), self.prev_tokens.to(device))
+        return TokenKeys(*(_moved(t, device) for t in dataclasses.astuple(self)))
+
+    @property
+    def leading_shape(self) -> tuple[int, ...]:
+        """The activations' leading shape these keys are for."""
+        if self.tokens is not None:
+            return tuple(self.tokens.shape)
+        return tuple(self.upstream_codes.shape[:-1])
+
+
+def _moved(tensor, device):
+    return None if tensor is None else tensor.to(device)
 
 
 def previous_tokens(tokens: torch.Tensor) -> torch.Tensor:
@@ -95,15 +114,20 @@ def pair_rows(keys: TokenKeys, vocab_size: int, n_buckets: int) -> torch.Tensor:
 
 
 def pack_tokens(
-    acts: torch.Tensor, tokens: torch.Tensor, prev_tokens: torch.Tensor | None = None
+    acts: torch.Tensor,
+    tokens: torch.Tensor,
+    prev_tokens: torch.Tensor | None = None,
+    upstream_acts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Append current and previous token ids to activation rows.
 
     ``acts`` is ``[n, d_in]`` and ``tokens``/``prev_tokens`` are ``[n]``; the
     result is ``[n, d_in + 2]`` in float32 (float64 stays float64), which
-    holds token ids exactly below 2**24.  A tokenized training SAE splits
-    these columns off again, so SAE-Lens's ``SAETrainer`` (and any shuffling
-    or mixing of rows on the way) needs no change.
+    holds token ids exactly below 2**24.  With ``upstream_acts`` (``[n,
+    upstream d_in]``, the upstream SAE's hook at the same positions) they
+    follow the ids: ``[n, d_in + 2 + upstream d_in]``.  A tokenized training
+    SAE splits these columns off again, so SAE-Lens's ``SAETrainer`` (and any
+    shuffling or mixing of rows on the way) needs no change.
     """
     if acts.ndim != 2:
         raise ValueError(f"pack_tokens wants acts [n, d_in], got {tuple(acts.shape)}")
@@ -123,7 +147,31 @@ def pack_tokens(
         raise ValueError("token ids of 2**24 or more cannot be packed exactly")
     dtype = torch.float64 if acts.dtype == torch.float64 else torch.float32
     columns = torch.stack([tokens, prev.to(tokens.device)], dim=1).to(acts.device)
-    return torch.cat([acts.to(dtype), columns.to(dtype)], dim=1)
+    parts = [acts.to(dtype), columns.to(dtype)]
+    if upstream_acts is not None:
+        if upstream_acts.ndim != 2 or len(upstream_acts) != len(acts):
+            raise ValueError(
+                f"pack_tokens wants upstream_acts [n, upstream d_in] with one row per "
+                f"activation row: acts {tuple(acts.shape)}, upstream_acts "
+                f"{tuple(upstream_acts.shape)}"
+            )
+        parts.append(upstream_acts.to(device=acts.device, dtype=dtype))
+    return torch.cat(parts, dim=1)
+
+
+def split_upstream(
+    batch: torch.Tensor, width: int, upstream_d_in: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``[n, width + upstream_d_in]`` into the first ``width`` columns and
+    the upstream hook's activations after them (see :func:`pack_tokens`)."""
+    if batch.ndim != 2 or batch.shape[1] != width + upstream_d_in:
+        raise ValueError(
+            f"expected a packed batch [n, d_in + {KEY_COLUMNS} + upstream d_in] = "
+            f"[n, {width + upstream_d_in}] (activations, current token, previous "
+            f"token, upstream activations), got {tuple(batch.shape)}; build batches "
+            "with pack_tokens(acts, tokens, prev_tokens, upstream_acts)"
+        )
+    return batch[:, :width], batch[:, width:]
 
 
 def unpack_tokens(

@@ -1,12 +1,17 @@
 """Initialise the lookup tables before training.
 
-``"mean"`` (default): ``b_dec`` is the mean activation and ``T[t]`` the mean
-activation of token ``t`` minus it, so at step 0 the SAE already predicts
-every activation by its token's mean; the pair table starts at the mean of
-what remains per (previous, current) bucket.  ``"unigram"``: ``T[t]`` is
+Token table: ``"unigram"`` (default, as in Dooms & Wilhelm): ``T[t]`` is
 ``scale`` times the model's activation at ``t`` right after BOS (the
-activation of ``t`` with no context, defined for every token).  ``"zeros"``
-leaves the tables at zero.
+activation of ``t`` with no context, defined for every token).  ``"mean"``:
+``b_dec`` is the mean activation and ``T[t]`` the mean activation of token
+``t`` minus it, so at step 0 the SAE already predicts every activation by its
+token's mean; the pair table starts at the mean of what remains per
+(previous, current) bucket.  ``"zeros"`` leaves the tables at zero.
+
+Upstream table (:func:`init_upstream_table`): ``"lstsq"`` (default) fits
+``U`` by ridge regression of what the other terms leave of the activations
+on the upstream codes (for ``upstream_key="top1"``, on one-hot codes: the
+mean residual where each upstream latent is the top one); ``"zeros"``.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from __future__ import annotations
 import torch
 
 from .capture import check_vocab
-from .keys import pair_rows, unpack_tokens
+from .keys import KEY_COLUMNS, pair_rows, unpack_tokens
+from .upstream import uses_token_table
 
-INIT_METHODS = ("mean", "unigram", "zeros")
+INIT_METHODS = ("unigram", "mean", "zeros")
+UPSTREAM_INIT_METHODS = ("lstsq", "zeros")
 
 
 @torch.no_grad()
@@ -42,9 +49,12 @@ def init_tables_from_means(
     which keeps noisy means of a few rows from hurting held-out data.
     Tokens never seen keep a zero row (they fall back to ``b_dec``).
     """
-    acts, keys = unpack_tokens(rows, sae.cfg.d_in, sae.cfg.vocab_size)
+    width = sae.cfg.d_in + KEY_COLUMNS  # upstream columns, if any, are not used
+    acts, keys = unpack_tokens(rows[:, :width], sae.cfg.d_in, sae.cfg.vocab_size)
     acts = acts.double()
     mean = init_b_dec_to_mean(sae, rows)
+    if not uses_token_table(sae.cfg):
+        return {"rows": len(acts)}
     centred = acts - mean
     token_means, token_counts = _group_means(
         centred, keys.tokens, sae.cfg.vocab_size, shrinkage
@@ -70,6 +80,8 @@ def init_tables_from_unigrams(
     from .data import activation_rows
 
     check_vocab(sae, model.cfg.d_vocab)
+    if not uses_token_table(sae.cfg):
+        return
     bos = model.tokenizer.bos_token_id if model.tokenizer is not None else 0
     pairs = torch.stack(
         [
@@ -79,7 +91,7 @@ def init_tables_from_unigrams(
         dim=1,
     )
     acts = torch.cat(
-        [a for a, _, _ in activation_rows(model, hook_name, pairs, batch_size)]
+        [row[0] for row in activation_rows(model, hook_name, pairs, batch_size)]
     )
     sae.W_lookup.copy_((scale * acts).to(sae.W_lookup.dtype))
 
@@ -89,3 +101,45 @@ def _group_means(values, groups, n_groups: int, shrinkage: float):
     sums.index_add_(0, groups, values)
     counts = torch.bincount(groups, minlength=n_groups).to(values.dtype)
     return sums / (counts + shrinkage).clamp_min(1e-12).unsqueeze(1), counts
+
+
+@torch.no_grad()
+def init_upstream_table(
+    sae, rows: torch.Tensor, ridge: float = 1e-3, chunk: int = 8192
+) -> dict:
+    """Fit ``U`` to what the SAE's other terms leave, from packed rows.
+
+    ``rows`` are packed with upstream activations (``sae.packed_width``
+    columns).  With ``G`` the upstream codes (one-hot top latents for
+    ``upstream_key="top1"``) and ``R = x - b_dec - T[t] (- P[pair])``, ``U``
+    solves ``(G^T G + ridge * mean(diag) * I) U = G^T R``; latents that never
+    fire keep zero rows.  Returns the number of upstream latents seen.
+    """
+    sae.W_upstream_lookup.zero_()
+    n_up = sae.cfg.upstream_d_sae
+    gram = torch.zeros(n_up, n_up, dtype=torch.float64)
+    cross = torch.zeros(n_up, sae.cfg.d_in, dtype=torch.float64)
+    for part in rows.split(chunk):
+        acts, keys = sae.unpack(part)
+        with sae._using_keys(keys):  # U is zero: the tokens' (and pairs') term
+            others = sae.lookup_term(acts.shape[:-1], torch.float64)
+        residual = acts.double() - sae.b_dec.double() - others
+        codes = regression_codes(keys.upstream_codes.double(), sae.cfg.upstream_key)
+        gram += codes.T @ codes
+        cross += codes.T @ residual
+    seen = gram.diagonal() > 0
+    gram = gram[seen][:, seen]
+    damping = ridge * gram.diagonal().mean().clamp_min(1e-12)
+    eye = torch.eye(len(gram), dtype=gram.dtype)
+    solved = torch.linalg.solve(gram + damping * eye, cross[seen])
+    sae.W_upstream_lookup[seen] = solved.to(sae.W_upstream_lookup.dtype)
+    return {"upstream_latents_seen": int(seen.sum()), "rows": len(rows)}
+
+
+def regression_codes(codes: torch.Tensor, key: str) -> torch.Tensor:
+    """The regressors of the upstream table: the codes, or one-hot top latents."""
+    if key == "codes":
+        return codes
+    top = codes.max(dim=1)
+    fired = (top.values > 0).to(codes.dtype).unsqueeze(1)
+    return torch.zeros_like(codes).scatter_(1, top.indices.unsqueeze(1), fired)

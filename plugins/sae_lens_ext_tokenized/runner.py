@@ -19,6 +19,7 @@ from sae_lens.training.activations_store import ActivationsStore
 from .capture import check_vocab
 from .keys import pack_tokens, previous_tokens
 from .sae import TokenizedTrainingSAE
+from .upstream import uses_upstream
 
 
 class TokenizedActivationsStore(ActivationsStore):
@@ -64,6 +65,13 @@ class TokenizedSAETrainingRunner(LanguageModelSAETrainingRunner):
                 "TokenizedTrainingSAEConfig or use LanguageModelSAETrainingRunner"
             )
         check_vocab(self.sae, self.model.cfg.d_vocab)
+        if uses_upstream(self.sae.cfg):
+            raise ValueError(
+                f"lookup={self.sae.cfg.lookup!r}: this runner packs token ids only, not "
+                "the upstream hook's activations; train an upstream lookup with "
+                "train_tokenized_sae(...) or `sae-lens-ext train-tokenized --lookup "
+                f"{self.sae.cfg.lookup} --upstream RELEASE/ID`"
+            )
         self.activations_store = TokenizedActivationsStore.from_config(
             self.model, cfg, override_dataset=override_dataset
         )

@@ -1,11 +1,15 @@
 """The ``tokenized`` SAE-Lens architecture: an SAE plus per-token lookup tables.
 
-Reconstruction (Dooms & Wilhelm 2024)::
+Reconstruction (Dooms & Wilhelm 2024, with Pearce's upstream-SAE key)::
 
-    x_hat = W_dec f(x) + b_dec + T[token] (+ P[hash(prev, token)])
+    x_hat = W_dec f(x) + b_dec + T[token] (+ P[hash(prev, token)]) (+ g @ U)
 
-``f`` is the encoder of a base SAE-Lens architecture (``topk`` or
-``standard`` ReLU): a tokenized SAE *is* that SAE-Lens class with the tables
+``g`` is a frozen upstream SAE's code at the same position (computed from an
+earlier hook of the same forward pass), ``U`` its table (``lookup`` chooses
+``"token"``, ``"upstream_sae"`` or ``"both"``; ``upstream_key="top1"`` uses
+the row of the most active upstream latent instead of ``g @ U``).  ``f`` is
+the encoder of a base SAE-Lens architecture (``topk``, ``standard`` ReLU or
+``jumprelu``): a tokenized SAE *is* that SAE-Lens class with the tables
 mixed in, so encoding, auxiliary losses, coefficient schedules and saving are
 SAE-Lens's own.  The registered class picks its variant from
 ``cfg.base_architecture`` when constructed, so ``SAE.load_from_disk`` and
@@ -32,6 +36,8 @@ from dataclasses import dataclass
 import torch
 from sae_lens import (
     SAE,
+    JumpReLUSAE,
+    JumpReLUTrainingSAE,
     SAEConfig,
     StandardSAE,
     StandardTrainingSAE,
@@ -51,11 +57,19 @@ from .keys import (
     TokenKeys,
     make_keys,
     pair_rows,
+    split_upstream,
     unpack_tokens,
+)
+from .upstream import (
+    check_upstream_config,
+    load_upstream_sae,
+    upstream_term,
+    uses_token_table,
+    uses_upstream,
 )
 
 ARCHITECTURE = "tokenized"
-BASE_ARCHITECTURES = ("topk", "standard")
+BASE_ARCHITECTURES = ("topk", "standard", "jumprelu")
 
 
 def check_table_config(cfg) -> None:
@@ -65,6 +79,7 @@ def check_table_config(cfg) -> None:
             f"base_architecture={cfg.base_architecture!r} is not supported; choose "
             f"one of {list(BASE_ARCHITECTURES)}"
         )
+    check_upstream_config(cfg)
     if cfg.vocab_size < 1:
         raise ValueError(
             "a tokenized SAE needs vocab_size >= 1: set it to the model's "
@@ -98,6 +113,13 @@ class TokenizedSAEConfig(SAEConfig):
     - ``apply_lookup_to_input``: also subtract the table terms from the
       encoder's input, so the latents encode only what the tokens do not
       explain (off in the paper).
+    - ``lookup``: which tables, ``"token"``, ``"upstream_sae"`` or ``"both"``.
+    - ``upstream_release``, ``upstream_sae_id``: the frozen upstream SAE
+      (anything ``sae_lens_ext.load_sae`` resolves: a registered release, a
+      local folder, SAE-Lens's directory, a Hugging Face repo);
+      ``upstream_hook_name``, ``upstream_d_in``, ``upstream_d_sae``: its hook
+      and shape, checked when it is loaded; ``upstream_key``: ``"codes"``
+      (``g @ U``) or ``"top1"`` (``U[argmax g]`` where any latent fires).
     """
 
     base_architecture: str = "topk"
@@ -106,6 +128,13 @@ class TokenizedSAEConfig(SAEConfig):
     vocab_size: int = 0
     pair_buckets: int = 0
     apply_lookup_to_input: bool = False
+    lookup: str = "token"
+    upstream_release: str | None = None
+    upstream_sae_id: str | None = None
+    upstream_hook_name: str | None = None
+    upstream_d_in: int = 0
+    upstream_d_sae: int = 0
+    upstream_key: str = "codes"
 
     def __post_init__(self):
         super().__post_init__()
@@ -123,9 +152,11 @@ class TokenizedTrainingSAEConfig(TrainingSAEConfig):
 
     Table fields as in :class:`TokenizedSAEConfig`; TopK fields (``k``,
     ``use_sparse_activations``, ``aux_loss_coefficient``,
-    ``rescale_acts_by_decoder_norm``) and ReLU fields (``l1_coefficient``,
-    ``lp_norm``, ``l1_warm_up_steps``) mean what they mean in SAE-Lens and
-    are used by the matching ``base_architecture`` only.
+    ``rescale_acts_by_decoder_norm``), ReLU fields (``l1_coefficient``,
+    ``lp_norm``, ``l1_warm_up_steps``) and JumpReLU fields (``jumprelu_*``,
+    ``l0_coefficient``, ``l0_warm_up_steps``, ``pre_act_loss_coefficient``,
+    ``target_l0``) mean what they mean in SAE-Lens and are used by the
+    matching ``base_architecture`` only.
     """
 
     base_architecture: str = "topk"
@@ -136,9 +167,25 @@ class TokenizedTrainingSAEConfig(TrainingSAEConfig):
     l1_coefficient: float = 1.0
     lp_norm: float = 1.0
     l1_warm_up_steps: int = 0
+    jumprelu_init_threshold: float = 0.01
+    jumprelu_bandwidth: float = 0.05
+    jumprelu_sparsity_loss_mode: str = "step"
+    l0_coefficient: float = 1.0
+    l0_warm_up_steps: int = 0
+    pre_act_loss_coefficient: float | None = None
+    jumprelu_tanh_scale: float = 4.0
+    jumprelu_ste_to_input: bool = False
+    target_l0: float | None = None
     vocab_size: int = 0
     pair_buckets: int = 0
     apply_lookup_to_input: bool = False
+    lookup: str = "token"
+    upstream_release: str | None = None
+    upstream_sae_id: str | None = None
+    upstream_hook_name: str | None = None
+    upstream_d_in: int = 0
+    upstream_d_sae: int = 0
+    upstream_key: str = "codes"
 
     def __post_init__(self):
         check_table_config(self)
@@ -186,7 +233,7 @@ def _register_if_missing(
 
 
 class TokenTableMixin:
-    """Lookup tables, token binding and the table term of the reconstruction.
+    """Lookup tables, key binding and the table term of the reconstruction.
 
     Mixed in front of an SAE-Lens SAE class; ``decode`` adds the table term
     to the base reconstruction (after ``hook_sae_recons``, which keeps the
@@ -195,49 +242,107 @@ class TokenTableMixin:
 
     W_lookup: nn.Parameter
     W_pair_lookup: nn.Parameter
+    W_upstream_lookup: nn.Parameter
 
     def __init__(self, cfg, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
         self._token_keys: TokenKeys | None = None
+        # A plain attribute, not a submodule: the frozen upstream SAE is no
+        # part of this SAE's parameters, optimiser or state dict.
+        object.__setattr__(self, "_upstream_sae", None)
         self.hook_sae_lookup = HookPoint()
         self.setup()
 
     def initialize_weights(self) -> None:
-        """Base weights, then the token table (and pair table) at zero."""
+        """Base weights, then the tables (token, pair, upstream) at zero."""
         super().initialize_weights()
-        shape = (self.cfg.vocab_size, self.cfg.d_in)
         kwargs = dict(dtype=self.dtype, device=self.device)
-        self.W_lookup = nn.Parameter(torch.zeros(shape, **kwargs))
+        if uses_token_table(self.cfg):
+            shape = (self.cfg.vocab_size, self.cfg.d_in)
+            self.W_lookup = nn.Parameter(torch.zeros(shape, **kwargs))
         if self.cfg.pair_buckets:
             pair_shape = (self.cfg.pair_buckets, self.cfg.d_in)
             self.W_pair_lookup = nn.Parameter(torch.zeros(pair_shape, **kwargs))
+        if uses_upstream(self.cfg):
+            upstream_shape = (self.cfg.upstream_d_sae, self.cfg.d_in)
+            self.W_upstream_lookup = nn.Parameter(torch.zeros(upstream_shape, **kwargs))
 
-    # -- token binding -------------------------------------------------------
+    # -- the upstream SAE ----------------------------------------------------
 
-    def set_tokens(self, tokens, prev_tokens=None) -> None:
-        """Bind the token ids of the activations the next calls will see.
+    @property
+    def upstream_sae(self):
+        """The frozen upstream SAE (loaded from the config's reference on first use)."""
+        if not uses_upstream(self.cfg):
+            return None
+        if self._upstream_sae is None:
+            object.__setattr__(
+                self, "_upstream_sae", load_upstream_sae(self.cfg, self.W_dec.device)
+            )
+        return self._upstream_sae
+
+    def attach_upstream(self, upstream_sae) -> None:
+        """Use ``upstream_sae`` (already loaded) as the upstream SAE; it is frozen."""
+        from .upstream import check_upstream_sae, freeze
+
+        check_upstream_sae(self.cfg, upstream_sae)
+        object.__setattr__(self, "_upstream_sae", freeze(upstream_sae))
+
+    @torch.no_grad()
+    def upstream_codes(self, upstream_acts: torch.Tensor) -> torch.Tensor:
+        """The upstream SAE's code ``g`` of activations at its hook."""
+        upstream = self.upstream_sae
+        if upstream.W_dec.device != upstream_acts.device:
+            upstream.to(upstream_acts.device)
+        return upstream.encode(upstream_acts.to(upstream.W_dec.dtype))
+
+    # -- key binding ---------------------------------------------------------
+
+    def set_tokens(
+        self, tokens=None, prev_tokens=None, *, upstream_acts=None, upstream_codes=None
+    ) -> None:
+        """Bind the keys of the activations the next calls will see.
 
         ``tokens`` has the activations' leading shape: ``[batch, seq]`` for
         ``[batch, seq, d_in]`` or ``[n]`` for ``[n, d_in]``.  For flattened
-        rows and a pair table, also give ``prev_tokens`` (-1 where none).
-        The binding stays until replaced or cleared.
+        rows and a pair table, also give ``prev_tokens`` (-1 where none).  An
+        upstream lookup needs the upstream hook's activations at the same
+        positions (``upstream_acts``, encoded here) or their codes
+        (``upstream_codes``).  The binding stays until replaced or cleared.
         """
-        self._token_keys = make_keys(
-            tokens,
-            prev_tokens,
-            vocab_size=self.cfg.vocab_size,
-            needs_prev=bool(self.cfg.pair_buckets),
-        )
+        if upstream_acts is not None:
+            upstream_codes = self.upstream_codes(torch.as_tensor(upstream_acts))
+        self._token_keys = TokenKeys(None, None, upstream_codes)
+        if tokens is not None:
+            keys = make_keys(
+                tokens,
+                prev_tokens,
+                vocab_size=self.cfg.vocab_size,
+                needs_prev=bool(self.cfg.pair_buckets),
+            )
+            self._token_keys = dataclasses.replace(keys, upstream_codes=upstream_codes)
+
+    def bind_upstream_acts(self, upstream_acts: torch.Tensor) -> None:
+        """Add the codes of ``upstream_acts`` to the bound keys (tokens kept)."""
+        codes = self.upstream_codes(upstream_acts)
+        keys = self._token_keys or TokenKeys(None, None)
+        self._token_keys = dataclasses.replace(keys, upstream_codes=codes)
 
     def clear_tokens(self) -> None:
-        """Forget the bound token ids."""
+        """Forget the bound keys."""
         self._token_keys = None
 
     @contextlib.contextmanager
-    def using_tokens(self, tokens, prev_tokens=None) -> Iterator[None]:
-        """Bind token ids inside a ``with`` block, restoring the old binding."""
+    def using_tokens(
+        self, tokens=None, prev_tokens=None, *, upstream_acts=None, upstream_codes=None
+    ) -> Iterator[None]:
+        """Bind keys (as :meth:`set_tokens`) inside a ``with`` block."""
         previous = self._token_keys
-        self.set_tokens(tokens, prev_tokens)
+        self.set_tokens(
+            tokens,
+            prev_tokens,
+            upstream_acts=upstream_acts,
+            upstream_codes=upstream_codes,
+        )
         try:
             yield
         finally:
@@ -253,7 +358,8 @@ class TokenTableMixin:
             self._token_keys = previous
 
     def capture_tokens(self, model):
-        """Take token ids from ``model``'s input on every forward pass.
+        """Take token ids from ``model``'s input (and, for an upstream lookup,
+        the upstream codes from its upstream hook) on every forward pass.
 
         Returns a handle; ``handle.remove()`` (or ``with`` on it) detaches.
         """
@@ -264,9 +370,25 @@ class TokenTableMixin:
     # -- the table term ------------------------------------------------------
 
     def lookup_term(self, leading_shape, dtype: torch.dtype) -> torch.Tensor:
-        """``T[token] (+ P[pair])`` for activations of ``leading_shape``."""
+        """``T[token] (+ P[pair]) (+ g @ U)`` for activations of ``leading_shape``."""
+        keys = self._bound_keys(tuple(leading_shape))
+        keys = keys.to(self.W_dec.device)
+        term = 0.0
+        if uses_token_table(self.cfg):
+            term = functional.embedding(keys.tokens, self.W_lookup)
+        if self.cfg.pair_buckets:
+            rows = pair_rows(keys, self.cfg.vocab_size, self.cfg.pair_buckets)
+            term = term + functional.embedding(rows, self.W_pair_lookup)
+        if uses_upstream(self.cfg):
+            term = term + upstream_term(
+                keys.upstream_codes, self.W_upstream_lookup, self.cfg.upstream_key
+            )
+        return term.to(dtype)
+
+    def _bound_keys(self, leading_shape: tuple[int, ...]) -> TokenKeys:
         keys = self._token_keys
-        if keys is None:
+        needs_tokens = uses_token_table(self.cfg) or bool(self.cfg.pair_buckets)
+        if keys is None or (needs_tokens and keys.tokens is None):
             raise MissingTokensError(
                 "this tokenized SAE needs the token id of every activation: wrap "
                 "the call in `with sae.using_tokens(tokens):`, call "
@@ -275,19 +397,44 @@ class TokenTableMixin:
                 "pack_tokens(acts, tokens, prev_tokens); for SAE-Lens's training "
                 "runner, use TokenizedSAETrainingRunner"
             )
-        if tuple(keys.tokens.shape) != tuple(leading_shape):
-            raise ValueError(
-                f"bound tokens have shape {tuple(keys.tokens.shape)} but the "
-                f"activations' leading shape is {tuple(leading_shape)}; bind one "
-                "token per activation row (a stale binding from an earlier batch? "
-                "a model run with generate() or start_at_layer?)"
+        if uses_upstream(self.cfg) and keys.upstream_codes is None:
+            raise MissingTokensError(
+                "this tokenized SAE's table is keyed on the upstream SAE "
+                f"{self.cfg.upstream_release}/{self.cfg.upstream_sae_id} at "
+                f"{self.cfg.upstream_hook_name!r}: pass its activations "
+                "(`sae.using_tokens(tokens, upstream_acts=acts)`), or run a model "
+                "after sae.capture_tokens(model), which reads them from that hook "
+                "in the same forward pass; for SAETrainer, pack them with "
+                "pack_tokens(acts, tokens, prev_tokens, upstream_acts)"
             )
-        keys = keys.to(self.W_lookup.device)
-        term = functional.embedding(keys.tokens, self.W_lookup)
-        if self.cfg.pair_buckets:
-            rows = pair_rows(keys, self.cfg.vocab_size, self.cfg.pair_buckets)
-            term = term + functional.embedding(rows, self.W_pair_lookup)
-        return term.to(dtype)
+        shapes = {keys.leading_shape}
+        if needs_tokens and keys.upstream_codes is not None:
+            shapes.add(tuple(keys.upstream_codes.shape[:-1]))
+        if shapes != {leading_shape}:
+            raise ValueError(
+                f"bound keys have leading shape {sorted(shapes)} but the "
+                f"activations' leading shape is {leading_shape}; bind one key per "
+                "activation row (a stale binding from an earlier batch? a model run "
+                "with generate() or start_at_layer?)"
+            )
+        return keys
+
+    @property
+    def packed_width(self) -> int:
+        """Columns of a packed row: activations, 2 token ids, upstream activations."""
+        upstream = self.cfg.upstream_d_in if uses_upstream(self.cfg) else 0
+        return self.cfg.d_in + KEY_COLUMNS + upstream
+
+    def unpack(self, batch: torch.Tensor) -> tuple[torch.Tensor, TokenKeys]:
+        """Activations and keys (upstream codes encoded) of a packed batch."""
+        if not uses_upstream(self.cfg):
+            return unpack_tokens(batch, self.cfg.d_in, self.cfg.vocab_size)
+        head, upstream_acts = split_upstream(
+            batch, self.cfg.d_in + KEY_COLUMNS, self.cfg.upstream_d_in
+        )
+        acts, keys = unpack_tokens(head, self.cfg.d_in, self.cfg.vocab_size)
+        codes = self.upstream_codes(upstream_acts)
+        return acts, dataclasses.replace(keys, upstream_codes=codes)
 
     def process_sae_in(self, sae_in: torch.Tensor) -> torch.Tensor:
         """Base input processing, minus the table term if configured."""
@@ -299,7 +446,7 @@ class TokenTableMixin:
         return processed
 
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        """Base reconstruction plus the token-table term."""
+        """Base reconstruction plus the table term."""
         recons = super().decode(feature_acts)
         term = self.lookup_term(recons.shape[:-1], recons.dtype)
         return recons + self.hook_sae_lookup(term)
@@ -324,7 +471,15 @@ class TokenizedStandardSAE(TokenizedSAE, StandardSAE):
     """SAE-Lens's ReLU (standard) SAE with token tables."""
 
 
-INFERENCE_VARIANTS = {"topk": TokenizedTopKSAE, "standard": TokenizedStandardSAE}
+class TokenizedJumpReLUSAE(TokenizedSAE, JumpReLUSAE):
+    """SAE-Lens's JumpReLU SAE with token tables."""
+
+
+INFERENCE_VARIANTS = {
+    "topk": TokenizedTopKSAE,
+    "standard": TokenizedStandardSAE,
+    "jumprelu": TokenizedJumpReLUSAE,
+}
 
 
 class TokenizedTrainingSAE(TokenTableMixin, TrainingSAE[TokenizedTrainingSAEConfig]):
@@ -341,10 +496,10 @@ class TokenizedTrainingSAE(TokenTableMixin, TrainingSAE[TokenizedTrainingSAEConf
         return super().__new__(cls)
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        """Unpack the token columns, then SAE-Lens's training forward pass."""
+        """Unpack the key columns, then SAE-Lens's training forward pass."""
         sae_in = step_input.sae_in
-        if sae_in.ndim == 2 and sae_in.shape[1] == self.cfg.d_in + KEY_COLUMNS:
-            acts, keys = unpack_tokens(sae_in, self.cfg.d_in, self.cfg.vocab_size)
+        if sae_in.ndim == 2 and sae_in.shape[1] == self.packed_width:
+            acts, keys = self.unpack(sae_in)
             unpacked = dataclasses.replace(step_input, sae_in=acts)
             with self._using_keys(keys):
                 return super().training_forward_pass(unpacked)
@@ -359,7 +514,12 @@ class TokenizedStandardTrainingSAE(TokenizedTrainingSAE, StandardTrainingSAE):
     """SAE-Lens's ReLU + L1 training SAE with token tables."""
 
 
+class TokenizedJumpReLUTrainingSAE(TokenizedTrainingSAE, JumpReLUTrainingSAE):
+    """SAE-Lens's JumpReLU + L0 training SAE with token tables."""
+
+
 TRAINING_VARIANTS = {
     "topk": TokenizedTopKTrainingSAE,
     "standard": TokenizedStandardTrainingSAE,
+    "jumprelu": TokenizedJumpReLUTrainingSAE,
 }

@@ -1,9 +1,10 @@
 """Train a tokenized SAE (or its plain baseline) with SAE-Lens's ``SAETrainer``.
 
-The trainer gets a generator of packed batches (activations + token columns,
-see :func:`~.keys.pack_tokens`) and runs unchanged; this module adds the
-table initialisation, an optional higher learning rate for the tables, and a
-held-out learning curve recorded through the trainer's public ``step``.
+The trainer gets a generator of packed batches (activations + token columns
++ upstream activations for an upstream lookup, see :func:`~.keys.pack_tokens`)
+and runs unchanged; this module adds the table initialisation, the tables'
+own learning rate, and a held-out learning curve recorded through the
+trainer's public ``step``.
 """
 
 from __future__ import annotations
@@ -21,37 +22,52 @@ from .data import load_tokens, packed_rows, shuffled_batches
 from .evaluation import reconstruction_metrics
 from .lookup_init import (
     INIT_METHODS,
+    UPSTREAM_INIT_METHODS,
     init_b_dec_to_mean,
     init_tables_from_means,
     init_tables_from_unigrams,
+    init_upstream_table,
 )
+from .upstream import LOOKUPS, UPSTREAM_KEYS
 
-LOOKUP_PARAMETERS = ("W_lookup", "W_pair_lookup")
+LOOKUP_PARAMETERS = ("W_lookup", "W_pair_lookup", "W_upstream_lookup")
 
 
 @dataclass
 class TrainingOptions:
     """Settings of :func:`train_tokenized_sae` (shared by both arms of a comparison).
 
-    ``tokenized=False`` trains SAE-Lens's own TopK/ReLU SAE with the same
-    settings, data order and initial weights: the baseline.
+    ``tokenized=False`` trains SAE-Lens's own TopK/ReLU/JumpReLU SAE with the
+    same settings, data order and initial weights: the baseline.  ``lookup``
+    picks the tables (``"token"``, ``"upstream_sae"``, ``"both"``);
+    ``upstream`` names the upstream SAE as ``"<release>/<id>"`` (anything
+    ``sae_lens_ext.load_sae`` resolves) or a loaded SAE-Lens SAE (then
+    ``upstream_reference`` is what the saved config records).  ``lookup_lr``
+    is the tables' learning rate (None: ``lr``); the paper uses 0.01 for the
+    table against 1e-4 for the rest.
     """
 
     d_sae: int = 1024
     k: int = 16
     base_architecture: str = "topk"
     l1_coefficient: float = 1.0
+    l0_coefficient: float = 1.0
     tokenized: bool = True
+    lookup: str = "token"
+    upstream: object = None
+    upstream_reference: str | None = None
+    upstream_key: str = "codes"
+    upstream_init: str = "lstsq"
     pair_buckets: int = 0
     apply_lookup_to_input: bool = False
-    init: str = "mean"
+    init: str = "unigram"
     init_scale: float | None = None
     init_shrinkage: float = 0.0
     init_tokens: int = 65_536
     steps: int = 2000
     batch_size: int = 512
     lr: float = 1e-3
-    lookup_lr_multiplier: float = 1.0
+    lookup_lr: float | None = 0.01
     eval_every: int = 100
     eval_fraction: float = 0.1
     seed: int = 0
@@ -59,8 +75,25 @@ class TrainingOptions:
     autocast: bool = False
 
     def __post_init__(self):
-        if self.init not in INIT_METHODS:
-            raise ValueError(f"init={self.init!r}; choose one of {list(INIT_METHODS)}")
+        for name, choices in (
+            ("init", INIT_METHODS),
+            ("lookup", LOOKUPS),
+            ("upstream_key", UPSTREAM_KEYS),
+            ("upstream_init", UPSTREAM_INIT_METHODS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r}; choose one of {list(choices)}"
+                )
+        if self.tokenized and self.lookup != "token" and self.upstream is None:
+            raise ValueError(
+                f"lookup={self.lookup!r} needs the upstream SAE: set upstream="
+                "'<release>/<id>' (command line: --upstream RELEASE/ID)"
+            )
+        if self.lookup_lr is not None and not self.lookup_lr > 0:
+            raise ValueError(
+                f"lookup_lr must be positive or None, got {self.lookup_lr}"
+            )
         for name in ("d_sae", "k", "steps", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -105,19 +138,31 @@ def train_tokenized_sae(
         options = TrainingOptions(**{**options.__dict__, **overrides})
     model.eval()
     tokens = load_tokens(dataset, model)
+    upstream = resolve_upstream(options, model, hook_name)
+    upstream_hook = upstream[0].cfg.metadata.hook_name if upstream else None
     train_tokens, eval_tokens = split_held_out(tokens, eval_tokens, options)
     torch.manual_seed(options.seed)
-    sae = build_training_sae(model, hook_name, options, context=tokens.shape[1])
+    sae = build_training_sae(
+        model, hook_name, options, context=tokens.shape[1], upstream=upstream
+    )
     init_rows = packed_rows(
-        model, hook_name, train_tokens[: _n_seqs(options.init_tokens, tokens)]
+        model,
+        hook_name,
+        train_tokens[: _n_seqs(options.init_tokens, tokens)],
+        upstream_hook,
     )
     init_weights(sae, init_rows, model, hook_name, options)
-    eval_rows = packed_rows(model, hook_name, eval_tokens)
+    eval_rows = packed_rows(model, hook_name, eval_tokens, upstream_hook)
 
     batches = shuffled_batches(
-        model, hook_name, train_tokens, options.batch_size, seed=options.seed
+        model,
+        hook_name,
+        train_tokens,
+        options.batch_size,
+        seed=options.seed,
+        upstream_hook=upstream_hook,
     )
-    if not options.tokenized:  # the baseline reads the same rows, tokens dropped
+    if not options.tokenized:  # the baseline reads the same rows, keys dropped
         batches = (batch[:, : model.cfg.d_model] for batch in batches)
     trainer = make_trainer(sae, options, batches)
     curve = run_steps(trainer, batches, eval_rows, options, progress)
@@ -133,6 +178,36 @@ def train_tokenized_sae(
     )
 
 
+def resolve_upstream(options: TrainingOptions, model, hook_name: str):
+    """``(upstream SAE, release, sae_id)`` for an upstream lookup, else None.
+
+    Fails before any training when the upstream SAE cannot be loaded, does
+    not fit the model, or sits at a hook that does not run before ``hook_name``.
+    """
+    from .capture import check_hook_order
+    from .upstream import freeze, parse_upstream
+
+    if not options.tokenized or options.lookup == "token":
+        return None
+    if isinstance(options.upstream, str):
+        from sae_lens_ext import load_sae
+
+        release, sae_id = parse_upstream(options.upstream)
+        upstream_sae = load_sae(release, sae_id, device=options.device)
+    else:
+        upstream_sae = options.upstream
+        reference = options.upstream_reference
+        if reference is None:
+            raise ValueError(
+                "an upstream SAE passed as an object needs upstream_reference="
+                "'<release>/<id>' so the saved SAE can load it back"
+            )
+        release, sae_id = parse_upstream(reference)
+    upstream_hook = upstream_sae.cfg.metadata.hook_name
+    check_hook_order(model, upstream_hook, hook_name)
+    return freeze(upstream_sae), release, sae_id
+
+
 def split_held_out(tokens, eval_tokens, options: TrainingOptions):
     """Training and held-out sequences (the last ``eval_fraction`` by default)."""
     if eval_tokens is not None:
@@ -146,9 +221,14 @@ def split_held_out(tokens, eval_tokens, options: TrainingOptions):
     return tokens[:-n_eval], tokens[-n_eval:]
 
 
-def build_training_sae(model, hook_name: str, options: TrainingOptions, context: int):
-    """A fresh training SAE for ``model``'s ``hook_name``, its metadata set."""
-    sae = new_training_sae(options, model.cfg.d_model, model.cfg.d_vocab)
+def build_training_sae(
+    model, hook_name: str, options: TrainingOptions, context: int, upstream=None
+):
+    """A fresh training SAE for ``model``'s ``hook_name``, its metadata set.
+
+    ``upstream`` is :func:`resolve_upstream`'s ``(sae, release, sae_id)``.
+    """
+    sae = new_training_sae(options, model.cfg.d_model, model.cfg.d_vocab, upstream)
     metadata = sae.cfg.metadata
     metadata.model_name = model.cfg.model_name
     metadata.hook_name = hook_name
@@ -157,35 +237,49 @@ def build_training_sae(model, hook_name: str, options: TrainingOptions, context:
     return sae
 
 
-def new_training_sae(options: TrainingOptions, d_in: int, vocab_size: int):
-    """A fresh training SAE: tokenized, or SAE-Lens's plain one for the baseline."""
-    from sae_lens import (
-        StandardTrainingSAE,
-        StandardTrainingSAEConfig,
-        TopKTrainingSAE,
-        TopKTrainingSAEConfig,
-    )
+def new_training_sae(
+    options: TrainingOptions, d_in: int, vocab_size: int, upstream=None
+):
+    """A fresh training SAE: tokenized, or SAE-Lens's plain one for the baseline.
+
+    ``upstream`` (``(sae, release, sae_id)``) is needed for an upstream lookup.
+    """
+    import sae_lens
 
     from .sae import TokenizedTrainingSAE, TokenizedTrainingSAEConfig
+    from .upstream import upstream_fields
 
     common = dict(d_in=d_in, d_sae=options.d_sae, device=options.device)
-    if options.base_architecture == "topk":
-        base = dict(k=options.k)
-    else:
-        base = dict(l1_coefficient=options.l1_coefficient)
-    if options.tokenized:
-        cfg = TokenizedTrainingSAEConfig(
-            **common,
-            **base,
-            base_architecture=options.base_architecture,
-            vocab_size=vocab_size,
-            pair_buckets=options.pair_buckets,
-            apply_lookup_to_input=options.apply_lookup_to_input,
-        )
-        return TokenizedTrainingSAE(cfg)
-    if options.base_architecture == "topk":
-        return TopKTrainingSAE(TopKTrainingSAEConfig(**common, **base))
-    return StandardTrainingSAE(StandardTrainingSAEConfig(**common, **base))
+    base = {
+        "topk": dict(k=options.k),
+        "standard": dict(l1_coefficient=options.l1_coefficient),
+        "jumprelu": dict(l0_coefficient=options.l0_coefficient),
+    }[options.base_architecture]
+    if not options.tokenized:
+        prefix = {"topk": "TopK", "standard": "Standard", "jumprelu": "JumpReLU"}[
+            options.base_architecture
+        ]
+        sae_class = getattr(sae_lens, f"{prefix}TrainingSAE")
+        cfg_class = getattr(sae_lens, f"{prefix}TrainingSAEConfig")
+        return sae_class(cfg_class(**common, **base))
+    upstream_cfg = {}
+    if options.lookup != "token":
+        upstream_cfg = upstream_fields(*upstream)
+        upstream_cfg["upstream_key"] = options.upstream_key
+    cfg = TokenizedTrainingSAEConfig(
+        **common,
+        **base,
+        base_architecture=options.base_architecture,
+        vocab_size=vocab_size,
+        pair_buckets=options.pair_buckets,
+        apply_lookup_to_input=options.apply_lookup_to_input,
+        lookup=options.lookup,
+        **upstream_cfg,
+    )
+    sae = TokenizedTrainingSAE(cfg)
+    if upstream_cfg:
+        sae.attach_upstream(upstream[0])
+    return sae
 
 
 def make_trainer(sae, options: TrainingOptions, batches):
@@ -205,17 +299,20 @@ def make_trainer(sae, options: TrainingOptions, batches):
         feature_sampling_window=max(100, options.steps // 5),
     )
     trainer = SAETrainer(trainer_cfg, sae, batches)
-    if options.tokenized and options.lookup_lr_multiplier != 1.0:
-        scale_lookup_lr(trainer, options.lookup_lr_multiplier)
+    if options.tokenized and options.lookup_lr not in (None, options.lr):
+        set_lookup_lr(trainer, options.lookup_lr)
     return trainer
 
 
 def init_weights(sae, rows, model, hook_name: str, options: TrainingOptions) -> None:
-    """``b_dec`` at the mean activation (both arms), then the tables."""
+    """``b_dec`` at the mean activation (both arms), then the token tables,
+    then the upstream table on what they leave."""
     init_b_dec_to_mean(sae, rows)
     if not options.tokenized:
         return
-    if options.init == "mean":
+    if options.lookup == "upstream_sae":
+        pass  # no token table: b_dec stays at the mean
+    elif options.init == "mean":
         init_tables_from_means(
             sae, rows, scale=options.init_scale or 1.0, shrinkage=options.init_shrinkage
         )
@@ -225,10 +322,12 @@ def init_weights(sae, rows, model, hook_name: str, options: TrainingOptions) -> 
         )
         with torch.no_grad():
             sae.b_dec.zero_()
+    if options.lookup != "token" and options.upstream_init == "lstsq":
+        init_upstream_table(sae, rows)
 
 
-def scale_lookup_lr(trainer, multiplier: float) -> None:
-    """Give the lookup tables ``multiplier`` times the trainer's learning rate.
+def set_lookup_lr(trainer, lookup_lr: float) -> None:
+    """Give the lookup tables their own learning rate ``lookup_lr``.
 
     Rebuilds the trainer's Adam optimiser with two parameter groups and its
     schedule with SAE-Lens's ``get_lr_scheduler`` (whose factors apply to
@@ -241,7 +340,7 @@ def scale_lookup_lr(trainer, multiplier: float) -> None:
     tables = [p for name, p in named.items() if name in LOOKUP_PARAMETERS]
     rest = [p for name, p in named.items() if name not in LOOKUP_PARAMETERS]
     trainer.optimizer = torch.optim.Adam(
-        [{"params": rest}, {"params": tables, "lr": cfg.lr * multiplier}],
+        [{"params": rest}, {"params": tables, "lr": lookup_lr}],
         lr=cfg.lr,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
     )
@@ -269,7 +368,7 @@ def run_steps(trainer, batches, eval_rows, options: TrainingOptions, progress: b
         if not math.isfinite(output.loss.item()):
             raise RuntimeError(
                 f"training diverged at step {step} (loss {output.loss.item()}); "
-                "lower lr or lookup_lr_multiplier"
+                "lower lr or lookup_lr"
             )
         if step % options.eval_every == 0 or step == options.steps:
             records.append(_evaluate(trainer, eval_rows, step))
