@@ -18,11 +18,16 @@ a subprocess sees the unmutated file; such a mutant can only survive wrongly,
 never be killed wrongly.  ``--cosmic-ray-exec`` runs the session with
 cosmic-ray's own executor instead (in-place edits, one interpreter per mutant).
 
-A config's optional ``[scope] functions`` list restricts the mutants to those
+A config's optional ``[equivalent]`` table maps ``"operator #occurrence"``
+of a surviving mutant to the reason no test can tell it from the original;
+those, and mutants inside type annotations (never evaluated here), are
+reported as equivalent and left out of the kill rate (annotations are not
+run at all).  A config's optional ``[scope] functions`` list restricts the mutants to those
 functions (``name`` or ``Class.method``) of the module.  ``--sample N`` tests
 a seeded random sample of N of the remaining mutants and marks the rest
 skipped (reported as such; both apply when the session is created).  A
-session interrupted half way resumes when run again.  It is a periodic check, not part of CI.
+session interrupted half way resumes when run again.  It is a periodic
+check, not part of CI.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ PRELOADED = (
 PROJECT_PREFIXES = ("sae_lens_ext", "tests")
 OUT_OF_SCOPE = "out of scope: outside the config's [scope] functions"
 NOT_SAMPLED = "not sampled"
+IN_ANNOTATION = "inside a type annotation, which is never evaluated"
 
 
 def module_name(module_path: Path) -> str:
@@ -173,10 +179,16 @@ def exec_forked(config: Path, database: Path) -> None:
     preload()
     with use_db(str(database), WorkDB.Mode.open) as db:
         pending = list(db.pending_work_items)
+        spans: dict[Path, list] = {}
         for index, item in enumerate(pending, 1):
             (spec,) = item.mutations
             path = spec.module_path
             original = path.read_text()
+            if spans.get(path) is None:
+                spans[path] = annotation_spans(path)
+            if any(a <= tuple(spec.start_pos) < b for a, b in spans[path]):
+                skip(db, [item.job_id], IN_ANNOTATION)
+                continue
             operator = get_operator(spec.operator_name)(**(spec.operator_args or {}))
             mutated = mutate_code(original, operator, spec.occurrence)
             if mutated is None:
@@ -288,19 +300,74 @@ def run_session(
     return database
 
 
-def report(database: Path) -> dict[str, int]:
-    """Print survivors; return counts of killed, survived, incompetent, skipped, pending."""
+def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Source spans of the type annotations of a module that never evaluates them.
+
+    With ``from __future__ import annotations`` an annotation is a string no
+    code reads here, so a mutant inside one is equivalent.
+    """
+    tree = ast.parse(path.read_text())
+    lazy = any(
+        isinstance(node, ast.ImportFrom)
+        and node.module == "__future__"
+        and any(alias.name == "annotations" for alias in node.names)
+        for node in tree.body
+    )
+    if not lazy:
+        return []
+    annotations = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg) and node.annotation is not None:
+            annotations.append(node.annotation)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns:
+            annotations.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            annotations.append(node.annotation)
+    return [
+        ((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset))
+        for a in annotations
+    ]
+
+
+def equivalence(config: Path, spec, spans) -> str | None:
+    """Why the mutant ``spec`` is equivalent (config's ``[equivalent]`` or an annotation)."""
+    listed = toml.load(config).get("equivalent", {})
+    key = f"{spec.operator_name} #{spec.occurrence}"
+    if key in listed:
+        return listed[key]
+    position = tuple(spec.start_pos)
+    if any(start <= position < end for start, end in spans):
+        return IN_ANNOTATION
+    return None
+
+
+def report(config: Path, database: Path) -> dict[str, int]:
+    """Print survivors and equivalent mutants; return the counts of each outcome."""
     counts = dict(
-        killed=0, survived=0, incompetent=0, out_of_scope=0, skipped=0, pending=0
+        killed=0,
+        survived=0,
+        equivalent=0,
+        incompetent=0,
+        out_of_scope=0,
+        skipped=0,
+        pending=0,
     )
     with use_db(str(database), WorkDB.Mode.open) as db:
         counts["pending"] = sum(1 for _ in db.pending_work_items)
-        for item, result in db.completed_work_items:
+        spans = None
+        for item, result in sorted(
+            db.completed_work_items, key=lambda pair: pair[0].mutations[0].start_pos
+        ):
+            (spec,) = item.mutations
+            where = f"{spec.module_path}:{spec.start_pos[0]} {spec.operator_name} #{spec.occurrence}"
             if (
                 result.worker_outcome == WorkerOutcome.SKIPPED
                 and result.output == OUT_OF_SCOPE
             ):
                 counts["out_of_scope"] += 1
+            elif result.output == IN_ANNOTATION:
+                counts["equivalent"] += 1
+                print(f"  equivalent: {where}: {IN_ANNOTATION}")
             elif result.worker_outcome in (
                 WorkerOutcome.SKIPPED,
                 WorkerOutcome.NO_TEST,
@@ -311,12 +378,15 @@ def report(database: Path) -> dict[str, int]:
             elif result.test_outcome == TestOutcome.INCOMPETENT:
                 counts["incompetent"] += 1
             else:
-                counts["survived"] += 1
-                for spec in item.mutations:
-                    print(
-                        f"  survived: {spec.module_path}:{spec.start_pos[0]} "
-                        f"{spec.operator_name} #{spec.occurrence}"
-                    )
+                if spans is None:
+                    spans = annotation_spans(spec.module_path)
+                reason = equivalence(config, spec, spans)
+                if reason:
+                    counts["equivalent"] += 1
+                    print(f"  equivalent: {where}: {reason}")
+                else:
+                    counts["survived"] += 1
+                    print(f"  survived: {where}")
     return counts
 
 
@@ -349,11 +419,12 @@ def main(argv: list[str]) -> int:
         database = run_session(
             config, options.sample, options.seed, options.cosmic_ray_exec
         )
-        counts = report(database)
+        counts = report(config, database)
         tested = counts["killed"] + counts["survived"]
         rate = counts["killed"] / tested if tested else float("nan")
         print(
-            f"{config.stem}: {counts['killed']}/{tested} mutants killed ({rate:.1%}); "
+            f"{config.stem}: {counts['killed']}/{tested} non-equivalent mutants killed "
+            f"({rate:.1%}); {counts['equivalent']} equivalent, "
             f"{counts['incompetent']} incompetent (the mutant does not import), "
             f"{counts['out_of_scope']} out of scope, {counts['skipped']} not sampled, "
             f"{counts['pending']} pending"

@@ -156,3 +156,23 @@ def test_top_values_of_a_stream_equal_a_full_sort():
         for block in blocks:
             top.add(block)
         assert top.sorted().tolist() == pytest.approx(everything[:n], abs=0)
+
+
+def test_a_hint_below_the_cut_off_ranks_only_the_entries_above_it(monkeypatch):
+    # The hint is what makes training cheap: with a hint below the 9th largest
+    # of 112 entries, only the entries above the hint are ranked.
+    ranked_sizes = []
+    topk = torch.topk
+
+    def recording_topk(values, *args, **kwargs):
+        ranked_sizes.append(values.numel())
+        return topk(values, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "topk", recording_topk)
+    pre = distinct_pre(7, 16, seed=1)
+    above = int((pre > 5.0).sum())
+    assert 9 < above < 112
+    batch_topk(pre, 9, hint=5.0)
+    assert ranked_sizes == [above]
+    batch_topk(pre, 9, hint=0.0)  # no hint: everything ranked
+    assert ranked_sizes == [above, 112]
