@@ -265,8 +265,8 @@ def narrow_session(
             skip(db, [i.job_id for i in items if i.job_id not in keep], NOT_SAMPLED)
 
 
-def forget_survivors(database: Path) -> int:
-    """Make the survivors of a session pending again (to test them against new tests)."""
+def forget_survivors(config: Path, database: Path) -> int:
+    """Make the non-equivalent survivors of a session pending again (for new tests)."""
     from cosmic_ray.work_db import WorkResultStorage
 
     with use_db(str(database), WorkDB.Mode.open) as db:
@@ -274,6 +274,11 @@ def forget_survivors(database: Path) -> int:
             item.job_id
             for item, result in db.completed_work_items
             if result.test_outcome == TestOutcome.SURVIVED
+            and not equivalence(
+                config,
+                item.mutations[0],
+                annotation_spans(item.mutations[0].module_path),
+            )
         ]
         with db._session_maker.begin() as session:
             session.query(WorkResultStorage).filter(
@@ -414,7 +419,7 @@ def main(argv: list[str]) -> int:
         database = config.parent / "sessions" / f"{config.stem}.sqlite"
         if options.rerun_survivors and database.exists():
             print(
-                f"{config.stem}: {forget_survivors(database)} survivors to test again"
+                f"{config.stem}: {forget_survivors(config, database)} survivors to test again"
             )
         database = run_session(
             config, options.sample, options.seed, options.cosmic_ray_exec
