@@ -136,8 +136,8 @@ def test_bad_batches_are_named():
     with pytest.raises(ActivationError, match=r"width 8, but the SAE expects d_in=16"):
         run_shared_pass(sae, [Recorder()], narrow, hook_name=TINY_HOOK)
     data = hook_batches([5, 7])
-    data[1].sae_in[[2, 4], 3] = float("nan")
-    data[1].sae_in[4, 0] = float("inf")
-    message = r"^batch 1 \(rows 5-11\): 2 activation rows at 'blocks.0.hook_resid_post'"
+    data[1].sae_in[[2, 4, 6], 3] = float("nan")
+    data[1].sae_in[4, 0] = float("inf")  # 3 bad rows, 2 bad columns
+    message = r"^batch 1 \(rows 5-11\): 3 activation rows at 'blocks.0.hook_resid_post'"
     with pytest.raises(ActivationError, match=message):
         run_shared_pass(sae, [Recorder()], data, hook_name=TINY_HOOK)
