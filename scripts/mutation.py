@@ -26,7 +26,8 @@ run at all).  A config's optional ``[scope] functions`` list restricts the mutan
 functions (``name`` or ``Class.method``) of the module.  ``--sample N`` tests
 a seeded random sample of N of the remaining mutants and marks the rest
 skipped (reported as such; both apply when the session is created).  A
-session interrupted half way resumes when run again.  It is a periodic
+session interrupted half way resumes when run again, and several runs of
+one config share its mutants (each skips those another has done).  It is a periodic
 check, not part of CI.
 """
 
@@ -171,6 +172,14 @@ def diff_of(original: str, mutated: str, path: Path) -> str:
     )
 
 
+def has_result(db, job_id: str) -> bool:
+    """Whether the session already holds a result for ``job_id``."""
+    from cosmic_ray.work_db import WorkResultStorage
+
+    with db._session_maker.begin() as session:
+        return session.query(WorkResultStorage).filter_by(job_id=job_id).count() > 0
+
+
 def exec_forked(config: Path, database: Path) -> None:
     """Run every pending mutant of a session in forked children."""
     settings = toml.load(config)["cosmic-ray"]
@@ -181,6 +190,8 @@ def exec_forked(config: Path, database: Path) -> None:
         pending = list(db.pending_work_items)
         spans: dict[Path, list] = {}
         for index, item in enumerate(pending, 1):
+            if has_result(db, item.job_id):  # another worker on this session did it
+                continue
             (spec,) = item.mutations
             path = spec.module_path
             original = path.read_text()
