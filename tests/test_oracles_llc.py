@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from sae_lens_ext_llc import estimate_llc
+from sae_lens_ext_llc.estimator import default_nbeta
 from test_llc import fitted_linear, mse, regression_data
 
 N, M, D = 1000, 100, 10
@@ -155,3 +156,12 @@ def test_seconds_is_the_elapsed_clock_time(monkeypatch):
         progress=False,
     )
     assert result.seconds == 3.5
+
+
+@pytest.mark.parametrize(
+    ("m", "nbeta"),
+    [(1, 1.0), (2, 2 / math.log(2)), (3, 3 / math.log(3)), (100, 100 / math.log(100))],
+)
+def test_default_nbeta_is_m_over_log_m_and_one_for_a_single_row(m, nbeta):
+    # log 1 = 0: a single-row batch falls back to nbeta = 1.
+    assert default_nbeta(m) == pytest.approx(nbeta, rel=1e-12)
