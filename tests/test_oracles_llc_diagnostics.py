@@ -1,0 +1,40 @@
+"""LLC diagnostics on synthetic chain traces whose answer is known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sae_lens_ext_llc.diagnostics import ChainEvidence, diagnose
+
+
+def evidence_with_llc(level: float, n_params: int) -> ChainEvidence:
+    """Four steady chains whose per-step LLC is ``level`` plus small noise."""
+    rng = np.random.default_rng(0)
+    nbeta, init_loss = 50.0, 1.0
+    llc = level + 0.01 * rng.standard_normal((4, 300))
+    return ChainEvidence(
+        llc_trace=llc,
+        loss_trace=init_loss + llc / nbeta,
+        distance_trace=0.1 + 0.001 * rng.standard_normal((4, 300)),
+        num_burnin=50,
+        init_loss=init_loss,
+        init_grad_norm=0.0,
+        n_params=n_params,
+        nbeta=nbeta,
+        step_size=1e-4,
+        localization=1.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("level", "flagged"),
+    # d = 10: d/2 = 5.  (A wrong bound, e.g. 10 XOR 2 = 8 or 10 - 2, misjudges 6.)
+    [(4.0, False), (6.0, True), (9.0, True)],
+)
+def test_an_estimate_above_d_over_2_is_an_error(level, flagged):
+    evidence = evidence_with_llc(level, n_params=10)
+    diagnostics = diagnose(evidence, llc=level, llc_se=0.05, healthy=[0, 1, 2, 3])
+    assert diagnostics.has("exceeds_bound") == flagged
+    if flagged:
+        message = next(m for m in diagnostics.messages() if "exceeds d/2" in m)
+        assert "d/2 = 5," in message
