@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sae_lens_ext_llc.diagnostics import ChainEvidence, diagnose
+from sae_lens_ext_llc.diagnostics import ChainEvidence, diagnose, exploded_chains
 
 
 def evidence_with_llc(level: float, n_params: int) -> ChainEvidence:
@@ -38,3 +38,15 @@ def test_an_estimate_above_d_over_2_is_an_error(level, flagged):
     if flagged:
         message = next(m for m in diagnostics.messages() if "exceeds d/2" in m)
         assert "d/2 = 5," in message
+
+
+def test_a_chain_explodes_above_ten_times_the_largest_equilibrium_rise():
+    # L(w*) = 0: the scale is (d/2) / nbeta = 5 / 50 = 0.1, the limit 10 x 0.1 = 1.
+    evidence = evidence_with_llc(1.0, n_params=10)
+    evidence.init_loss = 0.0
+    losses = np.full((4, 300), 0.05)
+    losses[1, 100] = 0.9  # a rise below the limit
+    losses[2, 200] = 1.1  # above it
+    losses[3, 250] = np.nan  # non-finite
+    evidence.loss_trace = losses
+    assert exploded_chains(evidence) == [2, 3]
