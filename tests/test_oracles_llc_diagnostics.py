@@ -50,3 +50,13 @@ def test_a_chain_explodes_above_ten_times_the_largest_equilibrium_rise():
     losses[3, 250] = np.nan  # non-finite
     evidence.loss_trace = losses
     assert exploded_chains(evidence) == [2, 3]
+
+
+def test_gradient_bias_bound_and_steady_chains_raise_no_flag():
+    # The bound on the gradient's bias at w*: nbeta^2 |grad L(w*)|^2 / gamma.
+    evidence = evidence_with_llc(2.0, n_params=10)
+    evidence.init_grad_norm = 0.3
+    diagnostics = diagnose(evidence, llc=2.0, llc_se=0.01, healthy=[0, 1, 2, 3])
+    assert diagnostics.gradient_bias_bound == pytest.approx(50.0**2 * 0.3**2 / 1.0)
+    # steady, mixed chains: no drift (Geweke) and no disagreement (R-hat) flagged
+    assert not diagnostics.has("burn_in") and not diagnostics.has("not_converged")
