@@ -101,9 +101,14 @@ def test_singular_model_is_clearly_below_d_over_2(rank_two_data):
         step_size=5e-4,
         progress=False,
     )
-    # 32 weights, d/2 = 16; Aoyagi's formula for this rank-2 case gives 7.5
+    # 32 weights, d/2 = 16; Aoyagi's formula for this rank-2 case gives 7.5.
+    # Noise (python bench/llc_singular_noise.py): over 10 chain seeds on this
+    # data the estimate is 6.60 +/- 0.41 (sd; range 6.06-7.28), over 5 other
+    # data seeds at chain seed 0 it is 7.52 +/- 0.33 (range 7.10-7.92).  At
+    # finite n*beta it reads below 7.5 (up to ~0.9 here), so the window is 3.5
+    # chain-seed sd beyond that: 7.5 - 0.9 - 1.4 = 5.2 to 7.5 + 1.4 = 8.9.
     assert result.n_params == 32
-    assert 0 < result.llc < 0.6 * 16
+    assert 5.2 < result.llc < 8.9
     assert not result.diagnostics.has("negative")
 
 

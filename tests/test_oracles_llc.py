@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from sae_lens_ext_llc import estimate_llc
+from sae_lens_ext_llc.estimator import default_nbeta
 from test_llc import fitted_linear, mse, regression_data
 
 N, M, D = 1000, 100, 10
@@ -86,3 +87,81 @@ def test_minibatch_llc_matches_the_gaussian_posterior_value(minibatch_run):
     tolerance = 4 * result.llc_se + 0.02 * expected
     assert result.llc == pytest.approx(expected, abs=tolerance)
     assert result.llc_se < 0.1
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    """A cheap estimate with every sampler option at its default."""
+    inputs, targets = regression_data(n=200, d=3, seed=1)
+    model = fitted_linear(inputs, targets)
+    return estimate_llc(
+        model, mse, (inputs, targets), check_curvature=False, progress=False
+    )
+
+
+def test_defaults_are_the_documented_ones(small_run):
+    # The docstring: 4 chains of 50 burn-in + 200 draws, step 1e-4,
+    # localization 1, nbeta = n / log n for full batches.
+    settings = small_run.settings
+    assert (settings["num_chains"], settings["num_burnin"], settings["num_draws"]) == (
+        4,
+        50,
+        200,
+    )
+    assert settings["step_size"] == 1e-4 and settings["localization"] == 1.0
+    assert settings["nbeta"] == pytest.approx(200 / math.log(200), rel=1e-12)
+    assert len(small_run.trace) == 4 * 250
+    assert small_run.trace["burn_in"].sum() == 4 * 50
+
+
+def test_per_chain_table_and_spread_equal_loops_over_the_trace(small_run):
+    rows = small_run.trace.to_dict("records")
+    table = small_run.per_chain_table()
+    assert list(table["chain"]) == [0, 1, 2, 3]
+    for chain in range(4):
+        draws = [r for r in rows if r["chain"] == chain and not r["burn_in"]]
+        assert len(draws) == 200
+        mean_loss = sum(r["loss"] for r in draws) / len(draws)
+        mean_distance = sum(r["distance"] for r in draws) / len(draws)
+        mean_llc = sum(r["llc"] for r in draws) / len(draws)
+        assert table["mean_loss"][chain] == pytest.approx(mean_loss, rel=1e-9)
+        assert table["mean_distance"][chain] == pytest.approx(mean_distance, rel=1e-9)
+        assert table["llc"][chain] == pytest.approx(mean_llc, rel=1e-9)
+    assert list(table["diverged"]) == [False] * 4
+    per_chain = [float(v) for v in table["llc"]]
+    mean = sum(per_chain) / 4
+    sd = math.sqrt(sum((v - mean) ** 2 for v in per_chain) / 3)
+    assert small_run.llc == pytest.approx(mean, rel=1e-9)
+    assert small_run.llc_std == pytest.approx(sd, rel=1e-9)
+    assert small_run.llc_se == pytest.approx(sd / 2, rel=1e-9)
+    summary = small_run.summary()
+    assert summary["llc_std"] == small_run.llc_std
+
+
+def test_seconds_is_the_elapsed_clock_time(monkeypatch):
+    # A clock that reads 1000 s at the start and 1003.5 s ever after.
+    readings = iter([1000.0])
+    monkeypatch.setattr(
+        "sae_lens_ext_llc.estimator.time.perf_counter", lambda: next(readings, 1003.5)
+    )
+    inputs, targets = regression_data(n=50, d=2, seed=2)
+    result = estimate_llc(
+        fitted_linear(inputs, targets),
+        mse,
+        (inputs, targets),
+        num_chains=2,
+        num_draws=5,
+        num_burnin=1,
+        check_curvature=False,
+        progress=False,
+    )
+    assert result.seconds == 3.5
+
+
+@pytest.mark.parametrize(
+    ("m", "nbeta"),
+    [(1, 1.0), (2, 2 / math.log(2)), (3, 3 / math.log(3)), (100, 100 / math.log(100))],
+)
+def test_default_nbeta_is_m_over_log_m_and_one_for_a_single_row(m, nbeta):
+    # log 1 = 0: a single-row batch falls back to nbeta = 1.
+    assert default_nbeta(m) == pytest.approx(nbeta, rel=1e-12)

@@ -1,0 +1,99 @@
+"""Absorption's streaming top-N against a Python sort of everything streamed.
+
+Each column keeps the ``n_top`` largest values it was offered (above the
+floor, when one is given), with their row ids and payloads, largest first;
+unused slots hold ``-inf``, id ``-1`` and payload 0.  The oracle collects
+every (value, id, payload) per column and sorts it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sae_lens_ext_absorption.topk import StreamingTopK, entries_above
+
+
+def expected_top(offers, n_columns, n_top, floor=None):
+    """Per column, the ``n_top`` largest offered (value, id, payload), padded."""
+    table = []
+    for column in range(n_columns):
+        kept = [o for o in offers if o[0] == column and (floor is None or o[1] > floor)]
+        best = sorted(kept, key=lambda o: -o[1])[:n_top]
+        rows = [(value, row, extra) for _, value, row, extra in best]
+        rows += [(float("-inf"), -1, 0.0)] * (n_top - len(rows))
+        table.append(rows)
+    return table
+
+
+def check(stream, table):
+    """The stream's values, ids and payloads equal the oracle's table."""
+    for column, rows in enumerate(table):
+        assert stream.values[column].tolist() == [r[0] for r in rows]
+        assert stream.ids[column].tolist() == [r[1] for r in rows]
+        assert stream.payload[column].tolist() == [r[2] for r in rows]
+
+
+@pytest.mark.parametrize("floor", [None, 0.5])
+@pytest.mark.parametrize("n_columns", [3, 40])  # few columns / many columns change
+def test_dense_batches_keep_each_columns_top_n(floor, n_columns):
+    generator = torch.Generator().manual_seed(n_columns)
+    stream = StreamingTopK(n_columns, n_top=4)
+    offers, offset = [], 0
+    for n_rows in (3, 9, 1, 6):
+        scores = torch.randn(n_columns, n_rows, generator=generator)
+        payload = torch.randn(n_columns, n_rows, generator=generator)
+        stream.update_dense(scores, offset, floor=floor, payload=payload)
+        offers += [
+            (c, float(scores[c, r]), offset + r, float(payload[c, r]))
+            for c in range(n_columns)
+            for r in range(n_rows)
+        ]
+        offset += n_rows
+    check(stream, expected_top(offers, n_columns, 4, floor))
+    live = sorted(
+        {r[1] for rows in expected_top(offers, n_columns, 4, floor) for r in rows}
+        - {-1}
+    )
+    assert stream.live_ids().tolist() == live
+
+
+def test_entries_keep_each_columns_top_n_including_single_entries():
+    stream = StreamingTopK(5, n_top=3)
+    calls = [
+        # column 1 gets one entry only; column 3 none; column 0 more than n_top
+        ([0, 0, 1, 0, 0], [0.2, 0.9, 0.4, 0.5, 0.1], [10, 11, 12, 13, 14]),
+        ([2, 0, 2, 4], [1.5, 0.05, 0.7, -0.3], [20, 21, 22, 23]),
+        ([], [], []),
+        ([0, 4, 4], [0.6, 0.8, -0.1], [30, 31, 32]),
+    ]
+    offers = []
+    for columns, values, ids in calls:
+        payload = [v * 10 for v in values]
+        stream.update_entries(
+            torch.tensor(columns, dtype=torch.long),
+            torch.tensor(values),
+            torch.tensor(ids, dtype=torch.long),
+            torch.tensor(payload),
+        )
+        offers += [
+            (c, float(torch.tensor(v)), i, float(torch.tensor(p)))
+            for c, v, i, p in zip(columns, values, ids, payload, strict=True)
+        ]
+    check(stream, expected_top(offers, 5, 3))
+    assert stream.threshold.tolist() == [r[-1][0] for r in expected_top(offers, 5, 3)]
+
+
+def test_entries_above_a_bar_and_the_limit():
+    scores = torch.tensor([[0.1, 0.9, 0.3], [0.8, 0.2, 0.7]])
+    rows, cols = entries_above(scores, torch.tensor([0.25, 0.5]))
+    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [
+        (0, 1),
+        (0, 2),
+        (1, 0),
+        (1, 2),
+    ]
+    rows, cols = entries_above(scores, 0.75, limit=2)  # 2 entries: within the limit
+    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 1), (1, 0)]
+    assert entries_above(scores, 0.0, limit=5) is None  # 6 entries: over it
+    with pytest.raises(ValueError, match="n_top"):
+        StreamingTopK(3, 0)
