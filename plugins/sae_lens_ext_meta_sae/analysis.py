@@ -106,7 +106,10 @@ class MetaSAEAnalysis(Analysis):
                 "base_latent_ids": torch.tensor(ids),
                 "base_latent_firings": self.firings,
             },
-            plots={"meta_sae": decomposition_plot(result)},
+            plots={
+                "meta_sae": decomposition_plot(result),
+                **({"fve_vs_null": null_plot(result)} if result.null else {}),
+            },
             saes={"meta_sae": meta_sae},
             card=card_text(result, config, log, self.n_tokens),
         )
@@ -142,6 +145,34 @@ def decomposition_plot(result: MetaDecomposition) -> Figure:
         f"{metrics['mean_active_meta_latents']:.2f} meta-latents per latent, "
         f"{metrics['dead_meta_latents']} dead of {metrics['d_meta']}"
     )
+    fig.tight_layout()
+    return fig
+
+
+def null_plot(result: MetaDecomposition) -> Figure:
+    """The meta-SAE's FVE against the FVE of each null decoder's meta-SAE,
+    with the margin it must clear to count as structure."""
+    metrics, null = result.metrics, result.null
+    fve = metrics["fraction_variance_explained"]
+    fig = Figure(figsize=(6, 2.6))
+    ax = fig.subplots()
+    ax.axvspan(
+        null.mean,
+        null.mean + null.threshold(),
+        color="#bbbbbb",
+        alpha=0.5,
+        label="null mean + threshold",
+    )
+    ax.plot(null.fves, [0] * len(null.fves), "o", color="#777777", label="null seeds")
+    ax.axvline(fve, color="#c0504d", linewidth=2, label="this SAE's decoder")
+    ax.set_yticks([])
+    ax.set_xlabel("fraction of variance explained by the meta-SAE")
+    verdict = "above" if metrics["distinguishable_from_null"] else "not above"
+    ax.set_title(
+        f"FVE {fve:.3f}, {verdict} the null ({null.mean:.3f} +/- {null.std:.3f}, "
+        f"{len(null.fves)} random decoders)"
+    )
+    ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     return fig
 
