@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 
 import pytest
+from conftest import SMALL_DEMO_CONFIG
 from hub_double import TOKEN
 
 import sae_lens_ext
@@ -12,19 +13,6 @@ from sae_lens_ext.hub import push_to_hub
 from sae_lens_ext.model_card import image_paths, relocate_images, with_plots
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-# every plugin at small settings: each writes at least one plot
-FAST = {
-    "meta_sae": {"steps": 30, "batch_size": 64, "null_seeds": 2},
-    "llc": {
-        "max_tokens": 32,
-        "num_chains": 2,
-        "num_draws": 12,
-        "num_burnin": 4,
-        "step_size": 1e-4,
-    },
-    "tokenized": {"k": 4, "batch_size": 64, "buffer_rows": 512, "lr": 3e-3},
-}
 
 
 def test_with_plots_adds_each_plot_not_already_shown():
@@ -63,7 +51,7 @@ def test_pushed_cards_show_every_plot_of_every_analysis(hub, tmp_path):
     output = sae_lens_ext.run(
         "sae-lens-ext/demo",
         "resid0-topk-1024",
-        config=FAST,
+        config=SMALL_DEMO_CONFIG,
         n_tokens=2048,
         batch_size=16,
         out_dir=tmp_path / "run",

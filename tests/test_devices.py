@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL_DEMO_CONFIG
 from fake_accelerator import DeviceMismatch, fake_accelerator
 from sae_lens_ext_absorption.config import AbsorptionConfig
-from sae_lens_ext_absorption.discrepancy import DiscrepancyAccumulator
 from sae_lens_ext_absorption.synthetic import planted_hierarchy
 from sae_lens_ext_absorption.topk import entries_above, entries_above_torch
+from test_absorption import stream
 
 import sae_lens_ext
 from sae_lens_ext import runner
@@ -32,18 +33,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 SAE_ID = "resid0-topk-1024"
 # small settings so each run takes seconds on the fake accelerator (every
 # operation goes through Python there)
-FAST = {
-    "base": {"ce_batches": 1},
-    "meta_sae": {"steps": 30, "batch_size": 64},
-    "llc": {
-        "max_tokens": 32,
-        "num_chains": 2,
-        "num_draws": 12,
-        "num_burnin": 4,
-        "step_size": 1e-4,
-    },
-    "tokenized": {"k": 4, "batch_size": 64, "buffer_rows": 512, "lr": 3e-3},
-}
+FAST = {"base": {"ce_batches": 1}, **SMALL_DEMO_CONFIG}
 N_TOKENS = {"tokenized": 1024, "absorption": 2048}
 
 
@@ -59,19 +49,6 @@ def test_entries_above_in_torch_equals_numpy():
         assert entries_above_torch(scores, bar, limit=10) is None
     assert (scores[rows, cols] > bars[rows]).all()
     assert len(rows) == int((scores > bars[:, None]).sum())
-
-
-def stream(sae, x, config, batch_size=500):
-    """Feed ``x`` through ``sae`` into a discrepancy accumulator."""
-    accumulator = DiscrepancyAccumulator(sae, config)
-    for offset in range(0, len(x), batch_size):
-        part = x[offset : offset + batch_size]
-        with torch.no_grad():
-            acts = sae.encode(part)
-        batch = type("Batch", (), {"sae_in": part, "feature_acts": acts})()
-        batch.offset = offset
-        accumulator.update(batch)
-    return accumulator.result()
 
 
 def test_absorption_stream_off_the_cpu_equals_the_numpy_stream(monkeypatch):
