@@ -136,10 +136,18 @@ def test_demo_run_on_an_accelerator_equals_the_cpu_run(plugin, tmp_path, monkeyp
     assert off_cpu == pytest.approx(on_cpu, rel=1e-6, abs=1e-9)
 
 
-# On a GPU the numbers differ by float rounding (deterministic analyses) or
-# by the random stream (CUDA's generator differs from the CPU's: SGLD noise
+# On a GPU the numbers differ by float rounding (a projection rounding
+# differently can move a row in or out of a top-N list or a quantisation bin)
+# or by the random stream (CUDA's generator differs from the CPU's: SGLD noise
 # for LLC, the initialisation of the tokenized SAE), so those compare loosely.
-CUDA_TOLERANCE = {"llc": 0.3, "tokenized": 0.1, "meta_sae": 0.05}
+# Not yet run on a GPU: tune these on the first run of bench/gpu_check.py.
+CUDA_TOLERANCE = {
+    "mdl": 5e-3,
+    "absorption": 0.02,
+    "meta_sae": 0.05,
+    "tokenized": 0.1,
+    "llc": 0.3,
+}
 
 
 @CUDA
