@@ -37,12 +37,17 @@ class MetaSAEAnalysis(Analysis):
 
     def __init__(self, config: MetaSAEConfig, context):
         super().__init__(config, context)
-        self.firings = torch.zeros(int(context.sae.cfg.d_sae), dtype=torch.long)
+        # counted on the SAE's (activations') device; the meta-SAE trains on the CPU
+        self.firings = torch.zeros(
+            int(context.sae.cfg.d_sae),
+            dtype=torch.long,
+            device=context.sae.W_dec.device,
+        )
         self.n_tokens = 0
 
     def update(self, batch: ActivationBatch) -> None:
         """Count how often each base latent fires (to leave dead ones out)."""
-        self.firings += (batch.feature_acts > 0).sum(0).cpu()
+        self.firings += (batch.feature_acts > 0).sum(0)
         self.n_tokens += batch.n
 
     def trained_latents(self) -> torch.Tensor | None:
@@ -54,7 +59,7 @@ class MetaSAEAnalysis(Analysis):
         """
         if not self.config.skip_dead or self.n_tokens == 0:
             return None
-        alive = torch.nonzero(self.firings > 0).squeeze(1)
+        alive = torch.nonzero(self.firings > 0).squeeze(1).cpu()
         if alive.numel() == 0:
             raise ValueError(
                 f"no latent fired on the run's {self.n_tokens} tokens, so there is "
@@ -67,7 +72,7 @@ class MetaSAEAnalysis(Analysis):
         """Share of the run's tokens each base latent fired on (None: no tokens)."""
         if self.n_tokens == 0:
             return None
-        return self.firings.double() / self.n_tokens
+        return self.firings.double().cpu() / self.n_tokens
 
     def finish(self) -> AnalysisResult:
         """Train the meta-SAE, decompose the latents, plot and describe it."""
