@@ -46,16 +46,18 @@ class BaseAnalysis(Analysis):
         super().__init__(config, context)
         require_reconstruction(context.sae, "base")
         d_sae = context.sae.cfg.d_sae
-        self.fire_count = torch.zeros(d_sae, dtype=torch.float64)
-        self.act_sum = torch.zeros(d_sae, dtype=torch.float64)
-        self.act_max = torch.zeros(d_sae)
+        # per-latent sums stay on the SAE's device (that of the activations)
+        device = context.sae.W_dec.device
+        self.fire_count = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.act_sum = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.act_max = torch.zeros(d_sae, device=device)
         self.n = 0
         self.l0_sum = 0.0
         self.sq_err = 0.0
         self.x_sum: torch.Tensor | None = None
         self.x_sq = 0.0
         self.contexts: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.core = CoreStatistics(d_sae)
+        self.core = CoreStatistics(d_sae, device)
 
     def update(self, batch: ActivationBatch) -> None:
         """Accumulate firing counts, errors and the first batches' contexts."""
@@ -79,7 +81,7 @@ class BaseAnalysis(Analysis):
         sae = self.context.sae
         n, d_in = self.n, sae.cfg.d_in
         total_var = self.x_sq - (self.x_sum.pow(2).sum().item() / n)
-        freq = (self.fire_count / n).float()
+        freq = (self.fire_count / n).float().cpu()
         metrics = {
             "n_tokens": n,
             "d_in": d_in,
@@ -101,10 +103,10 @@ class BaseAnalysis(Analysis):
             {
                 "latent": range(sae.cfg.d_sae),
                 "firing_frequency": freq.numpy(),
-                "mean_activation": (
-                    self.act_sum / self.fire_count.clamp_min(1)
-                ).numpy(),
-                "max_activation": self.act_max.numpy(),
+                "mean_activation": (self.act_sum / self.fire_count.clamp_min(1))
+                .cpu()
+                .numpy(),
+                "max_activation": self.act_max.cpu().numpy(),
             }
         )
         return AnalysisResult(

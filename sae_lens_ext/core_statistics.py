@@ -40,7 +40,7 @@ LOGIT_CHUNK = 8
 class CoreStatistics:
     """Streamed per-token statistics of one SAE on the shared pass."""
 
-    def __init__(self, d_sae: int):
+    def __init__(self, d_sae: int, device=None):
         self.n = 0
         self.sums = dict.fromkeys(
             ("l1", "cossim", "l2_norm_in", "l2_norm_out", "l2_ratio", "legacy", "mse"),
@@ -48,8 +48,9 @@ class CoreStatistics:
         )
         self.batch_terms: list[tuple[float, float, float, float]] = []
         self.batch_rows: list[int] = []
-        self.firing_tokens = torch.zeros(d_sae, dtype=torch.float64)
-        self.firing_prompts = torch.zeros(d_sae, dtype=torch.float64)
+        # per-latent counts stay on ``device`` (that of the activations)
+        self.firing_tokens = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.firing_prompts = torch.zeros(d_sae, dtype=torch.float64, device=device)
 
     def update(self, batch) -> None:
         """Add one :class:`~sae_lens_ext.ActivationBatch`."""
@@ -86,10 +87,10 @@ class CoreStatistics:
         # for SAEs of a million latents
         d_sae = acts.shape[1]
         rows, latents = (acts > 0).nonzero(as_tuple=True)
-        self.firing_tokens += torch.bincount(latents, minlength=d_sae).cpu()
+        self.firing_tokens += torch.bincount(latents, minlength=d_sae)
         prompts = batch.positions[:, 0].to(rows.device)
         pairs = (prompts[rows] * d_sae + latents).unique()
-        self.firing_prompts += torch.bincount(pairs % d_sae, minlength=d_sae).cpu()
+        self.firing_prompts += torch.bincount(pairs % d_sae, minlength=d_sae)
 
     def metrics(self) -> dict[str, float]:
         """Means of the textbook statistics (for the base analysis's metrics)."""
@@ -120,7 +121,9 @@ class CoreStatistics:
                 self.firing_prompts > 0,
                 self.firing_tokens / self.firing_prompts.clamp_min(1),
                 -1.0,
-            ).tolist(),
+            )
+            .cpu()
+            .tolist(),
         }
 
 

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model_card import fill_repo_id, render_model_card
+from .model_card import fill_repo_id, relocate_images, render_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,9 @@ def _push(local, card, repo_id, folder, token, private, revision, message):
             "or push without --private."
         )
     if folder and CARD not in remote:
-        local = [*local, hashed_bytes(CARD, card.encode())]
+        # the repo's card: the run's, with its images under the run's folder
+        root_card = relocate_images(card, folder)
+        local = [*local, hashed_bytes(CARD, root_card.encode())]
     adds, unchanged = changed_files(local, remote)
     deletes = stale_files(local, remote, folder)
     url = run_url(api.endpoint, repo_id, revision, folder)

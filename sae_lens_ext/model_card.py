@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 REPO_PLACEHOLDER = "<repo_id>"
 DEFAULT_LICENSE = "mit"
@@ -25,6 +26,7 @@ _MOVED_MODELS = {
     "gpt2-xl": "openai-community/gpt2-xl",
     "distilgpt2": "distilbert/distilgpt2",
 }
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 _LOAD_LINE = re.compile(
     r'(SAE\.from_pretrained|load_sae)\("' + re.escape(REPO_PLACEHOLDER) + r'", "'
 )
@@ -59,6 +61,39 @@ def fill_repo_id(card: str, repo_id: str, prefix: str = "") -> str:
     """Put the real repo id (and the run's folder in the repo) into the load snippets."""
     folder = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
     return _LOAD_LINE.sub(lambda m: f'{m.group(1)}("{repo_id}", "{folder}', card)
+
+
+def with_plots(body: str, files: list[str]) -> str:
+    """``body`` followed by an image for every PNG in ``files`` it does not
+    already show; paths are relative to the run folder, where the card is."""
+    shown = {match.group(2) for match in _IMAGE.finditer(body)}
+    images = [
+        f"![{Path(f).stem.replace('_', ' ')}]({f})"
+        for f in files
+        if f.endswith(".png") and f not in shown
+    ]
+    return "\n\n".join(part for part in (body.strip(), "\n".join(images)) if part)
+
+
+def image_paths(card: str) -> list[str]:
+    """The targets of the card's Markdown images."""
+    return [match.group(2) for match in _IMAGE.finditer(card)]
+
+
+def relocate_images(card: str, folder: str) -> str:
+    """The card with its relative image paths put under ``folder`` (for a copy
+    of a run's card placed at the repo root while the run is in ``folder``)."""
+    folder = folder.strip("/")
+    if not folder:
+        return card
+
+    def move(match: re.Match) -> str:
+        target = match.group(2)
+        if "://" in target or target.startswith("/"):
+            return match.group(0)
+        return f"![{match.group(1)}]({folder}/{target})"
+
+    return _IMAGE.sub(move, card)
 
 
 def front_matter(summary: dict) -> list[str]:

@@ -159,7 +159,11 @@ def code_map(sae) -> CodeMap | None:
     if getattr(cfg, "rescale_acts_by_decoder_norm", False):
         rows = rows / rows.norm(dim=1, keepdim=True)
     adds_b_dec = cfg.architecture() != "matching_pursuit" or cfg.apply_b_dec_to_input
-    bias = sae.b_dec.detach().double() if adds_b_dec else torch.zeros(rows.shape[1])
+    bias = (
+        sae.b_dec.detach().double()
+        if adds_b_dec
+        else torch.zeros(rows.shape[1], dtype=rows.dtype, device=rows.device)
+    )
     subclass = None if cfg.architecture() in LINEAR_DECODERS else sae
     return CodeMap(rows, bias, mode, cfg.d_in, subclass)
 

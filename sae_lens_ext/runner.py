@@ -296,14 +296,16 @@ def finish_analyses(analyses, registry, run_dir, summary, output, failed) -> Non
 
 
 def write_model_card(registry, summary, run_dir, results) -> None:
-    """Assemble README.md from the analyses' sections and plugins' hooks."""
-    from .model_card import render_model_card
+    """Assemble README.md from the analyses' sections (each with its plots)
+    and plugins' hooks."""
+    from .model_card import render_model_card, with_plots
 
-    sections = [
-        (summary["analyses"][name]["title"], result.card)
-        for name, result in results.items()
-        if result.card
-    ]
+    sections = []
+    for name, result in results.items():
+        entry = summary["analyses"][name]
+        body = with_plots(result.card or "", entry.get("files", []))
+        if body:
+            sections.append((entry["title"], body))
     for extra in registry.hook.model_card_sections(summary=summary, run_dir=run_dir):
         if extra:
             sections.append(("Notes", extra))

@@ -12,6 +12,18 @@ import pytest
 import torch
 
 TINY_HOOK = "blocks.0.hook_resid_post"
+# Small settings for the slow plugins on the demo release (seconds per run).
+SMALL_DEMO_CONFIG = {
+    "meta_sae": {"steps": 30, "batch_size": 64, "null_seeds": 2},
+    "llc": {
+        "max_tokens": 32,
+        "num_chains": 2,
+        "num_draws": 12,
+        "num_burnin": 4,
+        "step_size": 1e-4,
+    },
+    "tokenized": {"k": 4, "batch_size": 64, "buffer_rows": 512, "lr": 3e-3},
+}
 
 
 @pytest.fixture(scope="session")

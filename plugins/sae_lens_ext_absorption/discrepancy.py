@@ -20,6 +20,9 @@ per-row scale multiplies every contribution, and the projection is of
 ``x - decode(0)`` (``x - b_dec`` without normalisation).
 A latent's absorption score is the mean absorption fraction over its
 decoder list; latents that fire on decoder-only rows are its absorbers.
+
+The lists, the row store and the scoring live on the SAE's device (that of
+the activations); only the finished tables are brought to the CPU.
 """
 
 from __future__ import annotations
@@ -77,29 +80,30 @@ class DiscrepancyAccumulator:
     def __init__(self, sae, config: AbsorptionConfig):
         self.config = config
         self.code_map = decoder_code_map(sae)
-        w_dec = sae.W_dec.detach().float().cpu()
+        w_dec = sae.W_dec.detach().float()
+        self.device = w_dec.device
         # what one unit of each latent adds to the reconstruction, in length
-        self.dec_norm = self.code_map.row_norms.float().cpu()
+        self.dec_norm = self.code_map.row_norms.float().to(self.device)
         self.unit_dec = w_dec / w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.dtype = getattr(torch, config.dtype)
         self.projector = self.unit_dec.to(self.dtype)
         d_sae = w_dec.shape[0]
-        self.encoder = StreamingTopK(d_sae, config.top_n)
-        self.decoder = StreamingTopK(d_sae, config.top_n)
-        self.store = RowStore(config.codes_per_row, config.context_tokens)
-        self.fire_count = torch.zeros(d_sae, dtype=torch.long)
+        self.encoder = StreamingTopK(d_sae, config.top_n, self.device)
+        self.decoder = StreamingTopK(d_sae, config.top_n, self.device)
+        self.store = RowStore(config.codes_per_row, config.context_tokens, self.device)
+        self.fire_count = torch.zeros(d_sae, dtype=torch.long, device=self.device)
         self.n_rows = 0
 
     def update(self, batch) -> None:
         """Merge one :class:`~sae_lens_ext.ActivationBatch` (or any object with
         ``sae_in``, ``feature_acts``, ``offset`` and optional token fields)."""
         offset = batch.offset
-        sae_in = batch.sae_in.detach().cpu()
+        sae_in = batch.sae_in.detach().to(self.device)
         x = sae_in.float() - self.code_map.zero_code(sae_in).float()  # x - decode(0)
         # [d_sae, rows]: a latent's projections are contiguous (the product is
         # also ~15% faster in this layout)
         projections = (self.projector @ x.to(self.dtype).T).float()
-        acts = batch.feature_acts.detach().float().cpu()
+        acts = batch.feature_acts.detach().float().to(self.device)
         rows, cols = entries_above(acts, 0.0)  # one pass over the codes
         values = take(acts, rows, cols)
         # the decoder list and the row store keep each activation times its
@@ -121,8 +125,10 @@ class DiscrepancyAccumulator:
             ]
         ).unique()
         local = entered - offset
-        slot_of_row = torch.full((acts.shape[0],), -1, dtype=torch.long)
-        slot_of_row[local] = torch.arange(len(local))
+        slot_of_row = torch.full(
+            (acts.shape[0],), -1, dtype=torch.long, device=self.device
+        )
+        slot_of_row[local] = torch.arange(len(local), device=self.device)
         positions = getattr(batch, "positions", None)
         self.store.add_entries(
             entered,
@@ -130,7 +136,7 @@ class DiscrepancyAccumulator:
             cols,
             length_values,
             getattr(batch, "token_context", None),
-            positions[local] if positions is not None else None,
+            positions.to(self.device)[local] if positions is not None else None,
         )
         self.store.maybe_prune(self._live_ids)
 
@@ -145,7 +151,8 @@ class DiscrepancyAccumulator:
                 "(a non-empty dataset or tensor)"
             )
         rows = self.store.rows()
-        scored = self._score(rows)
+        scored = {key: value.cpu() for key, value in self._score(rows).items()}
+        rows = rows.to("cpu")
         latents = self._latent_table(scored)
         absorbers = self._absorber_table(scored)
         suspects = self._suspect_table(latents, absorbers, scored, rows, decode)
@@ -168,7 +175,7 @@ class DiscrepancyAccumulator:
         step = max(16, min(_CHUNK, _COS_TABLE_ENTRIES // d_sae))
         parts: dict[str, list[torch.Tensor]] = {}
         for start in range(0, d_sae, step):
-            chunk = torch.arange(start, min(start + step, d_sae))
+            chunk = torch.arange(start, min(start + step, d_sae), device=self.device)
             for key, value in self._score_chunk(chunk, rows).items():
                 parts.setdefault(key, []).append(value)
         return {key: torch.cat(values) for key, values in parts.items()}
@@ -225,15 +232,16 @@ class DiscrepancyAccumulator:
         valid, in_encoder = scored["valid"], scored["in_encoder"]
         n_valid = valid.sum(1).clamp_min(1).float()
         top_absorber, top_cos = _most_common_absorber(
-            scored["top_latent"], self.unit_dec
+            scored["top_latent"], self.unit_dec.cpu()
         )
+        fire_count = self.fire_count.cpu()
         return pd.DataFrame(
             {
                 "latent": range(valid.shape[0]),
-                "firing_frequency": (self.fire_count.float() / self.n_rows).numpy(),
-                "fires": self.fire_count.numpy(),
-                "dead": (self.fire_count == 0).numpy(),
-                "rare": (self.fire_count < self.config.top_n).numpy(),
+                "firing_frequency": (fire_count.float() / self.n_rows).numpy(),
+                "fires": fire_count.numpy(),
+                "dead": (fire_count == 0).numpy(),
+                "rare": (fire_count < self.config.top_n).numpy(),
                 "overlap": (in_encoder.sum(1) / n_valid).numpy(),
                 "decoder_only_rows": (valid & ~in_encoder).sum(1).numpy(),
                 "fires_on_decoder_top": (
@@ -243,8 +251,8 @@ class DiscrepancyAccumulator:
                 "full_absorption_rate": (scored["full"].sum(1) / n_valid).numpy(),
                 "top_absorber": top_absorber.numpy(),
                 "top_absorber_cos": top_cos.numpy(),
-                "max_activation": self.encoder.values[:, 0].clamp_min(0).numpy(),
-                "max_projection": self.decoder.values[:, 0].numpy(),
+                "max_activation": self.encoder.values[:, 0].clamp_min(0).cpu().numpy(),
+                "max_projection": self.decoder.values[:, 0].cpu().numpy(),
             }
         )
 
@@ -332,7 +340,7 @@ class DiscrepancyAccumulator:
         absorbed = (fraction > 0).nonzero()[:, 0][:N_EXAMPLES]
         absorbed_ids = scored["row_ids"][latent][absorbed]
         absorbers = scored["top_latent"][latent][absorbed]
-        encoder_ids = self.encoder.ids[latent]
+        encoder_ids = self.encoder.ids[latent].cpu()
         encoder_ids = encoder_ids[encoder_ids >= 0][:N_EXAMPLES]
         return {
             "absorbed_examples": " | ".join(

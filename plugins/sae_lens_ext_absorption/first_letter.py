@@ -78,7 +78,8 @@ def first_letter_absorption(
         )
     labels = labels[:, letters]
     # decode(0): b_dec, moved by the output normalisation where there is one
-    zero_code = decoding.zero_code(sample.sae_in).float()
+    # (on the SAE's device; the letter sample and its probes live on the CPU)
+    zero_code = decoding.zero_code(sample.sae_in.to(sae.W_dec.device)).float().cpu()
     x = sample.sae_in - zero_code if config.subtract_b_dec else sample.sae_in
     torch.manual_seed(seed)
     probes = fit_probes(x[train], labels[train], max_iter=GROUND_TRUTH_ITERATIONS)
@@ -113,7 +114,7 @@ def first_letter_absorption(
             x,
             directions[column],
             cosines[:, column],
-            decoding.row_norms.float(),
+            decoding.row_norms.float().cpu(),
             main_latents[column],
             config,
         )

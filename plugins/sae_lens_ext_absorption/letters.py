@@ -115,9 +115,11 @@ class LetterSampler:
             return
         kept = tokens[rows]
         self.seen.index_add_(0, kept, torch.ones_like(kept))
-        acts = feature_acts[rows].detach().float().cpu()
+        on_device = rows.to(feature_acts.device)
+        acts = feature_acts[on_device].detach().float()
         # each row's firing latents (its n_codes largest if more fire), from
-        # one pass over the codes rather than a top-k per row
+        # one pass over the codes rather than a top-k per row, on the codes'
+        # device; only the sample's sparse codes come to the CPU
         row, latent = entries_above(acts, 0.0)
         latents, values = top_entries(
             len(rows),
@@ -128,11 +130,11 @@ class LetterSampler:
         )
         self.parts.append(
             LetterRows(
-                sae_in[rows].detach().float().cpu(),
+                sae_in[rows.to(sae_in.device)].detach().float().cpu(),
                 kept,
                 letters[rows],
-                latents.long(),
-                values,
+                latents.long().cpu(),
+                values.cpu(),
             )
         )
         self.n_rows += rows.numel()

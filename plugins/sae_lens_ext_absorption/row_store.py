@@ -3,7 +3,8 @@
 A row enters the store in the batch it is seen, if it entered some latent's
 top-N list; it is dropped once no list refers to it any more.  Rows are
 appended in increasing global id, so the ids stay sorted and lookups are a
-binary search.  At most ``2 x d_sae x N`` rows are ever live.
+binary search.  At most ``2 x d_sae x N`` rows are ever live.  The store
+lives on the device of the activations it is given.
 """
 
 from __future__ import annotations
@@ -31,15 +32,22 @@ class StoredRows:
             self.contexts[keep],
         )
 
+    def to(self, device) -> StoredRows:
+        """The same rows on ``device``."""
+        return StoredRows(*(t.to(device) for t in vars(self).values()))
+
     @staticmethod
-    def concat(parts: list[StoredRows], n_codes: int, n_context: int) -> StoredRows:
-        """Concatenate stored parts (which must be in increasing id order)."""
+    def concat(
+        parts: list[StoredRows], n_codes: int, n_context: int, device=None
+    ) -> StoredRows:
+        """Concatenate stored parts (which must be in increasing id order);
+        no parts give an empty block on ``device``."""
         if not parts:
             return StoredRows(
-                torch.empty(0, dtype=torch.long),
-                torch.empty(0, n_codes, dtype=torch.int32),
-                torch.empty(0, n_codes),
-                torch.empty(0, n_context, dtype=torch.int32),
+                torch.empty(0, dtype=torch.long, device=device),
+                torch.empty(0, n_codes, dtype=torch.int32, device=device),
+                torch.empty(0, n_codes, device=device),
+                torch.empty(0, n_context, dtype=torch.int32, device=device),
             )
         return StoredRows(
             torch.cat([p.ids for p in parts]),
@@ -52,9 +60,10 @@ class StoredRows:
 class RowStore:
     """Sparse codes (top ``n_codes`` latents) and contexts of referenced rows."""
 
-    def __init__(self, n_codes: int, n_context: int):
+    def __init__(self, n_codes: int, n_context: int, device=None):
         self.n_codes = n_codes
         self.n_context = n_context
+        self.device = device
         self.parts: list[StoredRows] = []
         self.size = 0
         self._next_prune = 65_536
@@ -80,7 +89,9 @@ class RowStore:
         self._append(ids, codes, code_values, token_context, positions)
 
     def _append(self, ids, latents, values, token_context, positions) -> None:
-        contexts = context_windows(token_context, positions, self.n_context, len(ids))
+        contexts = context_windows(
+            token_context, positions, self.n_context, len(ids), ids.device
+        )
         self.parts.append(StoredRows(ids.long(), latents, values, contexts))
         self.size += len(ids)
 
@@ -93,13 +104,15 @@ class RowStore:
         self.parts = [p.select(torch.isin(p.ids, live)) for p in self.parts]
         self.parts = [p for p in self.parts if p.ids.numel()]
         if len(self.parts) > 1:
-            self.parts = [StoredRows.concat(self.parts, self.n_codes, self.n_context)]
+            self.parts = [
+                StoredRows.concat(self.parts, self.n_codes, self.n_context, self.device)
+            ]
         self.size = sum(p.ids.numel() for p in self.parts)
         self._next_prune = max(65_536, 2 * self.size)
 
     def rows(self) -> StoredRows:
         """All stored rows as one block."""
-        return StoredRows.concat(self.parts, self.n_codes, self.n_context)
+        return StoredRows.concat(self.parts, self.n_codes, self.n_context, self.device)
 
 
 def context_windows(
@@ -107,15 +120,18 @@ def context_windows(
     positions: torch.Tensor | None,
     width: int,
     n: int,
+    device=None,
 ) -> torch.Tensor:
-    """Token ids of the ``width`` positions ending at each row, -1 padded."""
+    """Token ids of the ``width`` positions ending at each row, -1 padded,
+    on ``device``."""
     if token_context is None or positions is None:
-        return torch.full((n, width), -1, dtype=torch.int32)
+        return torch.full((n, width), -1, dtype=torch.int32, device=device)
+    positions = positions.to(device)
     seq, pos = positions[:, 0].long(), positions[:, 1].long()
-    offsets = torch.arange(-width + 1, 1)
+    offsets = torch.arange(-width + 1, 1, device=positions.device)
     cols = pos[:, None] + offsets[None, :]
     valid = cols >= 0
-    tokens = token_context[seq[:, None], cols.clamp_min(0)]
+    tokens = token_context.to(positions.device)[seq[:, None], cols.clamp_min(0)]
     return torch.where(valid, tokens, -1).to(torch.int32)
 
 
@@ -144,12 +160,16 @@ def top_entries(
         slots, latents, values = (t[order] for t in (slots, latents, values))
         order = slots.argsort(stable=True)
         slots, latents, values = (t[order] for t in (slots, latents, values))
-    rank = torch.arange(len(slots)) - (counts.cumsum(0) - counts).index_select(0, slots)
+    rank = torch.arange(len(slots), device=slots.device) - (
+        counts.cumsum(0) - counts
+    ).index_select(0, slots)
     keep = (rank < width).nonzero()[:, 0]
     # flat positions in the [n_rows, width] outputs
     where = (slots * width + rank).index_select(0, keep)
-    out_latents = torch.full((n_rows * width,), -1, dtype=torch.int32)
-    out_values = torch.zeros(n_rows * width)
+    out_latents = torch.full(
+        (n_rows * width,), -1, dtype=torch.int32, device=slots.device
+    )
+    out_values = torch.zeros(n_rows * width, device=slots.device)
     out_latents[where] = latents.index_select(0, keep).to(torch.int32)
     out_values[where] = values.index_select(0, keep)
     return out_latents.view(n_rows, width), out_values.view(n_rows, width)

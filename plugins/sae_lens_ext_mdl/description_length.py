@@ -244,12 +244,16 @@ class MDLAccumulator:
 
     def _set_ladder(self, ladder: Ladder) -> None:
         self.ladder = ladder
-        self.finest = QuantisedHistograms(self.sae.cfg.d_sae, ladder.finest)
+        # histograms and per-latent sums stay on the SAE's (activations') device
+        device = self.sae.W_dec.device
+        self.finest = QuantisedHistograms(
+            self.sae.cfg.d_sae, ladder.finest, device=device
+        )
         self.n_levels = ladder.n
         self.sq_err = torch.zeros(ladder.n, dtype=torch.float64)
         if self.config.per_latent:
             self.latent_sq_err = torch.zeros(
-                ladder.n, self.sae.cfg.d_sae, dtype=torch.float64
+                ladder.n, self.sae.cfg.d_sae, dtype=torch.float64, device=device
             )
 
     def _place_ladder(
@@ -374,7 +378,7 @@ class MDLAccumulator:
             self.columns = decode_columns(self.sae)
             check_affine_decode(self.sae, feature_acts, self.columns)
         norms = self.columns.pow(2).sum(1)
-        along = torch.zeros(len(values), dtype=torch.float64)
+        along = torch.zeros(len(values), dtype=torch.float64, device=values.device)
         for start in range(0, len(values), 1 << 14):
             part = slice(start, start + (1 << 14))
             along[part] = (batch_error[rows[part]] * self.columns[latents[part]]).sum(1)
@@ -462,7 +466,7 @@ class MDLAccumulator:
         d_in = self.sae.cfg.d_in
         mse = (self.sq_err / (self.n * d_in)).tolist()
         mse_clean = self.sq_err_clean / (self.n * d_in)
-        entropies = [h.entropy() for h in self.histograms()]
+        entropies = [h.entropy().cpu() for h in self.histograms()]
         bits = [e.sum().item() for e in entropies]
         table = pd.DataFrame(
             {
@@ -498,9 +502,9 @@ class MDLAccumulator:
         latents = pd.DataFrame(
             {
                 "latent": range(self.sae.cfg.d_sae),
-                "firing_frequency": (hist.nonzero_counts() / self.n).numpy(),
+                "firing_frequency": (hist.nonzero_counts().cpu() / self.n).numpy(),
                 "entropy_bits": entropies[choice].numpy(),
-                "bins_used": hist.bins_used().numpy(),
+                "bins_used": hist.bins_used().cpu().numpy(),
             }
         )
         allocation = self._allocation(torch.stack(entropies))
@@ -554,7 +558,7 @@ class MDLAccumulator:
         if self.latent_sq_err is None:
             return None
         budget = self.config.tolerance * self.sq_err_clean
-        return allocate_precisions(entropies, self.latent_sq_err, budget)
+        return allocate_precisions(entropies, self.latent_sq_err.cpu(), budget)
 
 
 def relative_increase(loss: float, clean: float) -> float:

@@ -41,17 +41,21 @@ SYMBOL_BITS = 32
 class QuantisedHistograms:
     """Per-latent histograms of quantised activations at one precision."""
 
-    def __init__(self, d_sae: int, precision: float, width: int | None = None):
+    def __init__(
+        self, d_sae: int, precision: float, width: int | None = None, device=None
+    ):
         if not precision > 0:
             raise ValueError(f"precision must be > 0, got {precision}")
         self.d_sae = d_sae
+        # counts live on ``device`` (that of the activations)
+        self.device = torch.device(device or "cpu")
         self.precision = precision
         self.width = width  # dense symbols per latent; set by the first batch
         # The dense table has one more column, a sink for tail symbols, so a
         # batch is counted with one index_add_ and no boolean indexing.
         self._table = None if width is None else self._zeros(width)
-        self.tail_keys = torch.zeros(0, dtype=torch.long)
-        self.tail_counts = torch.zeros(0, dtype=torch.long)
+        self.tail_keys = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.tail_counts = torch.zeros(0, dtype=torch.long, device=self.device)
         self._buffer: list[torch.Tensor] = []
         self._buffered = 0
         self.n_tokens = 0
@@ -74,7 +78,7 @@ class QuantisedHistograms:
             symbols = self.symbols(values[part])
             latent = latents[part].long()
             flat = latent * stride + symbols.clamp_max(self.width)
-            ones = torch.ones(flat.numel(), dtype=torch.int32)
+            ones = torch.ones(flat.numel(), dtype=torch.int32, device=self.device)
             self._table.view(-1).index_add_(0, flat, ones)
             if int(symbols.max()) >= self.width:
                 tail = (symbols >= self.width).nonzero().squeeze(1)
@@ -92,7 +96,7 @@ class QuantisedHistograms:
     def nonzero_counts(self) -> torch.Tensor:
         """How many tokens each latent was non-zero on ``[d_sae]``."""
         self._merge_tail()
-        total = torch.zeros(self.d_sae, dtype=torch.long)
+        total = torch.zeros(self.d_sae, dtype=torch.long, device=self.device)
         if self.counts is not None:
             for rows in self._row_blocks():
                 total[rows] = self.counts[rows].sum(-1, dtype=torch.long)
@@ -108,7 +112,7 @@ class QuantisedHistograms:
         """
         n = self.n_tokens
         if n == 0:
-            return torch.zeros(self.d_sae, dtype=torch.float64)
+            return torch.zeros(self.d_sae, dtype=torch.float64, device=self.device)
         zeros = (n - self.nonzero_counts()).double()
         c_log_c = zeros * torch.log2(zeros.clamp_min(1))
         if self.counts is not None:
@@ -122,7 +126,7 @@ class QuantisedHistograms:
     def bins_used(self) -> torch.Tensor:
         """Number of distinct non-zero symbols each latent used."""
         self._merge_tail()
-        used = torch.zeros(self.d_sae, dtype=torch.long)
+        used = torch.zeros(self.d_sae, dtype=torch.long, device=self.device)
         if self.counts is not None:
             for rows in self._row_blocks():
                 used[rows] = (self.counts[rows] > 0).sum(-1)
@@ -142,13 +146,17 @@ class QuantisedHistograms:
         if levels < 0:
             raise ValueError(f"levels must be >= 0, got {levels}")
         group = 2**levels
-        coarse = QuantisedHistograms(self.d_sae, self.precision * group)
+        coarse = QuantisedHistograms(
+            self.d_sae, self.precision * group, device=self.device
+        )
         coarse.n_tokens = self.n_tokens
         if self.counts is None:
             return coarse
         n_bins = -(-self.width // 2)
         padded = -(-n_bins // group) * group
-        counts = torch.zeros(self.d_sae, padded, 2, dtype=torch.int32)
+        counts = torch.zeros(
+            self.d_sae, padded, 2, dtype=torch.int32, device=self.device
+        )
         counts.view(self.d_sae, -1)[:, : self.width] = self.counts
         pooled = counts.view(self.d_sae, -1, group, 2).sum(2, dtype=torch.int32)
         coarse.width = padded // group * 2
@@ -177,7 +185,7 @@ class QuantisedHistograms:
         self._table = self._zeros(self.width)
 
     def _zeros(self, width: int) -> torch.Tensor:
-        return torch.zeros(self.d_sae, width + 1, dtype=torch.int32)
+        return torch.zeros(self.d_sae, width + 1, dtype=torch.int32, device=self.device)
 
     def _buffer_tail(self, latents: torch.Tensor, symbols: torch.Tensor) -> None:
         if int(symbols.max()) >= 1 << SYMBOL_BITS:
@@ -195,7 +203,10 @@ class QuantisedHistograms:
             return
         keys = torch.cat([self.tail_keys, *self._buffer])
         counts = torch.cat(
-            [self.tail_counts, torch.ones(self._buffered, dtype=torch.long)]
+            [
+                self.tail_counts,
+                torch.ones(self._buffered, dtype=torch.long, device=self.device),
+            ]
         )
         self.tail_keys, self.tail_counts = merge_keys(keys, counts)
         self._buffer, self._buffered = [], 0
@@ -217,6 +228,6 @@ def merge_keys(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum ``counts`` of equal ``keys``: sorted unique keys and their totals."""
     unique, inverse = torch.unique(keys, return_inverse=True)
-    totals = torch.zeros(unique.numel(), dtype=torch.long)
+    totals = torch.zeros(unique.numel(), dtype=torch.long, device=keys.device)
     totals.index_add_(0, inverse, counts)
     return unique, totals

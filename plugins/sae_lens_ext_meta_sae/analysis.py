@@ -37,12 +37,17 @@ class MetaSAEAnalysis(Analysis):
 
     def __init__(self, config: MetaSAEConfig, context):
         super().__init__(config, context)
-        self.firings = torch.zeros(int(context.sae.cfg.d_sae), dtype=torch.long)
+        # counted on the SAE's (activations') device; the meta-SAE trains on the CPU
+        self.firings = torch.zeros(
+            int(context.sae.cfg.d_sae),
+            dtype=torch.long,
+            device=context.sae.W_dec.device,
+        )
         self.n_tokens = 0
 
     def update(self, batch: ActivationBatch) -> None:
         """Count how often each base latent fires (to leave dead ones out)."""
-        self.firings += (batch.feature_acts > 0).sum(0).cpu()
+        self.firings += (batch.feature_acts > 0).sum(0)
         self.n_tokens += batch.n
 
     def trained_latents(self) -> torch.Tensor | None:
@@ -54,7 +59,7 @@ class MetaSAEAnalysis(Analysis):
         """
         if not self.config.skip_dead or self.n_tokens == 0:
             return None
-        alive = torch.nonzero(self.firings > 0).squeeze(1)
+        alive = torch.nonzero(self.firings > 0).squeeze(1).cpu()
         if alive.numel() == 0:
             raise ValueError(
                 f"no latent fired on the run's {self.n_tokens} tokens, so there is "
@@ -67,7 +72,7 @@ class MetaSAEAnalysis(Analysis):
         """Share of the run's tokens each base latent fired on (None: no tokens)."""
         if self.n_tokens == 0:
             return None
-        return self.firings.double() / self.n_tokens
+        return self.firings.double().cpu() / self.n_tokens
 
     def finish(self) -> AnalysisResult:
         """Train the meta-SAE, decompose the latents, plot and describe it."""
@@ -106,7 +111,10 @@ class MetaSAEAnalysis(Analysis):
                 "base_latent_ids": torch.tensor(ids),
                 "base_latent_firings": self.firings,
             },
-            plots={"meta_sae": decomposition_plot(result)},
+            plots={
+                "meta_sae": decomposition_plot(result),
+                **({"fve_vs_null": null_plot(result)} if result.null else {}),
+            },
             saes={"meta_sae": meta_sae},
             card=card_text(result, config, log, self.n_tokens),
         )
@@ -142,6 +150,34 @@ def decomposition_plot(result: MetaDecomposition) -> Figure:
         f"{metrics['mean_active_meta_latents']:.2f} meta-latents per latent, "
         f"{metrics['dead_meta_latents']} dead of {metrics['d_meta']}"
     )
+    fig.tight_layout()
+    return fig
+
+
+def null_plot(result: MetaDecomposition) -> Figure:
+    """The meta-SAE's FVE against the FVE of each null decoder's meta-SAE,
+    with the margin it must clear to count as structure."""
+    metrics, null = result.metrics, result.null
+    fve = metrics["fraction_variance_explained"]
+    fig = Figure(figsize=(6, 2.6))
+    ax = fig.subplots()
+    ax.axvspan(
+        null.mean,
+        null.mean + null.threshold(),
+        color="#bbbbbb",
+        alpha=0.5,
+        label="null mean + threshold",
+    )
+    ax.plot(null.fves, [0] * len(null.fves), "o", color="#777777", label="null seeds")
+    ax.axvline(fve, color="#c0504d", linewidth=2, label="this SAE's decoder")
+    ax.set_yticks([])
+    ax.set_xlabel("fraction of variance explained by the meta-SAE")
+    verdict = "above" if metrics["distinguishable_from_null"] else "not above"
+    ax.set_title(
+        f"FVE {fve:.3f}, {verdict} the null ({null.mean:.3f} +/- {null.std:.3f}, "
+        f"{len(null.fves)} random decoders)"
+    )
+    ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     return fig
 

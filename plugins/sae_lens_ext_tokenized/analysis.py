@@ -96,15 +96,17 @@ class TokenIdentityConfig:
 
 
 class GroupedMoments:
-    """Per-group counts, sums and summed squares of vectors, grown on demand."""
+    """Per-group counts, sums and summed squares of vectors, grown on demand,
+    on ``device`` (that of the activations)."""
 
-    def __init__(self, n_groups: int, width: int):
-        self.counts = torch.zeros(n_groups, dtype=torch.float64)
-        self.sums = torch.zeros(n_groups, width, dtype=torch.float64)
-        self.squares = torch.zeros(n_groups, width, dtype=torch.float64)
+    def __init__(self, n_groups: int, width: int, device=None):
+        self.counts = torch.zeros(n_groups, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(n_groups, width, dtype=torch.float64, device=device)
+        self.squares = torch.zeros(n_groups, width, dtype=torch.float64, device=device)
 
     def add(self, groups: torch.Tensor, values: torch.Tensor) -> None:
         """Accumulate ``values [n, width]`` into their ``groups [n]``."""
+        groups = groups.to(self.counts.device)
         needed = int(groups.max()) + 1
         if needed > len(self.counts):
             self._grow(needed)
@@ -169,14 +171,15 @@ class TokenIdentityAnalysis(Analysis):
         sae = context.sae
         model = context.model
         vocab = model.cfg.d_vocab if model is not None else 1
-        self.inputs = GroupedMoments(vocab, sae.cfg.d_in)
-        self.outputs = GroupedMoments(vocab, sae.cfg.d_in)
+        device = sae.W_dec.device
+        self.inputs = GroupedMoments(vocab, sae.cfg.d_in, device)
+        self.outputs = GroupedMoments(vocab, sae.cfg.d_in, device)
         self.latent_table = vocab * sae.cfg.d_sae <= config.max_latent_table
         self.latents = (
-            GroupedMoments(vocab, sae.cfg.d_sae) if self.latent_table else None
+            GroupedMoments(vocab, sae.cfg.d_sae, device) if self.latent_table else None
         )
         self.sq_err = 0.0
-        self.firings = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+        self.firings = torch.zeros(sae.cfg.d_sae, dtype=torch.float64, device=device)
         self.trainer = (
             online_trainer(config, context, vocab) if config.train_sae else None
         )
@@ -253,10 +256,10 @@ class TokenIdentityAnalysis(Analysis):
         table = pd.DataFrame(
             {
                 "latent": range(len(loo)),
-                "firings": self.firings.numpy(),
-                "token_share": loo.nan_to_num(0.0).clamp(-1, 1).numpy(),
-                "top_token": top.numpy(),
-                "top_token_activation_share": top_share.numpy(),
+                "firings": self.firings.cpu().numpy(),
+                "token_share": loo.nan_to_num(0.0).clamp(-1, 1).cpu().numpy(),
+                "top_token": top.cpu().numpy(),
+                "top_token_activation_share": top_share.cpu().numpy(),
             }
         )
         tokenizer = self.context.tokenizer

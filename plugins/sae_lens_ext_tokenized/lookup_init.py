@@ -83,10 +83,11 @@ def init_tables_from_unigrams(
     if not uses_token_table(sae.cfg):
         return
     bos = model.tokenizer.bos_token_id if model.tokenizer is not None else 0
+    device = sae.W_lookup.device
     pairs = torch.stack(
         [
-            torch.full((model.cfg.d_vocab,), bos, dtype=torch.long),
-            torch.arange(model.cfg.d_vocab),
+            torch.full((model.cfg.d_vocab,), bos, dtype=torch.long, device=device),
+            torch.arange(model.cfg.d_vocab, device=device),
         ],
         dim=1,
     )
@@ -97,7 +98,7 @@ def init_tables_from_unigrams(
 
 
 def _group_means(values, groups, n_groups: int, shrinkage: float):
-    sums = torch.zeros(n_groups, values.shape[1], dtype=values.dtype)
+    sums = values.new_zeros(n_groups, values.shape[1])
     sums.index_add_(0, groups, values)
     counts = torch.bincount(groups, minlength=n_groups).to(values.dtype)
     return sums / (counts + shrinkage).clamp_min(1e-12).unsqueeze(1), counts

@@ -381,15 +381,17 @@ def _evaluate(trainer, eval_rows, step: int) -> dict:
 
 
 def to_inference(sae, out_dir: str | Path | None):
-    """The inference SAE of a training SAE, saved to ``out_dir`` if given."""
+    """The inference SAE of a training SAE, saved to ``out_dir`` if given, on
+    the training SAE's device (read on the CPU, then moved)."""
     from sae_lens import SAE
 
+    device = sae.W_dec.device
     if out_dir is not None:
         sae.save_inference_model(out_dir)
-        return SAE.load_from_disk(out_dir, device=str(sae.device))
+        return SAE.load_from_disk(out_dir).to(device)
     with tempfile.TemporaryDirectory() as tmp:
         sae.save_inference_model(tmp)
-        return SAE.load_from_disk(tmp, device=str(sae.device))
+        return SAE.load_from_disk(tmp).to(device)
 
 
 def _n_seqs(n_tokens: int, tokens: torch.Tensor) -> int:
