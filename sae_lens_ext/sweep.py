@@ -39,7 +39,7 @@ from .validation import check_run_options
 SWEEP_FILE = "sweep.json"
 # Settings that change results; a rerun must match them to resume.
 KEY_FIELDS = ("release", "plugins", "config", "dataset", "n_tokens", "batch_size")
-KEY_FIELDS += ("seed", "positions")
+KEY_FIELDS += ("seed", "positions", "model")
 
 
 @dataclass
@@ -74,6 +74,7 @@ def sweep(
     device: str = "auto",
     seed: int = 0,
     positions: str | None = None,
+    model=None,
     executor: str = "local",
     ray_address: str | None = None,
     out_dir: str | Path | None = None,
@@ -90,7 +91,9 @@ def sweep(
     estimated memory exceeds ``memory_budget_gb`` (default: half the free
     memory) are split.  ``executor`` is ``"local"`` or ``"ray"`` (one task
     per group; ``ray_address`` joins an existing cluster).  ``device`` is
-    ``"auto"`` (cuda when there is a GPU), ``"cpu"`` or ``"cuda"``.  The
+    ``"auto"`` (cuda when there is a GPU), ``"cpu"`` or ``"cuda"``.
+    ``model`` (a name like ``--model``, or a loaded model) replaces the
+    model named by the SAEs' metadata.  The
     other options are those of :func:`sae_lens_ext.run`.  One SAE's
     failure is recorded in ``sweep.json`` and its run directory; the
     others go on (see ``SweepOutput.failures``).
@@ -113,6 +116,7 @@ def sweep(
         "device": device,
         "seed": seed,
         "positions": positions,
+        "model": model,
     }
     plan = analysis_plan(settings)  # unknown plugins or options fail here
     settings["plugins"] = plan.enabled
@@ -177,6 +181,7 @@ def settings_key(settings: dict, plan) -> str:
 
     fields = {k: settings[k] for k in KEY_FIELDS}
     fields["dataset"] = dataset_text(settings["dataset"])
+    fields["model"] = model_text(settings["model"])
     fields["config"] = {n: dataclasses.asdict(c) for n, c in plan.configs.items()}
     text = json.dumps(json_safe(fields), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -188,6 +193,13 @@ def dataset_text(dataset) -> str | None:
         digest = hashlib.sha256(dataset.cpu().contiguous().numpy().tobytes())
         return f"tensor{list(dataset.shape)}:{digest.hexdigest()[:16]}"
     return None if dataset is None else str(dataset)
+
+
+def model_text(model) -> str | None:
+    """The model as text: its name, or a loaded model's ``cfg.model_name``."""
+    if model is None or isinstance(model, str):
+        return model
+    return str(getattr(model.cfg, "model_name", type(model).__name__))
 
 
 def check_sweep_dir(sweep_dir: Path, key: str, overwrite: bool) -> dict:
@@ -232,6 +244,7 @@ def sweep_record(settings, specs, entries, groups, started) -> dict:
         "settings": {
             **{k: settings[k] for k in (*KEY_FIELDS, "device")},
             "dataset": dataset_text(settings["dataset"]),
+            "model": model_text(settings["model"]),
         },
         "saes": {
             s.sae_id: {

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .loading import load_sae
-from .models import model_for_sae
+from .models import load_model, model_for_sae
 from .plugins import get_registry, resolve_enabled
 from .positions import default_positions, parse_positions
 from .reconstruction import flat_rows
@@ -124,8 +124,10 @@ def group_context(plan: AnalysisPlan, settings: dict, loaded: dict) -> dict:
     spec, first = next(iter(loaded.values()))
     metadata = first.cfg.metadata
     needs = set().union(*(cls.needs for cls in plan.classes.values()))
-    model = None
-    if needs & PASS_NEEDS:
+    model = settings.get("model")
+    if isinstance(model, str):
+        model = load_model(model, device=settings["device"])
+    elif model is None and needs & PASS_NEEDS:
         model = model_for_sae(first, spec.release, device=settings["device"])
     positions = (
         parse_positions(settings["positions"])

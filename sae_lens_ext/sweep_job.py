@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .artifacts import write_json
+from .errors import RunError
 from .isolation import AnalysisFailures
 from .run_dir import prepare_run_dir
 from .runner import (
@@ -76,6 +77,11 @@ class SAEJob:
         classes, skipped = plan.classes, {}
         if model is None:
             classes, skipped = split_weights_only(classes, NO_MODEL_METADATA)
+        if model is not None and not self.hook_name:
+            raise RunError(
+                "the SAE's cfg.json metadata has no hook_name, so the shared pass "
+                "does not know where to read activations; set metadata.hook_name"
+            )
         self.target = prepare_run_dir(out_dir, self.release, self.sae_id, overwrite)
         self.summary = new_summary(
             release=self.release,
