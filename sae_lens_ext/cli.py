@@ -95,10 +95,12 @@ def releases_command():
 def push_command(
     run_dir, repo_id, private, revision, commit_message, prefix, allow_incomplete
 ):
-    """Publish a run directory to the Hugging Face Hub (token from HF_TOKEN or login)."""
+    """Publish a run or sweep directory to the Hugging Face Hub (token from HF_TOKEN or login)."""
     from .hub import push_to_hub
+    from .sweep_hub import is_sweep_dir, push_sweep
 
-    result = push_to_hub(
+    push = push_sweep if is_sweep_dir(run_dir) else push_to_hub
+    result = push(
         run_dir,
         repo_id,
         private=private,

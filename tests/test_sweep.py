@@ -252,3 +252,48 @@ def test_demo_release_sweep_covers_every_sae_of_release_json(tmp_path):
     assert swept == hooks
     assert len(out.groups) == 1  # one model: one group, one pass
     assert torch.tensor(list(out.comparison["l0"])).gt(0).all()
+
+
+def test_push_publishes_a_sweep_and_every_sae_loads_back(
+    release, tiny_model, tiny_tokens, tmp_path, hub, monkeypatch
+):
+    from hub_double import TOKEN
+    from sae_lens import SAE
+
+    from sae_lens_ext.cli import build_cli
+
+    out = sweep(
+        release,
+        plugins="base,meta_sae",
+        config={"meta_sae": {"steps": 50, "d_meta": 8, "k": 2}},
+        model=tiny_model,
+        dataset=tiny_tokens,
+        n_tokens=200,
+        batch_size=8,
+        device="cpu",
+        out_dir=tmp_path / "s",
+    )
+    assert out.failures == {}
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    result = CliRunner().invoke(
+        build_cli(), ["push", str(out.sweep_dir), "alice/tiny-sweep"]
+    )
+    assert result.exit_code == 0, result.output
+    files = hub.files("alice/tiny-sweep")
+    for name in ("README.md", "comparison.parquet", "comparison.csv", "sweep.json"):
+        assert name in files
+    card = files["README.md"].decode()
+    assert "<repo_id>" not in card and "alice/tiny-sweep" in card
+    folders = sorted(
+        p.parent.relative_to(out.sweep_dir).as_posix()
+        for p in out.sweep_dir.glob("*/*/*/cfg.json")
+    )
+    assert {f.split("/")[0] for f in folders} == set(SAES)  # a meta-SAE per SAE
+    for folder in folders:
+        assert f'SAE.from_pretrained("alice/tiny-sweep", "{folder}")' in card
+        assert f"{folder.split('/')[0]}/summary.json" in files
+        local = SAE.load_from_disk(out.sweep_dir / folder)
+        loaded = SAE.from_pretrained("alice/tiny-sweep", folder)
+        assert loaded.cfg.to_dict() == local.cfg.to_dict()
+        for name, value in local.state_dict().items():
+            assert torch.equal(loaded.state_dict()[name], value), (folder, name)
