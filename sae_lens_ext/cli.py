@@ -131,20 +131,8 @@ def make_run_command(registry) -> click.Command:
             ["--no-model"], is_flag=True, help="weights-only: skip model analyses"
         ),
         click.Option(["--positions"], default=None, help=POSITIONS_HELP),
-        click.Option(
-            ["--plugins", "-p"],
-            multiple=True,
-            help=f"plugins to enable (mdl,absorption) or disable (no:llc); "
-            f"default from ${ENV_ENABLED} or all",
-        ),
         click.Option(["--out"], type=click.Path(path_type=Path), help="run directory"),
-        click.Option(
-            ["--dataset"], default=None, help="Hub dataset or .safetensors/.txt"
-        ),
-        click.Option(
-            ["--n-tokens"], type=int, default=DEFAULT_N_TOKENS, show_default=True
-        ),
-        click.Option(["--batch-size"], type=int, default=32, show_default=True),
+        *selection_and_data_options(),
         click.Option(["--device"], default="cpu", show_default=True),
         click.Option(["--seed"], type=int, default=0, show_default=True),
         click.Option(
@@ -211,6 +199,25 @@ def make_run_command(registry) -> click.Command:
         callback=callback,
         help="Run the enabled analyses on one SAE (default: the embedded demo).",
     )
+
+
+def selection_and_data_options() -> list[click.Option]:
+    """``--plugins``, ``--dataset``, ``--n-tokens`` and ``--batch-size`` (run, sweep)."""
+    return [
+        click.Option(
+            ["--plugins", "-p"],
+            multiple=True,
+            help=f"plugins to enable (mdl,absorption) or disable (no:llc); "
+            f"default from ${ENV_ENABLED} or all",
+        ),
+        click.Option(
+            ["--dataset"], default=None, help="Hub dataset or .safetensors/.txt"
+        ),
+        click.Option(
+            ["--n-tokens"], type=int, default=DEFAULT_N_TOKENS, show_default=True
+        ),
+        click.Option(["--batch-size"], type=int, default=32, show_default=True),
+    ]
 
 
 def analysis_options(registry) -> tuple[list[click.Option], dict]:

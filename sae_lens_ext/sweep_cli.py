@@ -7,14 +7,12 @@ from pathlib import Path
 import click
 
 from .models import MODEL_HELP
-from .plugins import ENV_ENABLED
 from .positions import HELP as POSITIONS_HELP
-from .runner import DEFAULT_N_TOKENS
 
 
 def make_sweep_command(registry) -> click.Command:
     """Build ``sweep`` with the run's analysis options (``--<analysis>.<field>``)."""
-    from .cli import analysis_options, pop_config
+    from .cli import analysis_options, pop_config, selection_and_data_options
 
     params = [
         click.Option(["--release"], default=None, help="release name or folder"),
@@ -24,23 +22,11 @@ def make_sweep_command(registry) -> click.Command:
             help="comma-separated ids or glob patterns ('resid0-topk-*'); "
             "default: every SAE of the release",
         ),
-        click.Option(
-            ["--plugins", "-p"],
-            multiple=True,
-            help=f"plugins to enable (mdl,absorption) or disable (no:llc); "
-            f"default from ${ENV_ENABLED} or all",
-        ),
+        *selection_and_data_options(),
         click.Option(
             ["--model"], default=None, help=f"{MODEL_HELP} [default: the metadata's]"
         ),
         click.Option(["--out"], type=click.Path(path_type=Path), help="sweep folder"),
-        click.Option(
-            ["--dataset"], default=None, help="Hub dataset or .safetensors/.txt"
-        ),
-        click.Option(
-            ["--n-tokens"], type=int, default=DEFAULT_N_TOKENS, show_default=True
-        ),
-        click.Option(["--batch-size"], type=int, default=32, show_default=True),
         click.Option(
             ["--device"],
             default="auto",
