@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,10 +46,13 @@ def saes_at_default_hook() -> tuple[str, list[str]]:
 
 
 def timed(function, *args, **kwargs):
-    """``(seconds, result)`` of one call."""
+    """``(seconds, result)`` of one call; the time also goes to stderr at once."""
     start = time.perf_counter()
     result = function(*args, **kwargs)
-    return time.perf_counter() - start, result
+    seconds = time.perf_counter() - start
+    print(f"[bench_sweep] {kwargs.get('out_dir')}: {seconds:.1f} s, load "
+          f"{os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)  # fmt: skip
+    return seconds, result
 
 
 def metrics_of(run_dir: Path) -> dict:
@@ -86,12 +90,16 @@ def main() -> None:
         sae_lens_ext.sweep, DEMO_RELEASE, sae_ids, out_dir=f"{out}/sweep", **options
     )
     if not args.skip_separate:
-        start = time.perf_counter()
-        for sae_id in sae_ids:
-            sae_lens_ext.run(
-                DEMO_RELEASE, sae_id, out_dir=f"{out}/separate/{sae_id}", **options
-            )
-        seconds["separate"] = time.perf_counter() - start
+        seconds["separate"] = sum(
+            timed(
+                sae_lens_ext.run,
+                DEMO_RELEASE,
+                sae_id,
+                out_dir=f"{out}/separate/{sae_id}",
+                **options,
+            )[0]
+            for sae_id in sae_ids
+        )
     result = {
         "hook": hook,
         "saes": sae_ids,

@@ -23,12 +23,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .artifacts import json_safe, write_json
-from .errors import RunError
+from .errors import RunError, RunInterrupted
 from .plugins import get_registry
 from .runner import DEFAULT_N_TOKENS, default_release, package_version
 from .sweep_executors import check_executor, run_local, run_ray, with_device
-from .sweep_group import analysis_plan
+from .sweep_group import analysis_plan, failure_entry
 from .sweep_plan import (
+    UNLOADABLE,
+    SweepSAE,
+    check_slugs,
     default_budget_bytes,
     describe_sae,
     plan_groups,
@@ -124,18 +127,26 @@ def sweep(
     ids = select_sae_ids(release, sae_ids)
     sweep_dir = Path(out_dir) if out_dir is not None else default_sweep_dir(release)
     previous = check_sweep_dir(sweep_dir, settings["key"], overwrite)
-    specs = [describe_sae(release, sae_id) for sae_id in ids]
+    check_slugs(ids)
+    specs, entries = [], dict(previous.get("saes", {}))
+    for sae_id in ids:
+        try:
+            specs.append(describe_sae(release, sae_id))
+        except Exception as exc:  # recorded; the other SAEs go on
+            specs.append(SweepSAE.unloadable(release, sae_id))
+            entries[sae_id] = failure_entry(specs[-1], "loading the SAE", exc)
     finished = [
         s.sae_id for s in specs if not overwrite and is_complete(sweep_dir / s.slug)
     ]
-    todo = [s for s in specs if s.sae_id not in finished]
+    todo = [
+        s for s in specs if s.sae_id not in finished and s.architecture != UNLOADABLE
+    ]
     budget = (
         int(memory_budget_gb * (1 << 30))
         if memory_budget_gb
         else default_budget_bytes(with_device(settings)["device"])
     )
     groups = plan_groups(todo, batch_size * (specs[0].context_size or 128), budget)
-    entries = dict(previous.get("saes", {}))
     for sae_id in finished:
         entries[sae_id] = {**entries.get(sae_id, {}), "status": "complete"}
     record = sweep_record(settings, specs, entries, groups, started)
@@ -154,6 +165,13 @@ def sweep(
             run_ray(groups, settings, sweep_dir, on_done, ray_address)
         else:
             run_local(groups, settings, sweep_dir, on_done)
+    except KeyboardInterrupt:
+        record["status"] = "interrupted"
+        write_json(sweep_dir / SWEEP_FILE, record)
+        raise RunInterrupted(
+            f"interrupted; the finished SAEs' runs are kept in {sweep_dir}: run the "
+            "same command again to resume with the others"
+        ) from None
     finally:
         bar.close()
     from .comparison import write_comparison

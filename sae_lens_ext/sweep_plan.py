@@ -26,6 +26,8 @@ from .plugins import get_registry, unknown_name_message
 STATE_PER_WEIGHT = 3
 # Bytes per float of the per-batch tensors (fp32).
 FLOAT_BYTES = 4
+# The architecture recorded for an SAE that could not be loaded.
+UNLOADABLE = "unloadable"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,11 @@ class SweepSAE:
     prepend_bos: bool | None
     weight_bytes: int
 
+    @classmethod
+    def unloadable(cls, release: str, sae_id: str) -> SweepSAE:
+        """A placeholder for an SAE that failed to load (it is recorded, not run)."""
+        return cls(release, sae_id, None, None, 0, 0, UNLOADABLE, None, None, 0)
+
     @property
     def slug(self) -> str:
         """The SAE's folder name in the sweep directory (and in a pushed repo)."""
@@ -58,6 +65,18 @@ def sae_slug(sae_id: str) -> str:
     """A folder name for an SAE id: letters, digits, '.', '_', '-' only."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", sae_id).strip("-.")
     return slug or "sae"
+
+
+def check_slugs(sae_ids: list[str]) -> None:
+    """Refuse SAE ids that would share a folder of the sweep directory."""
+    seen: dict[str, str] = {}
+    for sae_id in sae_ids:
+        other = seen.setdefault(sae_slug(sae_id), sae_id)
+        if other != sae_id:
+            raise RunError(
+                f"SAE ids {other!r} and {sae_id!r} both map to the folder "
+                f"{sae_slug(sae_id)!r}; sweep them separately (--sae-ids)"
+            )
 
 
 def release_sae_ids(release: str) -> list[str]:

@@ -152,6 +152,8 @@ def test_one_failing_sae_is_recorded_and_the_others_finish(
     from pathlib import Path
 
     make_sae(d_in=8, d_sae=24).save_model(Path(release) / "wrong-width")
+    make_sae().save_model(Path(release) / "corrupt")
+    (Path(release) / "corrupt" / "sae_weights.safetensors").write_bytes(b"not weights")
     out = sweep(
         release,
         model=tiny_model,
@@ -159,8 +161,9 @@ def test_one_failing_sae_is_recorded_and_the_others_finish(
         out_dir=tmp_path / "s",
         **OPTIONS,
     )
-    assert set(out.failures) == {"wrong-width"}
+    assert set(out.failures) == {"wrong-width", "corrupt"}
     assert "d_in=8" in out.failures["wrong-width"]
+    assert "loading the SAE" in out.failures["corrupt"]
     record = json.loads((out.sweep_dir / "sweep.json").read_text())
     assert record["status"] == "failed"
     assert record["saes"]["wrong-width"]["status"] == "failed"
@@ -169,6 +172,7 @@ def test_one_failing_sae_is_recorded_and_the_others_finish(
         assert record["saes"][sae_id]["status"] == "complete"
     table = out.comparison.set_index("sae_id")
     assert table.loc["wrong-width", "status"] == "failed"
+    assert table.loc["corrupt", "status"] == "failed"
     assert table.loc["post-48", "base.l0"] > 0
 
 
