@@ -301,3 +301,40 @@ def test_push_publishes_a_sweep_and_every_sae_loads_back(
         assert loaded.cfg.to_dict() == local.cfg.to_dict()
         for name, value in local.state_dict().items():
             assert torch.equal(loaded.state_dict()[name], value), (folder, name)
+
+
+def test_mdl_optimal_ignores_saes_that_missed_the_tolerance_and_all_plots_drawn():
+    import matplotlib.pyplot as plt
+
+    from sae_lens_ext.comparison import comparison_plots, mdl_optimal
+
+    table = pd.DataFrame(
+        {
+            "sae_id": ["a", "b", "c", "d"],
+            "hook_name": ["h0", "h0", "h1", "h1"],
+            "width": [512, 1024, 512, 1024],
+            "l0": [16.0, 16.0, 30.0, 8.0],
+            "mdl.bits_per_token": [120.0, 110.0, 150.0, 90.0],
+            "mdl.tolerance_met": [True, True, True, False],
+            "absorption.mean_absorption_score": [0.1, 0.2, 0.1, 0.3],
+            "absorption.first_letter_mean_absorption_rate": [0.0, 0.1, 0.0, 0.2],
+            "meta_sae.fve_above_null": [0.1, 0.2, 0.15, 0.25],
+            "meta_sae.null_fve_std": [0.01] * 4,
+            "llc.llc": [5.0, 8.0, 6.0, 9.0],
+            "llc.llc_se": [0.1] * 4,
+        }
+    )
+    assert table.loc[mdl_optimal(table), "sae_id"] == "b"  # d is smaller but missed it
+    table["mdl_optimal"] = table.index == mdl_optimal(table)
+    plots = comparison_plots(table)
+    assert set(plots) == {
+        "comparison_mdl",
+        "comparison_absorption",
+        "comparison_meta_sae",
+        "comparison_llc",
+    }
+    absorption_axes = plots["comparison_absorption"].axes
+    assert len(absorption_axes) == 2  # both diagnostics
+    for fig in plots.values():
+        plt.close(fig)
+    assert mdl_optimal(table.assign(**{"mdl.tolerance_met": False})) is None
