@@ -2,7 +2,8 @@
 
 ``comparison.parquet``/``.csv`` hold each SAE's release, id, hook, width,
 L0, status and every scalar metric of every analysis (``<analysis>.<metric>``).
-The plots show the headline metrics across the sweep (one colour per hook):
+The plots show the headline metrics across the sweep (one series per hook and
+architecture):
 MDL bits per token against L0 and width with the MDL-optimal SAE marked,
 both absorption diagnostics against width, the meta-SAE's variance
 explained above its null against width, and the LLC against width.
@@ -112,7 +113,11 @@ def comparison_plots(table: pd.DataFrame) -> dict:
 
 
 def _by_hook(table: pd.DataFrame):
-    return table.groupby(table["hook_name"].fillna("?"), sort=True)
+    """One series per hook and architecture (lines never join unlike SAEs)."""
+    hooks = table["hook_name"].fillna("?")
+    if "architecture" in table:
+        hooks = hooks + " (" + table["architecture"].fillna("?").astype(str) + ")"
+    return table.groupby(hooks, sort=True)
 
 
 def mdl_plot(table: pd.DataFrame):
