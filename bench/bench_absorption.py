@@ -6,6 +6,9 @@ activation, take exact top-N per latent, score each input in a Python loop
 (as SAEBench's calculator does), and fit every probe with scikit-learn.  Both
 sides get the same activations of the demo model (the model pass is not
 timed) and the same labelled rows and train/test split.
+The sides take turns for ``--repeats`` rounds; times are medians with the
+min-max range and speed-ups medians of the round-by-round ratios
+(``bench/timing.py``; ``--json FILE`` saves them).
 
     python bench/bench_absorption.py                 # demo resid0-topk-1024, 65536 tokens
     python bench/bench_absorption.py --seeds 5       # + planted-hierarchy precision/recall
@@ -18,6 +21,7 @@ import contextlib
 import io
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,6 +40,7 @@ from sae_lens_ext_absorption.boundaries import (
 )
 from sae_lens_ext_absorption.first_letter import _split_by_token
 from threadpoolctl import threadpool_limits
+from timing import alternate, paired_ratio, write_json
 from tqdm import tqdm
 
 from sae_lens_ext.demo import demo_eval_tokens, demo_sae_path, load_demo_model
@@ -405,6 +410,7 @@ def main():
         default=3,
         help="timed runs per side, taking turns; the median is reported",
     )
+    parser.add_argument("--json", type=Path, help="also write the timings here")
     parser.add_argument(
         "--threads",
         type=int,
@@ -433,25 +439,43 @@ def main():
         f"{args.sae_id}: {n_rows} tokens, d_sae={sae.cfg.d_sae}, top_n={args.top_n}, "
         f"{args.threads} thread(s)"
     )
-    samples, reports = {}, {}
-    for _ in range(args.repeats):  # the sides take turns, so drift hits both
-        for dtype in ("float32", "bfloat16"):
+    reports = {}
+
+    def run_ours(dtype: str):
+        def run_once() -> float:
             config = AbsorptionConfig(top_n=args.top_n, dtype=dtype)
             start = time.perf_counter()
             reports[dtype] = ours(sae, batches, model.tokenizer, config)
-            samples.setdefault(f"ours ({dtype} projections)", []).append(
-                time.perf_counter() - start
-            )
+            return time.perf_counter() - start
+
+        return run_once
+
+    def run_dense() -> float:
         config = AbsorptionConfig(top_n=args.top_n)
         start = time.perf_counter()
-        dense_latents, dense_letters = dense_peer(sae, batches, model.tokenizer, config)
-        samples.setdefault("dense peer", []).append(time.perf_counter() - start)
-    timings = {name: float(np.median(times)) for name, times in samples.items()}
-    print(f"median of {args.repeats} run(s) per side (all runs in brackets):")
-    for name, seconds in timings.items():
-        ratio = timings["dense peer"] / seconds
-        runs = ", ".join(f"{t:.2f}" for t in samples[name])
-        print(f"{name:28s} {seconds:8.2f} s   dense/this = {ratio:5.1f}x   [{runs}]")
+        reports["dense"] = dense_peer(sae, batches, model.tokenizer, config)
+        return time.perf_counter() - start
+
+    sides = {f"ours ({d} projections)": run_ours(d) for d in ("float32", "bfloat16")}
+    sides["dense peer"] = run_dense
+    times = alternate(sides, args.repeats)  # the sides take turns, so drift hits both
+    print(f"median of {args.repeats} alternating run(s) per side (min-max):")
+    for name, spread in times.items():
+        speedup = paired_ratio(times["dense peer"], spread)
+        print(
+            f"{name:28s} {spread.text():28s} dense/this = {speedup.text(unit='x', digits=1)}"
+        )
+    write_json(
+        args.json,
+        {
+            "seconds": times,
+            "speedup": {
+                name: paired_ratio(times["dense peer"], spread)
+                for name, spread in times.items()
+            },
+        },
+    )
+    dense_latents, dense_letters = reports["dense"]
 
     report = reports["float32"]
     mine = report.discrepancy.latents

@@ -1,6 +1,7 @@
 """LLC: our batched SGLD vs devinterp 2.x, same model, data and hyperparameters.
 
-Two cases, each run on both sides in the same process, one after the other:
+Two cases, each run on both sides in the same process, the sides taking turns
+for ``--repeats`` rounds (medians with min-max, through ``bench/timing.py``):
 
 - ``model``: the demo release's 2-layer TransformerLens model, every weight
   sampled, next-token cross-entropy on demo evaluation sequences (devinterp's
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import alternate, write_json
 
 from sae_lens_ext.extras import require
 
@@ -175,32 +177,42 @@ def run_case(name, args):
         f"({args.burnin} burn-in + {args.draws} draws), batch {args.batch_size}, "
         f"eps {args.step_size:g}, nbeta {args.nbeta:g}, gamma {args.localization:g}"
     )
-    rows = []
+    times, estimates = {}, {}
+
+    def timed(label, estimate):
+        def run_once() -> float:
+            llc, llc_se, seconds = estimate()
+            estimates[label] = (llc, llc_se)
+            return seconds
+
+        return run_once
+
     for threads in args.threads:
         if args.device == "cpu":
             torch.set_num_threads(threads)
-        rows.append((f"ours fp32, {threads} thr", *ours(model, loss_fn, data, args)))
+        sides = {f"ours fp32, {threads} thr": lambda: ours(model, loss_fn, data, args)}
         if args.bf16:
-            rows.append(
-                (
-                    f"ours bf16, {threads} thr",
-                    *ours(model, loss_fn, data, args, torch.bfloat16),
-                )
+            sides[f"ours bf16, {threads} thr"] = lambda: ours(
+                model, loss_fn, data, args, torch.bfloat16
             )
-        rows.append(
-            (
-                f"devinterp, {threads} thr",
-                *devinterp_llc(model, dataset, per_token, args, len(data)),
-            )
+        sides[f"devinterp, {threads} thr"] = lambda: devinterp_llc(
+            model, dataset, per_token, args, len(data)
         )
-    peers = [row for row in rows if row[0].startswith("devinterp")]
-    peer = min(peers, key=lambda row: row[3])
-    for label, llc, llc_se, seconds in rows:
-        gap = abs(llc - peer[1]) / math.hypot(llc_se, peer[2])
+        sides = {label: timed(label, side) for label, side in sides.items()}
+        times.update(alternate(sides, args.repeats))  # the sides take turns
+    peer = min(
+        (t for t in times if t.startswith("devinterp")), key=lambda t: times[t].median
+    )
+    print(f"  median of {args.repeats} alternating run(s) per side (min-max)")
+    for label, spread in times.items():
+        llc, llc_se = estimates[label]
+        gap = abs(llc - estimates[peer][0]) / math.hypot(llc_se, estimates[peer][1])
         print(
-            f"  {label:20s} {seconds:8.1f} s   LLC {llc:10.3f} ± {llc_se:.3f}   "
-            f"vs devinterp's best x{peer[3] / seconds:5.1f}   |diff| / SE {gap:.2f}"
+            f"  {label:20s} {spread.text(unit=' s', digits=1):28s} LLC {llc:10.3f} ± "
+            f"{llc_se:.3f}   vs devinterp's best x{times[peer].median / spread.median:5.1f}"
+            f"   |diff| / SE {gap:.2f}"
         )
+    return times, estimates
 
 
 def main():
@@ -226,6 +238,10 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     parser.add_argument(
+        "--repeats", type=int, default=3, help="alternating rounds (median reported)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
         "--threads",
         type=lambda text: [int(n) for n in text.split(",")],
         default=[torch.get_num_threads()],
@@ -239,8 +255,11 @@ def main():
     warnings.filterwarnings("ignore")
     torch.manual_seed(args.seed)
     print(f"device {args.device}; torch threads: {', '.join(map(str, args.threads))}")
+    record = {}
     for name in ("model", "sae") if args.case == "both" else (args.case,):
-        run_case(name, args)
+        times, estimates = run_case(name, args)
+        record[name] = {"seconds": times, "llc": estimates}
+    write_json(args.json, record)
 
 
 if __name__ == "__main__":

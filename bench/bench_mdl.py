@@ -6,10 +6,13 @@ latent's entropy at one precision.  The codes are generated once, into one
 safetensors file per chunk; each side runs in its own subprocess reading them
 chunk by chunk, and its peak memory is the peak resident set size (sampled
 every 2 ms) above the level after imports.  Prints times, tokens/s, peak
-memory and ratios.
+memory and ratios.  The two sides take turns for ``--repeats`` rounds
+(streaming, naive, streaming, ...); times and memory are medians with their
+min-max range, and the speed-up is the median of the round-by-round ratios.
 
     python bench/bench_mdl.py                       # 1M tokens x 16k latents
     python bench/bench_mdl.py --tokens 100000       # quicker
+    python bench/bench_mdl.py --repeats 5 --json out.json
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from timing import Spread, alternate, paired_ratio, write_json
 
 
 def chunks(n_tokens: int, d_sae: int, l0: int, chunk: int, seed: int = 0):
@@ -163,33 +167,68 @@ def main() -> None:
     parser.add_argument("--precision", type=float, default=0.05)
     parser.add_argument("--chunk", type=int, default=32_768)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="alternating rounds (median reported)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", choices=["streaming", "naive"])
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args)
         return
-    results = {}
+    runs: dict[str, list[dict]] = {"streaming": [], "naive": []}
     with tempfile.TemporaryDirectory() as folder:
         write_chunks(args, Path(folder))
-        for method in ("streaming", "naive"):
-            cmd = [sys.executable, __file__, "--child", method, "--data", folder]
-            cmd += sys.argv[1:]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            results[method] = json.loads(out.stdout.strip().splitlines()[-1])
-    ours, peer = results["streaming"], results["naive"]
-    print(
-        f"{args.tokens:,} tokens x {args.d_sae:,} latents, L0 {args.l0}, precision {args.precision}"
+
+        def side(method: str):
+            def run_once() -> float:
+                cmd = [sys.executable, __file__, "--child", method, "--data", folder]
+                cmd += sys.argv[1:]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode:
+                    sys.exit(f"the {method} side failed:\n{out.stderr}")
+                runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                return runs[method][-1]["seconds"]
+
+            return run_once
+
+        times = alternate({m: side(m) for m in runs}, args.repeats)
+    memory = {m: Spread(tuple(r["peak_mb"] for r in rs)) for m, rs in runs.items()}
+    bits = {m: rs[-1]["bits"] for m, rs in runs.items()}
+    speedup = paired_ratio(times["naive"], times["streaming"])
+    less_memory = paired_ratio(
+        memory["naive"],
+        Spread(tuple(max(mb, 1.0) for mb in memory["streaming"].samples)),
     )
-    for name, r in results.items():
+    same = abs(bits["streaming"] - bits["naive"]) < 1e-6 * bits["naive"]
+    print(
+        f"{args.tokens:,} tokens x {args.d_sae:,} latents, L0 {args.l0}, "
+        f"precision {args.precision}, {args.threads} thread(s); median of "
+        f"{args.repeats} alternating run(s) per side (min-max)"
+    )
+    for name in runs:
         print(
-            f"{name:>9}: {r['seconds']:.2f} s, {args.tokens / r['seconds']:,.0f} tokens/s, "
-            f"peak +{r['peak_mb']:.0f} MB, {r['bits']:.4f} bits/token"
+            f"{name:>9}: {times[name].text()}, "
+            f"{args.tokens / times[name].median:,.0f} tokens/s, "
+            f"peak +{memory[name].text(unit=' MB', digits=0)}, "
+            f"{bits[name]:.4f} bits/token"
         )
     print(
-        f"speed-up {peer['seconds'] / ours['seconds']:.1f}x, "
-        f"memory {peer['peak_mb'] / max(ours['peak_mb'], 1):.1f}x less, "
-        f"same answer: {abs(ours['bits'] - peer['bits']) < 1e-6 * peer['bits']}"
+        f"speed-up {speedup.text(unit='x', digits=1)}, "
+        f"memory {less_memory.text(unit='x less', digits=1)}, same answer: {same}"
+    )
+    write_json(
+        args.json,
+        {
+            "tokens": args.tokens,
+            "seconds": times,
+            "peak_mb": memory,
+            "bits": bits,
+            "speedup": speedup,
+            "memory_ratio": less_memory,
+            "same_answer": same,
+        },
     )
 
 

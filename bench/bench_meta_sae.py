@@ -17,8 +17,11 @@ rate and schedule, in one process, and are evaluated the same way:
     python bench/bench_meta_sae.py --paper-only         # 49152 x 768, ours only
     python bench/bench_meta_sae.py --ours-precisions    # ours in bf16 and in fp32
 
-Ours is timed before and after SAE-Lens and the ratio uses the mean, since
-the load of a shared machine drifts.  ``--threads`` applies to both trainers.  ``--decoder demo`` uses the real
+The trainers take turns for ``--repeats`` rounds (ours, SAE-Lens, ours,
+...), since the load of a shared machine drifts; times are medians with
+their min-max range and the speed-up is the median of the round-by-round
+ratios.  Training is deterministic for a seed, so every round's quality
+numbers are the same.  ``--threads`` applies to both trainers.  ``--decoder demo`` uses the real
 decoder of the embedded demo SAE ``resid0-topk-1024`` (its latents that
 fired on held-out tokens, unit-normalised) instead of a planted one.
 """
@@ -29,6 +32,7 @@ import argparse
 import dataclasses
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from sae_lens_ext_meta_sae import MetaSAEConfig, MetaSAEWeights, planted_decoder
@@ -39,6 +43,7 @@ from sae_lens_ext_meta_sae.trainer import (
     global_threshold,
     reconstruct,
 )
+from timing import Spread, alternate, paired_ratio, write_json
 
 
 def fvu(data: torch.Tensor, recon: torch.Tensor) -> float:
@@ -125,13 +130,14 @@ def train_peer(data: torch.Tensor, config: MetaSAEConfig, autocast: bool):
     return seconds, weights
 
 
-def row(name: str, seconds: float, steps: int, quality: dict, cosine: float) -> str:
-    """One Markdown table row."""
+def row(name: str, seconds: Spread, steps: int, quality: dict) -> str:
+    """One Markdown table row: median time, its range, quality numbers."""
     return (
-        f"| {name} | {seconds:.1f} | {1e3 * seconds / steps:.1f} | "
+        f"| {name} | {seconds.median:.1f} | {seconds.low:.1f}-{seconds.high:.1f} | "
+        f"{1e3 * seconds.median / steps:.1f} | "
         f"{quality['fvu_at_k']:.4f} | {quality['dead']} | "
         f"{quality['own_threshold_l0']:.2f} | {quality['own_threshold_fvu']:.4f} | "
-        f"{cosine:.3f} |"
+        f"{quality['planted_cos']:.3f} |"
     )
 
 
@@ -154,6 +160,10 @@ def main() -> None:
         help="bf16: autocast for both (ours: bf16 encoder; SAE-Lens: autocast=True)",
     )
     parser.add_argument("--decoder", choices=["planted", "demo"], default="planted")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="alternating rounds (median reported)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--ours-precisions",
         action="store_true",
@@ -190,36 +200,61 @@ def main() -> None:
         f"{args.steps} steps of {min(args.batch_size, rows)} rows, lr "
         f"{args.lr:g}, {args.precision}, {torch.get_num_threads()} threads"
     )
-    runs = [("sae-lens-ext meta_sae", *train_ours(data, config))]
+    names = {"ours": "sae-lens-ext meta_sae"}
     if args.ours_precisions:
         other = dataclasses.replace(config, autocast=not autocast)
-        label = "fp32" if autocast else "bf16"
-        runs.append((f"sae-lens-ext meta_sae, {label}", *train_ours(data, other)))
+        names["other"] = f"sae-lens-ext meta_sae, {'fp32' if autocast else 'bf16'}"
+        trainers = {"ours": lambda: train_ours(data, config)}
+        trainers["other"] = lambda: train_ours(data, other)
     else:
-        peer = train_peer(data, config, autocast)
-        # ours again after the peer: the machine's load drifts, so the ratio
-        # uses the mean of our two timings, taken before and after
-        again, _ = train_ours(data, config)
-        print(f"ours: {runs[0][1]:.1f} s before, {again:.1f} s after SAE-Lens")
-        runs[0] = (runs[0][0], (runs[0][1] + again) / 2, runs[0][2])
-        runs.append(("SAE-Lens BatchTopK + SAETrainer", *peer))
-    header = (
-        "| trainer | wall s | ms/step | FVU@k | dead | own-threshold L0 | "
-        "own-threshold FVU | planted mean max cos |\n|---|---|---|---|---|---|---|---|"
+        names["peer"] = "SAE-Lens BatchTopK + SAETrainer"
+        trainers = {
+            "ours": lambda: train_ours(data, config),
+            "peer": lambda: train_peer(data, config, autocast),
+        }
+    trained = {}
+
+    def timed(side: str):
+        def run_once() -> float:
+            seconds, trained[side] = trainers[side]()
+            return seconds
+
+        return run_once
+
+    times = alternate({side: timed(side) for side in trainers}, args.repeats)
+    print(
+        "| trainer | wall s (median) | range | ms/step | FVU@k | dead | "
+        "own-threshold L0 | own-threshold FVU | planted mean max cos |\n"
+        "|---|---|---|---|---|---|---|---|---|"
     )
-    print(header)
-    for name, seconds, weights in runs:
-        quality = evaluate(weights, data, args.k)
-        cosine = (
+    qualities = {}
+    for side, weights in trained.items():
+        qualities[side] = evaluate(weights, data, args.k)
+        qualities[side]["planted_cos"] = (
             float("nan")
             if directions is None
             else mean_max_cosine(directions, weights.W_dec)
         )
-        print(row(name, seconds, args.steps, quality, cosine))
+        print(row(names[side], times[side], args.steps, qualities[side]))
+    other = "other" if args.ours_precisions else "peer"
+    ratio = paired_ratio(times[other], times["ours"])
     what = "fp32 / bf16" if autocast else "bf16 / fp32"
     if not args.ours_precisions:
-        what = "SAE-Lens / ours (mean of ours before and after)"
-    print(f"time ratio {what}: {runs[1][1] / runs[0][1]:.2f}x")
+        what = "SAE-Lens / ours"
+    print(f"time ratio {what}, round by round: {ratio.text(unit='x')}")
+    write_json(
+        args.json,
+        {
+            "rows": rows,
+            "d_in": d_in,
+            "d_meta": d_meta,
+            "steps": args.steps,
+            "seconds": times,
+            "speedup": ratio,
+            "quality": qualities,
+            "names": names,
+        },
+    )
     if args.paper:
         paper_scale(args, autocast)
 
@@ -259,9 +294,9 @@ def paper_scale(args, autocast: bool) -> None:
     planted = planted_decoder(49152, 768, config.meta_width(49152), seed=args.seed)
     seconds, weights = train_ours(planted.decoder, config)
     quality = evaluate(weights, planted.decoder, 4)
-    cosine = mean_max_cosine(planted.directions, weights.W_dec)
-    print("paper scale: 49152 x 768, d_meta 2304, k 4")
-    print(row("sae-lens-ext meta_sae", seconds, args.steps, quality, cosine))
+    quality["planted_cos"] = mean_max_cosine(planted.directions, weights.W_dec)
+    print("paper scale: 49152 x 768, d_meta 2304, k 4 (one run)")
+    print(row("sae-lens-ext meta_sae", Spread((seconds,)), args.steps, quality))
 
 
 if __name__ == "__main__":

@@ -23,12 +23,12 @@ SAEs' steps interleaved on the same batches (median of ``--timing-steps``).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from timing import Spread, alternate, paired_ratio
 
 HOOK = "blocks.0.hook_resid_post"
 
@@ -104,9 +104,10 @@ def main() -> None:
     print(summary_text(result))
     plain, tokenized = interleaved_step_times(model, tokens, options, args)
     print(
-        f"seconds per training step (interleaved, median of {args.timing_steps}): "
-        f"baseline {plain:.4f}, tokenized {tokenized:.4f} "
-        f"(tokenized / baseline {tokenized / plain:.2f})"
+        f"seconds per training step (interleaved, median of {args.timing_steps}, "
+        f"min-max): baseline {plain.text(digits=4)}, tokenized "
+        f"{tokenized.text(digits=4)} (tokenized / baseline, step by step "
+        f"{paired_ratio(tokenized, plain).text(unit='', digits=2)})"
     )
     curves = pd.DataFrame(
         {name: arm.curve.set_index("step").mse for name, arm in result.arms.items()}
@@ -120,8 +121,8 @@ def main() -> None:
         )
 
 
-def interleaved_step_times(model, tokens, options, args) -> tuple[float, float]:
-    """Median seconds per ``SAETrainer`` step of both arms, steps alternating."""
+def interleaved_step_times(model, tokens, options, args) -> tuple[Spread, Spread]:
+    """Seconds per ``SAETrainer`` step of both arms, steps alternating."""
     import dataclasses
 
     from sae_lens_ext_tokenized.data import packed_rows
@@ -137,15 +138,24 @@ def interleaved_step_times(model, tokens, options, args) -> tuple[float, float]:
         sae = new_training_sae(arm, model.cfg.d_model, model.cfg.d_vocab)
         trainers[tokenized] = make_trainer(sae, arm, iter(()))
     d_in = model.cfg.d_model
-    times = {False: [], True: []}
-    for step in range(args.timing_steps + 3):
-        batch = batches[step % len(batches)]
-        for tokenized, trainer in trainers.items():
+    step_index = {False: 0, True: 0}
+
+    def step(tokenized: bool):
+        def run_once() -> float:
+            batch = batches[step_index[tokenized] % len(batches)]
+            step_index[tokenized] += 1
             started = time.perf_counter()
-            trainer.step(batch if tokenized else batch[:, :d_in])
-            if step >= 3:  # warm-up
-                times[tokenized].append(time.perf_counter() - started)
-    return statistics.median(times[False]), statistics.median(times[True])
+            trainers[tokenized].step(batch if tokenized else batch[:, :d_in])
+            return time.perf_counter() - started
+
+        return run_once
+
+    times = alternate(
+        {"baseline": step(False), "tokenized": step(True)},
+        rounds=args.timing_steps,
+        warmup=3,
+    )
+    return times["baseline"], times["tokenized"]
 
 
 if __name__ == "__main__":
