@@ -18,6 +18,7 @@ from .reconstruction import (
 from .releases import Release
 from .runner import RunOutput, run
 from .saebench import SAEBenchEval, SAEBenchRun, SAEBenchSkip, check_finite
+from .sweep import SweepOutput, sweep
 from .threads import machine_is_busy, thread_limit
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "SAEBenchEval",
     "SAEBenchRun",
     "SAEBenchSkip",
+    "SweepOutput",
     "UnsupportedSAEError",
     "at_positions",
     "check_finite",
@@ -51,6 +53,7 @@ __all__ = [
     "run",
     "select_head",
     "splice",
+    "sweep",
     "thread_limit",
     "__version__",
 ]

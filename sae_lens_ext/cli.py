@@ -95,10 +95,12 @@ def releases_command():
 def push_command(
     run_dir, repo_id, private, revision, commit_message, prefix, allow_incomplete
 ):
-    """Publish a run directory to the Hugging Face Hub (token from HF_TOKEN or login)."""
+    """Publish a run or sweep directory to the Hugging Face Hub (token from HF_TOKEN or login)."""
     from .hub import push_to_hub
+    from .sweep_hub import is_sweep_dir, push_sweep
 
-    result = push_to_hub(
+    push = push_sweep if is_sweep_dir(run_dir) else push_to_hub
+    result = push(
         run_dir,
         repo_id,
         private=private,
@@ -129,20 +131,8 @@ def make_run_command(registry) -> click.Command:
             ["--no-model"], is_flag=True, help="weights-only: skip model analyses"
         ),
         click.Option(["--positions"], default=None, help=POSITIONS_HELP),
-        click.Option(
-            ["--plugins", "-p"],
-            multiple=True,
-            help=f"plugins to enable (mdl,absorption) or disable (no:llc); "
-            f"default from ${ENV_ENABLED} or all",
-        ),
         click.Option(["--out"], type=click.Path(path_type=Path), help="run directory"),
-        click.Option(
-            ["--dataset"], default=None, help="Hub dataset or .safetensors/.txt"
-        ),
-        click.Option(
-            ["--n-tokens"], type=int, default=DEFAULT_N_TOKENS, show_default=True
-        ),
-        click.Option(["--batch-size"], type=int, default=32, show_default=True),
+        *selection_and_data_options(),
         click.Option(["--device"], default="cpu", show_default=True),
         click.Option(["--seed"], type=int, default=0, show_default=True),
         click.Option(
@@ -171,31 +161,13 @@ def make_run_command(registry) -> click.Command:
         click.Option(["--push-prefix"], default=None, help="folder in the repo"),
         click.Option(["--push-private"], is_flag=True, help="create the repo private"),
     ]
-    dests: dict[str, tuple[str, str]] = {}
-    for analysis_name, (_, cls) in sorted(registry.analyses().items()):
-        for fld, annotation in config_fields(cls):
-            dest = f"{analysis_name}__{fld.name}"
-            dests[dest] = (analysis_name, fld.name)
-            default = (
-                fld.default if fld.default is not dataclasses.MISSING else "(computed)"
-            )
-            params.append(
-                click.Option(
-                    [f"--{analysis_name}.{fld.name}", dest],
-                    type=click_type(annotation),
-                    default=None,
-                    help=f"{fld.metadata.get('help', '')} [default: {default}]".strip(),
-                )
-            )
+    options, dests = analysis_options(registry)
+    params += options
 
     def callback(**kwargs):
         from .seeds import seeded_run
 
-        config: dict[str, dict] = {}
-        for dest, (analysis_name, field_name) in dests.items():
-            value = kwargs.pop(dest)
-            if value is not None:
-                config.setdefault(analysis_name, {})[field_name] = value
+        config = pop_config(kwargs, dests)
         config = preset_config(kwargs["preset"], config, kwargs["plugins"] or None)
         output = seeded_run(kwargs["seeds"])(
             kwargs["release"],
@@ -227,6 +199,59 @@ def make_run_command(registry) -> click.Command:
         callback=callback,
         help="Run the enabled analyses on one SAE (default: the embedded demo).",
     )
+
+
+def selection_and_data_options() -> list[click.Option]:
+    """``--plugins``, ``--dataset``, ``--n-tokens`` and ``--batch-size`` (run, sweep)."""
+    return [
+        click.Option(
+            ["--plugins", "-p"],
+            multiple=True,
+            help=f"plugins to enable (mdl,absorption) or disable (no:llc); "
+            f"default from ${ENV_ENABLED} or all",
+        ),
+        click.Option(
+            ["--dataset"], default=None, help="Hub dataset or .safetensors/.txt"
+        ),
+        click.Option(
+            ["--n-tokens"], type=int, default=DEFAULT_N_TOKENS, show_default=True
+        ),
+        click.Option(["--batch-size"], type=int, default=32, show_default=True),
+    ]
+
+
+def analysis_options(registry) -> tuple[list[click.Option], dict]:
+    """One ``--<analysis>.<field>`` option per installed analysis config field.
+
+    Returns the options and ``{dest: (analysis, field)}`` for :func:`pop_config`.
+    """
+    params, dests = [], {}
+    for analysis_name, (_, cls) in sorted(registry.analyses().items()):
+        for fld, annotation in config_fields(cls):
+            dest = f"{analysis_name}__{fld.name}"
+            dests[dest] = (analysis_name, fld.name)
+            default = (
+                fld.default if fld.default is not dataclasses.MISSING else "(computed)"
+            )
+            params.append(
+                click.Option(
+                    [f"--{analysis_name}.{fld.name}", dest],
+                    type=click_type(annotation),
+                    default=None,
+                    help=f"{fld.metadata.get('help', '')} [default: {default}]".strip(),
+                )
+            )
+    return params, dests
+
+
+def pop_config(kwargs: dict, dests: dict) -> dict[str, dict]:
+    """Take the analysis options given out of ``kwargs`` as a ``config`` mapping."""
+    config: dict[str, dict] = {}
+    for dest, (analysis_name, field_name) in dests.items():
+        value = kwargs.pop(dest)
+        if value is not None:
+            config.setdefault(analysis_name, {})[field_name] = value
+    return config
 
 
 def click_type(annotation) -> click.ParamType:
@@ -277,6 +302,9 @@ def build_cli() -> click.Group:
     registry = get_registry()
     if "run" not in cli.commands:
         cli.add_command(make_run_command(registry))
+        from .sweep_cli import make_sweep_command
+
+        cli.add_command(make_sweep_command(registry))
         registry.hook.register_commands(cli=cli)
     return cli
 

@@ -147,17 +147,8 @@ def run(
         )
     tokens = None
     if model is not None and needs & {"activations", "tokens"}:
-        tokens = resolve_tokens(dataset, release, model, metadata, n_tokens)
-        check_tokens(
-            tokens,
-            d_vocab=model.cfg.d_vocab,
-            n_ctx=model.cfg.n_ctx,
-            source=dataset_label(dataset, release, metadata),
-        )
-        tokens = tokens[: n_sequences_used(tokens, n_tokens)]  # what the pass reads
-        selected = position_filter.count(tokens)
-        short = short_dataset_warning(
-            tokens, n_tokens, selected, position_filter.describe()
+        tokens, short = pass_tokens(
+            dataset, release, model, metadata, n_tokens, position_filter
         )
         run_warnings += [short] if short else []
     with warnings.catch_warnings():
@@ -166,46 +157,26 @@ def run(
             warnings.warn(line, RunWarning, stacklevel=2)
     target = prepare_run_dir(out_dir, release, sae_id, overwrite)
     run_dir = target.path
-    summary = {
-        "sae_lens_ext_version": package_version("sae-lens-ext"),
-        "versions": package_versions(),
-        "status": "running",
-        "release": release,
-        "sae_id": sae_id,
-        "model_name": metadata.model_name,
-        "hook_name": hook_name,
-        "dataset": dataset_label(dataset, release, metadata),
-        "positions": position_filter.spec,
-        "positions_description": position_filter.describe(),
-        "n_tokens": 0,
-        "weights_only": model is None,
-        "seed": seed,
-        "device": device,
-        "plugins": enabled,
-        "config": {n: dataclasses.asdict(c) for n, c in configs.items()},
-        "warnings": run_warnings,
-        "analyses": skipped_entries(skipped, registry),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    summary = new_summary(
+        release=release,
+        sae_id=sae_id,
+        metadata=metadata,
+        dataset=dataset_label(dataset, release, metadata),
+        positions=position_filter,
+        weights_only=model is None,
+        seed=seed,
+        device=device,
+        enabled=enabled,
+        configs=configs,
+        run_warnings=run_warnings,
+        analyses=skipped_entries(skipped, registry),
+    )
     write_json(run_dir / "summary.json", summary)
     output = RunOutput(run_dir=run_dir, summary=summary)
     failed = AnalysisFailures(registry.plugin_of)
     try:
-        analyses = instantiate(
-            classes,
-            configs,
-            lambda name: RunContext(
-                sae=sae,
-                release=release,
-                sae_id=sae_id,
-                out_dir=_mkdir(run_dir / name),
-                device=device,
-                seed=seed,
-                model=model,
-                hook_name=hook_name,
-                dataset=summary["dataset"],
-            ),
-            failed,
+        analyses = start_analyses(
+            classes, configs, failed, summary, sae, model, run_dir
         )
         streaming = {n: a for n, a in analyses.items() if a.needs_pass()}
         if streaming and model is not None:
@@ -233,22 +204,90 @@ def run(
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         write_json(run_dir / "summary.json", summary)
         raise
+    close_run(registry, summary, target, output, failed, started)
+    if push_to_hub:
+        from .hub import push_to_hub as push
+
+        output.push = push(output.run_dir, push_to_hub, **(push_options or {}))
+    return output
+
+
+def new_summary(
+    *,
+    release,
+    sae_id,
+    metadata,
+    dataset,
+    positions,
+    weights_only,
+    seed,
+    device,
+    enabled,
+    configs,
+    run_warnings,
+    analyses,
+) -> dict:
+    """A run's ``summary.json`` content at the start (status ``running``)."""
+    return {
+        "sae_lens_ext_version": package_version("sae-lens-ext"),
+        "versions": package_versions(),
+        "status": "running",
+        "release": release,
+        "sae_id": sae_id,
+        "model_name": metadata.model_name,
+        "hook_name": metadata.hook_name,
+        "dataset": dataset,
+        "positions": positions.spec,
+        "positions_description": positions.describe(),
+        "n_tokens": 0,
+        "weights_only": weights_only,
+        "seed": seed,
+        "device": device,
+        "plugins": enabled,
+        "config": {n: dataclasses.asdict(c) for n, c in configs.items()},
+        "warnings": run_warnings,
+        "analyses": analyses,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def start_analyses(classes, configs, failed, summary, sae, model, run_dir) -> dict:
+    """Build each analysis with its context; constructor failures are recorded."""
+    return instantiate(
+        classes,
+        configs,
+        lambda name: RunContext(
+            sae=sae,
+            release=summary["release"],
+            sae_id=summary["sae_id"],
+            out_dir=_mkdir(run_dir / name),
+            device=summary["device"],
+            seed=summary["seed"],
+            model=model,
+            hook_name=summary["hook_name"],
+            dataset=summary["dataset"],
+        ),
+        failed,
+    )
+
+
+def close_run(registry, summary, target, output, failed, started) -> None:
+    """Set the final status, write the card; raise on failures, else publish.
+
+    ``target`` is the run's :class:`~sae_lens_ext.run_dir.RunDirectory`;
+    on success ``output.run_dir`` becomes its final place.
+    """
     failures = failed.summary()
     summary["status"] = "failed" if failures else "complete"
     summary["duration_s"] = round(time.perf_counter() - started, 2)
-    write_json(run_dir / "summary.json", summary)
-    write_model_card(registry, summary, run_dir, output.results)
+    write_json(target.path / "summary.json", summary)
+    write_model_card(registry, summary, target.path, output.results)
     if failures:
         raise RunError(
             "Some analyses failed (their errors and tracebacks are in summary.json; "
             f"{target.kept_note()}): " + "; ".join(failures.values())
         )
     output.run_dir = target.publish()
-    if push_to_hub:
-        from .hub import push_to_hub as push
-
-        output.push = push(output.run_dir, push_to_hub, **(push_options or {}))
-    return output
 
 
 def skipped_entries(skipped: dict[str, str], registry) -> dict[str, dict]:
@@ -344,6 +383,25 @@ def activation_batches(
         positions=positions,
     )
     return cache.write_through(batches) if cache is not None else batches
+
+
+def pass_tokens(dataset, release, model, metadata, n_tokens, positions):
+    """The checked token ids the pass reads, and a warning if they run short.
+
+    The ids are cut to the sequences a pass over ``n_tokens`` reads.
+    """
+    tokens = resolve_tokens(dataset, release, model, metadata, n_tokens)
+    check_tokens(
+        tokens,
+        d_vocab=model.cfg.d_vocab,
+        n_ctx=model.cfg.n_ctx,
+        source=dataset_label(dataset, release, metadata),
+    )
+    tokens = tokens[: n_sequences_used(tokens, n_tokens)]  # what the pass reads
+    selected = positions.count(tokens)
+    return tokens, short_dataset_warning(
+        tokens, n_tokens, selected, positions.describe()
+    )
 
 
 def resolve_tokens(dataset, release, model, metadata, n_tokens) -> torch.Tensor:

@@ -60,22 +60,43 @@ def model_activations(
     when ``skip_bos``, else all), in (sequence, position) order.
     """
     select = positions or (SKIP_BOS if skip_bos else ALL)
-    stop = stop_layer(hook_name)
+    for by_hook in multi_hook_activations(model, [hook_name], token_batches, select):
+        yield by_hook[hook_name]
+
+
+def multi_hook_activations(
+    model,
+    hook_names: list[str],
+    token_batches: Iterable[torch.Tensor],
+    positions: PositionFilter,
+) -> Iterator[dict[str, HookActivations]]:
+    """One forward pass per batch for every hook: ``{hook: HookActivations}``.
+
+    The model stops after the deepest hook's layer (``stop_at_layer``) and
+    caches only the hooks named (``names_filter``).  Batches whose selected
+    positions are empty are skipped.
+    """
+    layers = [stop_layer(name) for name in hook_names]
+    stop = None if None in layers else max(layers)
     for tokens in token_batches:
         tokens = tokens.to(model.cfg.device)
         with torch.no_grad():
             _, cache = model.run_with_cache(
-                tokens, names_filter=hook_name, stop_at_layer=stop
+                tokens, names_filter=list(hook_names), stop_at_layer=stop
             )
-        acts = cache[hook_name]
-        seq_idx, pos_idx = select.mask(tokens).nonzero(as_tuple=True)
+        seq_idx, pos_idx = positions.mask(tokens).nonzero(as_tuple=True)
         if len(seq_idx) == 0:
             continue
-        yield HookActivations(
-            sae_in=acts[seq_idx, pos_idx].flatten(1),
-            token_context=tokens.cpu(),
-            positions=torch.stack([seq_idx, pos_idx], dim=1).cpu(),
-        )
+        context = tokens.cpu()
+        where = torch.stack([seq_idx, pos_idx], dim=1).cpu()
+        yield {
+            name: HookActivations(
+                sae_in=cache[name][seq_idx, pos_idx].flatten(1),
+                token_context=context,
+                positions=where,
+            )
+            for name in hook_names
+        }
 
 
 def check_activations(
@@ -100,6 +121,69 @@ def check_activations(
         )
 
 
+class SAEFeed:
+    """One SAE's side of a pass: encode each batch once, hand it to its analyses.
+
+    ``feed`` returns the rows delivered; ``live`` lists the analyses still
+    taking batches.  With ``on_error``, an analysis whose ``update`` raises
+    is handed to it and gets no further batches; without it the exception
+    propagates.  A batch that does not fit the SAE raises ActivationError.
+    """
+
+    def __init__(
+        self,
+        sae,
+        analyses: list[Analysis],
+        hook_name: str,
+        on_error: Callable[[Analysis, Exception], None] | None = None,
+    ):
+        self.sae = sae
+        self.hook_name = hook_name
+        self.live = list(analyses)
+        self.on_error = on_error
+        self.offset = 0
+        self.index = 0
+
+    def feed(self, hook_acts: HookActivations) -> int:
+        """Encode one batch and update every live analysis; return its rows."""
+        sae = self.sae
+        sae_in = select_head(sae, hook_acts.sae_in).to(sae.W_dec.dtype)
+        where = f"batch {self.index} (rows {self.offset}-{self.offset + sae_in.shape[0] - 1})"
+        check_activations(sae_in, sae.cfg.d_in, self.hook_name, where)
+        with torch.no_grad():
+            feature_acts = sae.encode(sae_in)
+            sae_out = sae.decode(feature_acts)
+        batch = ActivationBatch(
+            sae_in=sae_in,
+            feature_acts=feature_acts,
+            sae_out=sae_out,
+            tokens=hook_acts.tokens,
+            token_context=hook_acts.token_context,
+            positions=hook_acts.positions,
+            offset=self.offset,
+        )
+        for analysis in list(self.live):
+            try:
+                analysis.update(batch)
+            except Exception as exc:
+                if self.on_error is None:
+                    raise
+                self.on_error(analysis, exc)
+                self.live.remove(analysis)
+        self.offset += batch.n
+        self.index += 1
+        return batch.n
+
+    def check_delivered(self) -> int:
+        """The rows delivered; ActivationError when the pass gave none."""
+        if self.offset == 0:
+            raise ActivationError(
+                "the dataset gave no tokens; check --dataset, --n-tokens and "
+                "--positions (a token-id filter may match nothing)"
+            )
+        return self.offset
+
+
 def run_shared_pass(
     sae,
     analyses: list[Analysis],
@@ -116,42 +200,11 @@ def run_shared_pass(
     gets no further batches (the pass stops when none is left); without it
     the exception propagates.
     """
-    offset = 0
-    dtype = sae.W_dec.dtype
-    live = list(analyses)
+    feed = SAEFeed(sae, analyses, hook_name, on_error)
     # hook_z SAEs see flat rows [n, n_heads * d_head]: the same math
     with flat_rows(sae), tqdm(total=total_rows, unit="tok", desc="shared pass") as bar:
-        for index, hook_acts in enumerate(activations):
-            sae_in = select_head(sae, hook_acts.sae_in).to(dtype)
-            where = f"batch {index} (rows {offset}-{offset + sae_in.shape[0] - 1})"
-            check_activations(sae_in, sae.cfg.d_in, hook_name, where)
-            with torch.no_grad():
-                feature_acts = sae.encode(sae_in)
-                sae_out = sae.decode(feature_acts)
-            batch = ActivationBatch(
-                sae_in=sae_in,
-                feature_acts=feature_acts,
-                sae_out=sae_out,
-                tokens=hook_acts.tokens,
-                token_context=hook_acts.token_context,
-                positions=hook_acts.positions,
-                offset=offset,
-            )
-            for analysis in list(live):
-                try:
-                    analysis.update(batch)
-                except Exception as exc:
-                    if on_error is None:
-                        raise
-                    on_error(analysis, exc)
-                    live.remove(analysis)
-            offset += batch.n
-            bar.update(batch.n)
-            if not live:
+        for hook_acts in activations:
+            bar.update(feed.feed(hook_acts))
+            if not feed.live:
                 break
-    if offset == 0:
-        raise ActivationError(
-            "the dataset gave no tokens; check --dataset, --n-tokens and "
-            "--positions (a token-id filter may match nothing)"
-        )
-    return offset
+    return feed.check_delivered()
