@@ -26,16 +26,14 @@ apart from a real one.
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
 import json
 import math
 import statistics
-import sys
 import time
-import types
 from pathlib import Path
 
 import torch
+from saebench_wheel import add_wheel
 
 from sae_lens_ext import load_sae
 from sae_lens_ext.demo import DEMO_RELEASE
@@ -43,17 +41,8 @@ from sae_lens_ext.presets import preset_overrides
 
 
 def import_saebench(wheel_dir: str):
-    """SAEBench's meta_structure module from an unpacked wheel.
-
-    Its ``sae_selection_utils`` imports ``tabulate`` (only to print tables),
-    which is not installed here; a stub stands in for it.
-    """
-    if "tabulate" not in sys.modules:
-        stub = types.ModuleType("tabulate")
-        stub.tabulate = lambda *args, **kwargs: ""
-        stub.__spec__ = importlib.machinery.ModuleSpec("tabulate", None)
-        sys.modules["tabulate"] = stub
-    sys.path.insert(0, wheel_dir)
+    """SAEBench's meta_structure ``main`` and ``eval_config`` modules."""
+    add_wheel(wheel_dir)
     from sae_bench.evals.meta_structure import eval_config, main
 
     return main, eval_config

@@ -180,3 +180,19 @@ def test_preset_matches_reference_within_seed_noise_and_default_does_not():
     assert abs(gap) < 3 * standard_error(preset, theirs)
     default_gap = statistics.mean(default) - statistics.mean(theirs)
     assert abs(default_gap) > 3 * standard_error(default, theirs)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"decoder_norm": "free"}, "decoder_norm must be one of 'unit', 'rescaled'"),
+        ({"b_dec_init": "median"}, "b_dec_init must be one of 'mean', 'zero'"),
+        ({"sampling": "random"}, "'replacement'"),
+        ({"decoder_init_norm": 0.1}, "needs decoder_norm='rescaled'"),
+        ({"decoder_norm": "rescaled", "decoder_init_norm": 0.0}, "positive"),
+        ({"grad_clip": -1.0}, "grad_clip must be >= 0"),
+    ],
+)
+def test_trainer_options_fail_with_the_fix(options, message):
+    with pytest.raises(ValueError, match=message):
+        MetaSAEConfig(**options)
