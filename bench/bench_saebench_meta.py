@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -78,6 +79,18 @@ def our_run(sae, seed: int, changes: dict) -> tuple[float, float]:
     return metrics["fraction_variance_explained"], log.seconds
 
 
+def reference_run(sae_id: str, seed: int, steps: int | None) -> tuple[float, float]:
+    """The dense re-implementation of SAEBench's definition in
+    ``tests/saebench_meta_reference.py`` (its own init and batches)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import saebench_meta_reference
+
+    data = load_sae(DEMO_RELEASE, sae_id).W_dec.detach().float()
+    started = time.perf_counter()
+    fve = saebench_meta_reference.saebench_meta_fve(data, seed, steps=steps or 1500)
+    return fve, time.perf_counter() - started
+
+
 def describe(values: list[float]) -> str:
     """``mean ± sample std (n)``."""
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -99,33 +112,24 @@ def relative_difference(ours: list[float], theirs: list[float]) -> tuple[float, 
 
 
 def summarise(records: list[dict]) -> None:
-    """Print each side's FVE over seeds and their relative difference."""
+    """Print each side's FVE over seeds and its relative difference from
+    SAEBench's."""
     for sae_id in sorted({r["sae_id"] for r in records}):
-        sides = {
-            side: [
-                r["fve"] for r in records if r["sae_id"] == sae_id and r["side"] == side
-            ]
-            for side in ("saebench", "ours")
-        }
-        seconds = {
-            side: statistics.mean(
-                r["seconds"]
-                for r in records
-                if r["sae_id"] == sae_id and r["side"] == side
-            )
-            for side, values in sides.items()
-            if values
-        }
+        mine = [r for r in records if r["sae_id"] == sae_id]
+        sides = {}
+        for record in mine:
+            sides.setdefault(record["side"], []).append(record)
         print(f"{sae_id}: decoder variance explained")
-        for side, values in sides.items():
-            if values:
-                print(f"  {side:9s} {describe(values)}, {seconds[side]:.1f} s per run")
-        if all(sides.values()):
-            relative, error = relative_difference(sides["ours"], sides["saebench"])
-            print(
-                f"  relative difference of the means: {relative:+.2%} ± {error:.2%} "
-                "(standard error; target within ±1%)"
-            )
+        theirs = [r["fve"] for r in sides.get("saebench", [])]
+        for side, runs in sides.items():
+            values = [r["fve"] for r in runs]
+            seconds = statistics.mean(r["seconds"] for r in runs)
+            line = f"  {side:9s} {describe(values)}, {seconds:.1f} s per run"
+            if theirs and side != "saebench":
+                relative, error = relative_difference(values, theirs)
+                line += f"; vs SAEBench {relative:+.2%} ± {error:.2%}"
+            print(line)
+    print("(± after a difference: its standard error; target within ±1%)")
 
 
 def main() -> None:
@@ -134,7 +138,16 @@ def main() -> None:
     parser.add_argument("--sae-id", default="resid0-topk-1024")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--side", choices=("both", "saebench", "ours"), default="both")
+    parser.add_argument(
+        "--side", choices=("both", "saebench", "ours", "reference"), default="both"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="change one of our meta-SAE options (JSON value): sampling='\"uniform\"'",
+    )
     parser.add_argument(
         "--steps", type=int, default=None, help="both sides (default: SAEBench's 1500)"
     )
@@ -149,28 +162,35 @@ def main() -> None:
         lines = args.summarise.read_text().splitlines()
         summarise([json.loads(line) for line in lines if line.strip()])
         return
-    if args.side != "ours" and not args.saebench_wheel:
-        parser.error("--saebench-wheel DIR is needed unless --side ours")
+    with_saebench = args.side in ("both", "saebench")
+    if with_saebench and not args.saebench_wheel:
+        parser.error("--saebench-wheel DIR is needed for --side both or saebench")
     torch.set_num_threads(args.threads)
     theirs_changes = {"autocast": args.autocast}
     our_changes = {"autocast": args.autocast, "threads": args.threads}
+    for option in args.set:
+        name, _, value = option.partition("=")
+        our_changes[name] = json.loads(value)
+    our_side = " ".join(["ours", *args.set])
     if args.steps is not None:
         theirs_changes["train_steps"] = our_changes["steps"] = args.steps
     print(f"changes from SAEBench's settings: {theirs_changes}")
-    if args.side != "ours":
+    if with_saebench:
         main_module, eval_config = import_saebench(args.saebench_wheel)
     records, output = [], None
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         runs = []
-        if args.side != "ours":
+        if with_saebench:
             sae = load_sae(DEMO_RELEASE, args.sae_id)
             fve, seconds, output = saebench_run(
                 main_module, eval_config, sae, args.sae_id, seed, theirs_changes
             )
             runs.append(("saebench", fve, seconds))
-        if args.side != "saebench":
+        if args.side in ("both", "ours"):
             sae = load_sae(DEMO_RELEASE, args.sae_id)
-            runs.append(("ours", *our_run(sae, seed, our_changes)))
+            runs.append((our_side, *our_run(sae, seed, our_changes)))
+        if args.side == "reference":
+            runs.append(("reference", *reference_run(args.sae_id, seed, args.steps)))
         for side, fve, seconds in runs:
             record = {
                 "sae_id": args.sae_id,
