@@ -11,24 +11,30 @@ object.
 
     python bench/bench_saebench_meta.py --saebench-wheel /tmp/sbw/unpacked
     python bench/bench_saebench_meta.py --saebench-wheel DIR --seeds 5 --sae-id resid0-topk-2048
-    python bench/bench_saebench_meta.py --saebench-wheel DIR --seeds 1 --no-autocast
+    python bench/bench_saebench_meta.py --saebench-wheel DIR --seeds 4 --first-seed 8 \
+        --record runs/meta-agreement.jsonl      # appends one line per side and seed
+    python bench/bench_saebench_meta.py --summarise runs/meta-agreement.jsonl
 
-SAE-Lens's trainer under CPU autocast is slow (about 2 s per step on a
-loaded 2-core machine); ``--no-autocast`` and ``--steps`` change both sides
-alike, and the script prints what it changed.
+Both sides train in float32 by default (``--autocast`` turns on SAEBench's
+default bf16 autocast for both; SAE-Lens's trainer is slow under CPU
+autocast) on ``--threads`` CPU threads.  Both are noisy from seed to seed:
+the summary gives mean ± sample std per side, the relative difference of the
+means and its standard error, so a difference within seed noise is told
+apart from a real one.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
 import json
+import math
 import statistics
 import sys
 import time
-import types
+from pathlib import Path
 
 import torch
+from saebench_wheel import add_wheel
 
 from sae_lens_ext import load_sae
 from sae_lens_ext.demo import DEMO_RELEASE
@@ -36,17 +42,8 @@ from sae_lens_ext.presets import preset_overrides
 
 
 def import_saebench(wheel_dir: str):
-    """SAEBench's meta_structure module from an unpacked wheel.
-
-    Its ``sae_selection_utils`` imports ``tabulate`` (only to print tables),
-    which is not installed here; a stub stands in for it.
-    """
-    if "tabulate" not in sys.modules:
-        stub = types.ModuleType("tabulate")
-        stub.tabulate = lambda *args, **kwargs: ""
-        stub.__spec__ = importlib.machinery.ModuleSpec("tabulate", None)
-        sys.modules["tabulate"] = stub
-    sys.path.insert(0, wheel_dir)
+    """SAEBench's meta_structure ``main`` and ``eval_config`` modules."""
+    add_wheel(wheel_dir)
     from sae_bench.evals.meta_structure import eval_config, main
 
     return main, eval_config
@@ -76,65 +73,144 @@ def our_run(sae, seed: int, changes: dict) -> tuple[float, float]:
         for k, v in preset_overrides("saebench")["meta_sae"].items()
         if k != "skip_dead"
     }
-    config = MetaSAEConfig(seed=seed, **{**settings, **changes})
+    config = MetaSAEConfig(seed=seed, null_seeds=0, **{**settings, **changes})
     meta_sae, log = fit_meta_sae(sae, config, progress=False)
-    return decompose(sae, meta_sae).metrics["fraction_variance_explained"], log.seconds
+    metrics = decompose(sae, meta_sae, null_seeds=0).metrics
+    return metrics["fraction_variance_explained"], log.seconds
+
+
+def reference_run(sae_id: str, seed: int, steps: int | None) -> tuple[float, float]:
+    """The dense re-implementation of SAEBench's definition in
+    ``tests/saebench_meta_reference.py`` (its own init and batches)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import saebench_meta_reference
+
+    data = load_sae(DEMO_RELEASE, sae_id).W_dec.detach().float()
+    started = time.perf_counter()
+    fve = saebench_meta_reference.saebench_meta_fve(data, seed, steps=steps or 1500)
+    return fve, time.perf_counter() - started
+
+
+def describe(values: list[float]) -> str:
+    """``mean ± sample std (n)``."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {spread:.4f} (n={len(values)})"
+
+
+def relative_difference(ours: list[float], theirs: list[float]) -> tuple[float, float]:
+    """(mean ours / mean theirs - 1, its standard error from both spreads)."""
+    mine, base = statistics.mean(ours), statistics.mean(theirs)
+
+    def squared_error(values):
+        return statistics.variance(values) / len(values) if len(values) > 1 else 0.0
+
+    ratio = mine / base
+    error = ratio * math.sqrt(
+        squared_error(ours) / mine**2 + squared_error(theirs) / base**2
+    )
+    return ratio - 1, error
+
+
+def summarise(records: list[dict]) -> None:
+    """Print each side's FVE over seeds and its relative difference from
+    SAEBench's."""
+    for sae_id in sorted({r["sae_id"] for r in records}):
+        mine = [r for r in records if r["sae_id"] == sae_id]
+        sides = {}
+        for record in mine:
+            sides.setdefault(record["side"], []).append(record)
+        print(f"{sae_id}: decoder variance explained")
+        theirs = [r["fve"] for r in sides.get("saebench", [])]
+        for side, runs in sides.items():
+            values = [r["fve"] for r in runs]
+            seconds = statistics.mean(r["seconds"] for r in runs)
+            line = f"  {side:9s} {describe(values)}, {seconds:.1f} s per run"
+            if theirs and side != "saebench":
+                relative, error = relative_difference(values, theirs)
+                line += f"; vs SAEBench {relative:+.2%} ± {error:.2%}"
+            print(line)
+    print("(± after a difference: its standard error; target within ±1%)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--saebench-wheel", required=True, help="unpacked sae_bench wheel"
-    )
+    parser.add_argument("--saebench-wheel", help="unpacked sae_bench wheel")
     parser.add_argument("--sae-id", default="resid0-topk-1024")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument(
+        "--side", choices=("both", "saebench", "ours", "reference"), default="both"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="change one of our meta-SAE options (JSON value): sampling='\"uniform\"'",
+    )
     parser.add_argument(
         "--steps", type=int, default=None, help="both sides (default: SAEBench's 1500)"
     )
     parser.add_argument(
-        "--no-autocast", action="store_true", help="both sides in float32 throughout"
+        "--autocast", action="store_true", help="bf16 autocast on both sides"
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--record", type=Path, help="append one JSON line per run")
+    parser.add_argument("--summarise", type=Path, help="only summarise a --record file")
     args = parser.parse_args()
-    theirs_changes, our_changes = {}, {}
+    if args.summarise:
+        lines = args.summarise.read_text().splitlines()
+        summarise([json.loads(line) for line in lines if line.strip()])
+        return
+    with_saebench = args.side in ("both", "saebench")
+    if with_saebench and not args.saebench_wheel:
+        parser.error("--saebench-wheel DIR is needed for --side both or saebench")
+    torch.set_num_threads(args.threads)
+    theirs_changes = {"autocast": args.autocast}
+    our_changes = {"autocast": args.autocast, "threads": args.threads}
+    for option in args.set:
+        name, _, value = option.partition("=")
+        our_changes[name] = json.loads(value)
+    our_side = " ".join(["ours", *args.set])
     if args.steps is not None:
         theirs_changes["train_steps"] = our_changes["steps"] = args.steps
-    if args.no_autocast:
-        theirs_changes["autocast"] = our_changes["autocast"] = False
-    print(f"changes from SAEBench's settings: {theirs_changes or 'none'}")
-    main_module, eval_config = import_saebench(args.saebench_wheel)
-    theirs, ours, their_seconds, our_seconds = [], [], [], []
-    output = None
-    for seed in range(args.seeds):
-        sae = load_sae(DEMO_RELEASE, args.sae_id)
-        fve, seconds, output = saebench_run(
-            main_module, eval_config, sae, args.sae_id, seed, theirs_changes
-        )
-        theirs.append(fve)
-        their_seconds.append(seconds)
-        fve, seconds = our_run(load_sae(DEMO_RELEASE, args.sae_id), seed, our_changes)
-        ours.append(fve)
-        our_seconds.append(seconds)
-        print(
-            f"seed {seed}: SAEBench {theirs[-1]:.4f}, ours {ours[-1]:.4f}", flush=True
-        )
-
-    def describe(values):
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.4f} ± {spread:.4f}"
-
-    relative = (statistics.mean(ours) - statistics.mean(theirs)) / statistics.mean(
-        theirs
-    )
-    print(f"decoder variance explained, SAEBench: {describe(theirs)}")
-    print(f"decoder variance explained, ours:     {describe(ours)}")
-    print(f"relative difference of the means: {relative:+.2%} (target within ±1%)")
-    print(
-        f"train seconds, SAEBench {statistics.mean(their_seconds):.1f}, ours "
-        f"{statistics.mean(our_seconds):.1f}"
-    )
-    theirs_doc = json.loads(output.to_json())
-    print("SAEBench's own top-level fields:", sorted(theirs_doc))
-    print("its eval_config fields:", sorted(theirs_doc["eval_config"]))
+    print(f"changes from SAEBench's settings: {theirs_changes}")
+    if with_saebench:
+        main_module, eval_config = import_saebench(args.saebench_wheel)
+    records, output = [], None
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        runs = []
+        if with_saebench:
+            sae = load_sae(DEMO_RELEASE, args.sae_id)
+            fve, seconds, output = saebench_run(
+                main_module, eval_config, sae, args.sae_id, seed, theirs_changes
+            )
+            runs.append(("saebench", fve, seconds))
+        if args.side in ("both", "ours"):
+            sae = load_sae(DEMO_RELEASE, args.sae_id)
+            runs.append((our_side, *our_run(sae, seed, our_changes)))
+        if args.side == "reference":
+            runs.append(("reference", *reference_run(args.sae_id, seed, args.steps)))
+        for side, fve, seconds in runs:
+            record = {
+                "sae_id": args.sae_id,
+                "side": side,
+                "seed": seed,
+                "fve": fve,
+                "seconds": seconds,
+                "steps": args.steps or 1500,
+                "autocast": args.autocast,
+            }
+            records.append(record)
+            print(json.dumps(record), flush=True)
+            if args.record:
+                with args.record.open("a") as sink:
+                    sink.write(json.dumps(record) + "\n")
+    summarise(records)
+    if output is not None:
+        theirs_doc = json.loads(output.to_json())
+        print("SAEBench's own top-level fields:", sorted(theirs_doc))
+        print("its eval_config fields:", sorted(theirs_doc["eval_config"]))
     print("finished", time.strftime("%H:%M:%S"))
 
 

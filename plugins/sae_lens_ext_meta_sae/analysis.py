@@ -18,6 +18,7 @@ from .trainer import TrainingLog
 LARGEST_SHOWN = 5
 SAMPLING = {
     "uniform": "each row once per epoch",
+    "replacement": "batches drawn uniformly with replacement",
     "frequency": "rows drawn in proportion to their latent's firing frequency",
 }
 MEMBERS_SHOWN = 6

@@ -7,6 +7,12 @@ from dataclasses import dataclass, field
 
 #: Paper ratio: 2304 meta-latents for a 49152-latent base SAE (1 per 21.3).
 PAPER_META_RATIO = 2304 / 49152
+#: Allowed values of the string options.
+CHOICES = {
+    "sampling": ("uniform", "replacement", "frequency"),
+    "decoder_norm": ("unit", "rescaled"),
+    "b_dec_init": ("mean", "zero"),
+}
 
 
 @dataclass
@@ -20,7 +26,8 @@ class MetaSAEConfig:
       meta-latents (SAEBench's meta_structure eval uses 0.25).
     - ``k``: mean number of active meta-latents per base latent (BatchTopK
       keeps the ``k * batch_size`` largest activations of each batch).
-    - ``steps``, ``batch_size`` (capped at the number of base latents),
+    - ``steps``, ``batch_size`` (capped at the number of base latents
+      unless ``sampling`` is ``replacement``),
       ``lr`` (Adam), ``lr_decay_fraction``: the last fraction of steps
       decays the learning rate linearly to zero.
     - ``dead_after``: a meta-latent that has not fired for this many steps is
@@ -37,9 +44,21 @@ class MetaSAEConfig:
       second thread makes each step several times slower), and torch's
       setting otherwise.
     - ``seed``: makes the run deterministic (None: the run's seed, or 0).
-    - ``sampling``: ``uniform`` (each row once per epoch) or ``frequency``
-      (rows drawn in proportion to their base latent's firing frequency, so
-      the meta-latents fit frequently used latents best).
+    - ``sampling``: ``uniform`` (each row once per epoch), ``replacement``
+      (each batch drawn uniformly with replacement, as SAEBench does) or
+      ``frequency`` (rows drawn in proportion to their base latent's firing
+      frequency, so the meta-latents fit frequently used latents best).
+    - ``decoder_norm``: ``unit`` keeps every meta-decoder row on the unit
+      sphere (gradient projected, rows renormalised after each step);
+      ``rescaled`` lets the row norms drift and scales each activation by
+      its row's norm, as SAE-Lens's ``rescale_acts_by_decoder_norm`` (the
+      function is the same, Adam's steps are not: their size relative to a
+      row is set by the row's norm).
+    - ``decoder_init_norm``: the rows' starting norm with ``rescaled``
+      (SAE-Lens: 0.1; the encoder starts as the decoder's transpose).
+    - ``b_dec_init``: ``mean`` (the mean decoder row) or ``zero`` (SAE-Lens).
+    - ``grad_clip``: clip the norm of all gradients together to this before
+      each Adam step, as SAE-Lens's trainer does at 1.0 (0: no clipping).
     - ``null_seeds``, ``null_margin``: the null baseline (see :mod:`.null`).
     """
 
@@ -58,7 +77,10 @@ class MetaSAEConfig:
     )
     steps: int = field(default=2000, metadata={"help": "Adam steps"})
     batch_size: int = field(
-        default=4096, metadata={"help": "decoder rows per step (capped at d_sae)"}
+        default=4096,
+        metadata={
+            "help": "decoder rows per step (capped at d_sae unless drawn with replacement)"
+        },
     )
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     lr_decay_fraction: float = field(
@@ -92,6 +114,25 @@ class MetaSAEConfig:
             "help": "decoder rows per batch: uniform, or frequency (in proportion "
             "to each base latent's firing frequency)"
         },
+    )
+    decoder_norm: str = field(
+        default="unit",
+        metadata={
+            "help": "meta-decoder rows: unit (kept on the unit sphere) or rescaled "
+            "(free norms, activations scaled by them, as SAE-Lens)"
+        },
+    )
+    decoder_init_norm: float = field(
+        default=1.0,
+        metadata={"help": "starting norm of the decoder rows (rescaled only)"},
+    )
+    b_dec_init: str = field(
+        default="mean",
+        metadata={"help": "decoder bias at the start: mean (of the rows) or zero"},
+    )
+    grad_clip: float = field(
+        default=0.0,
+        metadata={"help": "clip the total gradient norm to this (0: no clipping)"},
     )
     null_seeds: int = field(
         default=3,
@@ -159,9 +200,22 @@ class MetaSAEConfig:
             raise ValueError("lr_decay_fraction must lie in [0, 1]")
         if not 0 <= self.resample_until <= 1:
             raise ValueError("resample_until must lie in [0, 1]")
-        if self.sampling not in ("uniform", "frequency"):
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(map(repr, choices))}, got "
+                    f"{getattr(self, name)!r}"
+                )
+        if not self.decoder_init_norm > 0:
             raise ValueError(
-                f"sampling must be 'uniform' or 'frequency', got {self.sampling!r}"
+                f"decoder_init_norm must be positive, got {self.decoder_init_norm}"
             )
+        if self.decoder_norm == "unit" and self.decoder_init_norm != 1:
+            raise ValueError(
+                f"decoder_init_norm={self.decoder_init_norm} needs "
+                "decoder_norm='rescaled': unit decoder rows always have norm 1"
+            )
+        if not self.grad_clip >= 0:
+            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
         if int(self.null_seeds) < 0:
             raise ValueError(f"null_seeds must be >= 0, got {self.null_seeds}")

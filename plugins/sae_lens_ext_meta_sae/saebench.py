@@ -50,6 +50,13 @@ SAEBENCH_DIRECTIONS = {
 }
 
 
+def batch_size(config: dict, rows: int) -> int:
+    """Decoder rows per training step (capped at ``rows`` unless drawn with
+    replacement, as the trainer does)."""
+    size = int(config.get("batch_size", rows))
+    return size if config.get("sampling") == "replacement" else min(size, rows)
+
+
 def meta_structure_eval(result, run) -> SAEBenchEval:
     """The meta-SAE's decomposition as SAEBench's meta_structure eval output."""
     metrics = result.metrics
@@ -91,7 +98,7 @@ def meta_structure_eval(result, run) -> SAEBenchEval:
             config.get("width_ratio") or metrics["d_meta"] / metrics["d_sae"]
         ),
         "train_steps": int(config.get("steps", metrics["training_steps"])),
-        "train_batch_size": min(int(config.get("batch_size", rows)), rows),
+        "train_batch_size": batch_size(config, rows),
         "learning_rate": float(config.get("lr", 0.0)),
         "weight_decay": 0.0,
         "autocast": bool(config.get("autocast", False)),
@@ -104,12 +111,25 @@ def meta_structure_eval(result, run) -> SAEBenchEval:
         for key, value in metrics.items()
         if key not in ("fraction_variance_explained", "training_seconds")
     }
+    trainer_settings = ", ".join(
+        f"{name} {config.get(name)}"
+        for name in (
+            "sampling",
+            "decoder_norm",
+            "decoder_init_norm",
+            "b_dec_init",
+            "grad_clip",
+            "lr_decay_fraction",
+            "resample_every",
+        )
+    )
     notes = [
-        "Meta-SAE trained by sae-lens-ext's BatchTopK trainer (Adam, "
-        f"lr_decay_fraction {config.get('lr_decay_fraction')}, dead meta-latents "
-        f"resampled every {config.get('resample_every')} steps) on unit-"
-        "normalised decoder rows, saved as a JumpReLU SAE whose threshold "
-        "reproduces BatchTopK; SAEBench trains SAE-Lens's BatchTopKTrainingSAE.",
+        "Meta-SAE trained by sae-lens-ext's sparse BatchTopK trainer (Adam; "
+        f"{trainer_settings}) on unit-normalised decoder rows, saved as a "
+        "JumpReLU SAE whose threshold reproduces BatchTopK over all rows; "
+        "SAEBench trains SAE-Lens's BatchTopKTrainingSAE (the saebench preset's "
+        "settings give the same gradients) and evaluates BatchTopK per batch "
+        "of 4096 rows.",
         "Higher decoder_fraction_variance_explained means more shared structure "
         "between decoder directions, i.e. less atomic latents.",
     ]

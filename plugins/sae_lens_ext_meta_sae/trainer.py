@@ -18,6 +18,17 @@ where ``dA`` holds ``da`` on the kept entries.  The decoder gradient loses its
 component along each row (the rows stay on the unit sphere) and the rows
 are renormalised after each Adam step.  Dead latents are re-initialised on
 the residuals of the worst-reconstructed rows.
+
+With ``decoder_norm="rescaled"`` (SAE-Lens's ``rescale_acts_by_decoder_norm``)
+the decoder parameter ``V`` keeps free row norms ``n``: the model uses the
+unit rows ``U = V / n`` and scales the pre-activations by ``n`` before the
+selection.  With ``dU = S.T @ g`` and ``dn_j = sum_i da_ij a_ij / n_j``
+(through the scaled pre-activations),
+
+    dV_j = (dU_j - (dU_j . U_j) U_j) / n_j + dn_j U_j,
+
+and the encoder's gradients take ``dA * n`` in place of ``dA``.  The saved
+weights fold ``n`` into the encoder, as SAE-Lens does when it saves.
 """
 
 from __future__ import annotations
@@ -82,12 +93,18 @@ class MetaSAETrainer:
         self.config = config
         self.generator = torch.Generator().manual_seed(int(config.seed or 0))
         n, d = self.data.shape
-        self.batch_size = min(int(config.batch_size), n)
+        self.batch_size = int(config.batch_size)
+        if config.sampling != "replacement":  # an epoch cannot hold more rows
+            self.batch_size = min(self.batch_size, n)
         self.n_keep = max(1, round(config.k * self.batch_size))
-        self.W_dec = _unit_rows(torch.randn(d_meta, d, generator=self.generator))
+        self.rescaled = config.decoder_norm == "rescaled"
+        directions = _unit_rows(torch.randn(d_meta, d, generator=self.generator))
+        self.W_dec = directions * float(config.decoder_init_norm)
         self.W_enc_T = self.W_dec.clone()
         self.b_enc = torch.zeros(d_meta)
-        self.b_dec = self.data.mean(0)
+        self.b_dec = (
+            self.data.mean(0) if config.b_dec_init == "mean" else torch.zeros(d)
+        )
         self.params = [self.W_enc_T, self.b_enc, self.W_dec, self.b_dec]
         for p in self.params:
             p.grad = torch.zeros_like(p)
@@ -137,8 +154,11 @@ class MetaSAETrainer:
         autocast is on (made here when not given).
         """
         loss, selection = self.gradients(x, x_low)
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, float(self.config.grad_clip))
         self.optimizer.step()
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
+        if not self.rescaled:
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
         self._track(selection)
         return loss
 
@@ -148,26 +168,43 @@ class MetaSAETrainer:
         """Set every parameter's ``.grad`` for batch ``x``; return (loss, kept).
 
         The decoder gradient is projected onto the tangent space of the unit
-        sphere (its radial part would be undone by the renormalisation).
+        sphere (its radial part would be undone by the renormalisation); with
+        rescaled rows it is the chain rule through ``V / n`` and ``pre * n``.
         """
         n = x.shape[0]
-        selection = batch_topk(self._pre(x, x_low), self.n_keep, self._hint())
-        error = selection.times(self.W_dec)
+        norms = self.W_dec.norm(dim=1) if self.rescaled else None
+        unit = self.W_dec if norms is None else self.W_dec / norms[:, None]
+        pre = self._pre(x, x_low)
+        if norms is not None:
+            pre = pre * norms.to(pre.dtype)
+        selection = batch_topk(pre, self.n_keep, self._hint())
+        error = selection.times(unit)
         error.add_(self.b_dec).sub_(x)
         loss = float(torch.dot(error.view(-1), error.view(-1))) / n
         g = error.mul_(2.0 / n)
-        grad_act = selection.sampled_products(g, self.W_dec)
-        self.W_dec.grad = selection.transposed_times(g)
-        self.b_enc.grad = torch.bincount(
-            selection.cols, weights=grad_act, minlength=self.b_enc.numel()
-        ).float()
+        grad_act = selection.sampled_products(g, unit)
+        grad_unit = selection.transposed_times(g)
+        tangent = grad_unit - (grad_unit * unit).sum(1, keepdim=True) * unit
+        grad_pre = grad_act
+        if norms is None:
+            self.W_dec.grad = tangent
+        else:
+            grad_norm = self._column_sums(selection, grad_act * selection.values)
+            grad_norm /= norms
+            self.W_dec.grad = tangent / norms[:, None] + grad_norm[:, None] * unit
+            grad_pre = grad_act * norms[selection.cols]
+        self.b_enc.grad = self._column_sums(selection, grad_pre)
         # the encoder sees x - b_dec: its gradient is dA.T @ x - db_enc b_dec^T
-        self.W_enc_T.grad = selection.transposed_times(x, grad_act)
+        self.W_enc_T.grad = selection.transposed_times(x, grad_pre)
         self.W_enc_T.grad.sub_(torch.outer(self.b_enc.grad, self.b_dec))
         self.b_dec.grad = g.sum(0) - self.b_enc.grad @ self.W_enc_T
-        radial = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
-        self.W_dec.grad -= radial * self.W_dec
         return loss, selection
+
+    def _column_sums(self, selection: Selection, values: torch.Tensor):
+        """Per meta-latent, the sum of ``values`` over its kept entries."""
+        return torch.bincount(
+            selection.cols, weights=values, minlength=self.b_enc.numel()
+        ).float()
 
     def _pre(self, x: torch.Tensor, x_low: torch.Tensor | None) -> torch.Tensor:
         """Encoder pre-activations, in bfloat16 when autocast is on."""
@@ -211,7 +248,12 @@ class MetaSAETrainer:
                     yield buffer, torch.index_select(low, 0, index, out=low_buffer)
 
     def _batch_indices(self, n: int):
-        """One epoch of row indices per batch: a shuffle, or weighted draws."""
+        """One epoch of row indices per batch: a shuffle, or draws with
+        replacement (uniform, or weighted by ``row_weights``)."""
+        if self.config.sampling == "replacement":
+            for _ in range(max(1, n // self.batch_size)):
+                yield torch.randint(n, (self.batch_size,), generator=self.generator)
+            return
         if self.row_weights is not None:
             for _ in range(max(1, n // self.batch_size)):
                 yield torch.multinomial(
@@ -245,10 +287,12 @@ class MetaSAETrainer:
         )
         directions = _unit_rows(residual[rows])
         alive = self.steps_since_fired < self.config.dead_after
-        encoder_norm = (
-            self.W_enc_T[alive].norm(dim=1).mean() if bool(alive.any()) else 1.0
-        )
-        self.W_dec[dead] = directions
+        encoder_norm = decoder_norm = 1.0
+        if bool(alive.any()):
+            encoder_norm = self.W_enc_T[alive].norm(dim=1).mean()
+            if self.rescaled:  # a new row at the others' scale, as its encoder
+                decoder_norm = self.W_dec[alive].norm(dim=1).mean()
+        self.W_dec[dead] = directions * decoder_norm
         self.W_enc_T[dead] = directions * encoder_norm
         self.b_enc[dead] = 0.0
         for p, index in ((self.W_dec, dead), (self.W_enc_T, dead), (self.b_enc, dead)):
@@ -262,10 +306,11 @@ class MetaSAETrainer:
 
     def weights(self, threshold: float | None = None) -> MetaSAEWeights:
         """Current weights; the threshold is fitted on all data unless given."""
+        norms = self.W_dec.norm(dim=1) if self.rescaled else torch.ones(len(self.W_dec))
         weights = MetaSAEWeights(
-            W_enc=self.W_enc_T.T.clone(),
-            b_enc=self.b_enc.clone(),
-            W_dec=self.W_dec.clone(),
+            W_enc=(self.W_enc_T * norms[:, None]).T.clone(),
+            b_enc=self.b_enc * norms,
+            W_dec=self.W_dec / norms[:, None],
             b_dec=self.b_dec.clone(),
         )
         weights.threshold = (
