@@ -62,16 +62,23 @@ MODEL_CFG = dict(
     model_name="sae-lens-ext-demo",
     seed=0,
 )
+# lr: the SAE learning rate (cosine to a tenth); docs/demo-release.md lists the
+# dead-latent fractions each recipe gave (lr 1e-2 for the TopK SAEs at resid0;
+# resid1's were not rebuilt with it yet)
 SAES = {
-    f"{layer}-topk-{width}": dict(architecture="topk", d_sae=width, k=16)
+    f"{layer}-topk-{width}": dict(
+        architecture="topk", d_sae=width, k=16, lr=1e-2 if layer == "resid0" else 1e-3
+    )
     for layer in HOOKS
     for width in (512, 1024, 2048)
 }
-SAES["resid0-relu-1024"] = dict(architecture="standard", d_sae=1024, l1=5.0)
+SAES["resid0-relu-1024"] = dict(architecture="standard", d_sae=1024, l1=5.0, lr=1e-3)
 DEFAULT_SAE = "resid0-topk-1024"
 # share of each model batch that is spelling rows, and of word tokens never spelled
 SPELLING_SHARE = 0.5
 DEAD_WINDOW = 20
+# TopK's AuxK coefficient (SAE-Lens's default; 8 and 32 did worse, see the docs)
+AUX_COEFFICIENT = 1.0
 LETTER_HOOK = HOOKS["resid0"]
 LETTER_HEAD_WEIGHT = 8.0
 LETTER_HEAD_ON_TEXT = True
@@ -303,7 +310,11 @@ def train_sae(spec: dict, hook: str, acts: torch.Tensor, n_train: int, batch: in
     torch.manual_seed(0)
     common = dict(d_in=MODEL_CFG["d_model"], d_sae=spec["d_sae"])
     if spec["architecture"] == "topk":
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=spec["k"], **common))
+        sae = TopKTrainingSAE(
+            TopKTrainingSAEConfig(
+                k=spec["k"], aux_loss_coefficient=AUX_COEFFICIENT, **common
+            )
+        )
     else:
         cfg = StandardTrainingSAEConfig(
             l1_coefficient=spec["l1"], l1_warm_up_steps=100, **common
@@ -324,8 +335,8 @@ def train_sae(spec: dict, hook: str, acts: torch.Tensor, n_train: int, batch: in
     trainer_cfg = SAETrainerConfig(
         total_training_samples=n_train,
         train_batch_size_samples=batch,
-        lr=1e-3,
-        lr_end=1e-4,
+        lr=spec["lr"],
+        lr_end=spec["lr"] / 10,
         lr_scheduler_name="cosineannealing",
         lr_decay_steps=n_train // batch // 3,
         # a latent silent for 20 batches (20 k tokens) counts as dead and

@@ -220,7 +220,8 @@ def test_demo_absorption_is_written_in_saebench_format_and_warned(demo_run):
     warnings = demo_run.summary["analyses"]["absorption"]["warnings"]
     assert any("1,024 latents" in w for w in warnings)
     assert any("parameters" in w for w in warnings)
-    assert any("undertraining" in w for w in warnings)
+    # the lr 1e-2 rebuild left 1.5% dead and 0.96 variance explained: not undertrained
+    assert not any("undertraining" in w for w in warnings)
     card = (demo_run.run_dir / "README.md").read_text()
     assert "tens of thousands of latents" in card
 
