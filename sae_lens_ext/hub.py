@@ -102,9 +102,7 @@ def push_to_hub(
     if revision is not None and (not isinstance(revision, str) or not revision):
         raise ValueError("revision must be a branch name such as 'main', or None")
     run_dir = Path(run_dir)
-    summary = read_summary(run_dir, allow_incomplete)
-    files = collect_files(run_dir)
-    check_sae_folders(run_dir, summary, files)
+    summary, files = checked_run(run_dir, allow_incomplete)
     check_online()
     token = resolve_token(token)
     card = card_text(run_dir, summary, repo_id, folder)
@@ -247,6 +245,14 @@ def normalize_prefix(prefix: str | None) -> str:
             "digit and use only letters, digits, '-', '_' and '.' (e.g. 'runs/mdl-1')"
         )
     return "/".join(parts)
+
+
+def checked_run(run_dir: Path, allow_incomplete: bool) -> tuple[dict, dict[str, Path]]:
+    """A run's summary and files to publish, after every check a push makes."""
+    summary = read_summary(run_dir, allow_incomplete)
+    files = collect_files(run_dir)
+    check_sae_folders(run_dir, summary, files)
+    return summary, files
 
 
 def read_summary(run_dir: Path, allow_incomplete: bool = False) -> dict:

@@ -19,14 +19,12 @@ from .hub import (
     _push,
     check_online,
     check_repo_id,
-    check_sae_folders,
-    collect_files,
+    checked_run,
     content_problem,
     fill_repo_id,
     hub_errors,
     normalize_prefix,
     prepare_files,
-    read_summary,
     resolve_token,
     retry_command,
 )
@@ -87,9 +85,7 @@ def sweep_runs(sweep_dir: Path, record: dict, allow_incomplete: bool) -> dict:
         if not (run_dir / "summary.json").is_file():
             missing.append(sae_id)
             continue
-        summary = read_summary(run_dir, allow_incomplete)
-        files = collect_files(run_dir)
-        check_sae_folders(run_dir, summary, files)
+        _, files = checked_run(run_dir, allow_incomplete)
         runs[entry["slug"]] = (run_dir, files)
     if missing and not allow_incomplete:
         raise ValueError(
