@@ -15,8 +15,9 @@ Stages (each timed and printed):
 5. eval      held-out token ids, metrics, ``release.json``
 
 Run: ``python scripts/build_demo_release.py`` (under 30 minutes on 2 cores).
-Every random draw is seeded, and training runs a fixed number of steps, so
-the build is deterministic on a given machine and thread count.
+Every random draw is seeded, training runs a fixed number of steps and torch
+runs its deterministic kernels, so the build is deterministic on a given
+machine and thread count (tests/test_demo_build_determinism.py).
 The output replaces ``sae_lens_ext/demo_release/``.
 """
 
@@ -458,6 +459,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    # with 2+ threads the backward of the token embedding's W_E[tokens]
+    # (index_put_ with accumulate) sums duplicate rows in a run-dependent
+    # order, so two builds differed in the model's last bits and then in
+    # everything downstream; the deterministic kernels cost no measurable time
+    torch.use_deterministic_algorithms(True)
     timings: dict[str, float] = {}
     build = Path(tempfile.mkdtemp(prefix="demo-release-"))
     work = Path(tempfile.mkdtemp(prefix="demo-corpus-"))
@@ -523,6 +529,11 @@ def main() -> None:
                 torch.set_num_threads(threads)
                 folder = build / "saes" / sae_id
                 sae.save_inference_model(folder)
+                # SAE-Lens writes cfg.json's keys in a hash-seed-dependent order;
+                # sorted, the file is the same in every build
+                cfg_file = folder / "cfg.json"
+                cfg = json.loads(cfg_file.read_text())
+                cfg_file.write_text(json.dumps(cfg, sort_keys=True))
                 inference = SAE.load_from_disk(folder)
                 metrics, freq = sae_metrics(inference, model, hook, held_acts, held)
                 save_file(
