@@ -303,6 +303,23 @@ def test_push_publishes_a_sweep_and_every_sae_loads_back(
             assert torch.equal(loaded.state_dict()[name], value), (folder, name)
 
 
+@pytest.mark.parametrize("revision", ["", 5])
+def test_push_sweep_checks_revision_like_a_run_push(hub, tmp_path, revision):
+    """One option check for both pushes: a bad revision fails before any file or request."""
+    from hub_double import TOKEN
+
+    from sae_lens_ext.hub import push_to_hub
+    from sae_lens_ext.sweep_hub import push_sweep
+
+    missing = tmp_path / "no-such-sweep"  # the check comes before reading anything
+    for push in (push_sweep, push_to_hub):
+        with pytest.raises(
+            ValueError, match=r"revision must be a branch name.*--revision"
+        ):
+            push(missing, "alice/tiny-sweep", token=TOKEN, revision=revision)
+    assert hub.requests == []
+
+
 def test_mdl_optimal_ignores_saes_that_missed_the_tolerance_and_all_plots_drawn():
     import matplotlib.pyplot as plt
 
