@@ -94,6 +94,61 @@ def test_sweep_matches_separate_runs_with_one_forward_per_batch(
         assert metrics(swept) == metrics(single.summary), sae_id
 
 
+@pytest.mark.parametrize("sharing", ["works", "fails"])
+def test_spliced_ce_shared_per_hook_equals_separate_runs(
+    release, tiny_model, tiny_tokens, tmp_path, monkeypatch, sharing
+):
+    """The SAEs at one hook share the clean and ablated CE passes, same metrics."""
+    import sae_lens_ext.sweep_downstream as sweep_downstream
+
+    options = {**OPTIONS, "plugins": "base", "config": {"base": {"ce_batches": 2}}}
+    real = sweep_downstream.downstream_metrics_many
+    shared_calls = []
+
+    def spy(model, saes, hook_name, tokens, mask):
+        shared_calls.append((hook_name, len(saes)))
+        if sharing == "fails":
+            raise RuntimeError("out of memory")  # each SAE then computes its own
+        return real(model, saes, hook_name, tokens, mask)
+
+    monkeypatch.setattr(sweep_downstream, "downstream_metrics_many", spy)
+    calls, handle = count_forwards(tiny_model)
+    try:
+        out = sweep(
+            release,
+            model=tiny_model,
+            dataset=tiny_tokens,
+            out_dir=tmp_path / "sweep",
+            **options,
+        )
+        sweep_forwards = len(calls)
+        separate = {
+            sae_id: sae_lens_ext.run(
+                release,
+                sae_id,
+                model=tiny_model,
+                dataset=tiny_tokens,
+                out_dir=tmp_path / "single" / sae_id,
+                **options,
+            )
+            for sae_id in SAES
+        }
+    finally:
+        handle.remove()
+    assert out.failures == {}
+    assert shared_calls == [(TINY_HOOK, 2)]  # post-48 and post-96; pre-64 alone
+    batches = math.ceil(math.ceil(400 / 12) / 8)
+    chunks = 2  # ce_batches 2 x 8 sequences, 8 (LOGIT_CHUNK) at a time
+    # one clean pass per chunk per hook; the edited passes start past the embedding
+    expected = batches + (2 if sharing == "works" else 3) * chunks
+    assert sweep_forwards == expected
+    for sae_id, single in separate.items():
+        swept = read_summary(out.sweep_dir / sae_id)
+        assert swept["status"] == "complete"
+        assert metrics(swept) == metrics(single.summary), sae_id
+        assert swept["analyses"]["base"]["metrics"]["ce_tokens"] == 16 * 12
+
+
 def test_sweep_comparison_table_plots_and_card(
     release, tiny_model, tiny_tokens, tmp_path
 ):
