@@ -53,40 +53,40 @@ def count_forwards(model):
     return calls, handle
 
 
-def test_sweep_matches_separate_runs_with_one_forward_per_batch(
-    release, tiny_model, tiny_tokens, tmp_path
-):
-    calls, handle = count_forwards(tiny_model)
+def sweep_and_separate_runs(release, model, tokens, tmp_path, **options):
+    """A sweep and one run per SAE; each side's count of model forward passes."""
+    calls, handle = count_forwards(model)
     try:
-        out = sweep(
-            release,
-            model=tiny_model,
-            dataset=tiny_tokens,
-            out_dir=tmp_path / "sweep",
-            config={"base": {"ce_batches": 0}},
-            **OPTIONS,
-        )
+        common = dict(model=model, dataset=tokens, **options)
+        out = sweep(release, out_dir=tmp_path / "sweep", **common)
         sweep_forwards = len(calls)
         calls.clear()
         separate = {
             sae_id: sae_lens_ext.run(
-                release,
-                sae_id,
-                model=tiny_model,
-                dataset=tiny_tokens,
-                out_dir=tmp_path / "single" / sae_id,
-                config={"base": {"ce_batches": 0}},
-                **OPTIONS,
+                release, sae_id, out_dir=tmp_path / "single" / sae_id, **common
             )
             for sae_id in SAES
         }
     finally:
         handle.remove()
+    return out, sweep_forwards, separate, len(calls)
+
+
+def test_sweep_matches_separate_runs_with_one_forward_per_batch(
+    release, tiny_model, tiny_tokens, tmp_path
+):
+    out, sweep_forwards, separate, separate_forwards = sweep_and_separate_runs(
+        release,
+        tiny_model,
+        tiny_tokens,
+        tmp_path,
+        **{**OPTIONS, "config": {"base": {"ce_batches": 0}}},
+    )
     assert out.failures == {}
     assert out.groups == [sorted(SAES, key=lambda i: SAES[i]["hook_name"])]
     batches = math.ceil(math.ceil(400 / 12) / 8)  # 34 sequences of 12, 8 a batch
     assert sweep_forwards == batches  # one forward per batch for all three SAEs
-    assert len(calls) == len(SAES) * batches  # separate runs: one pass each
+    assert separate_forwards == len(SAES) * batches  # separate runs: one pass each
     for sae_id, single in separate.items():
         swept = read_summary(out.sweep_dir / sae_id)
         assert swept["status"] == "complete"
@@ -112,29 +112,9 @@ def test_spliced_ce_shared_per_hook_equals_separate_runs(
         return real(model, saes, hook_name, tokens, mask)
 
     monkeypatch.setattr(sweep_downstream, "downstream_metrics_many", spy)
-    calls, handle = count_forwards(tiny_model)
-    try:
-        out = sweep(
-            release,
-            model=tiny_model,
-            dataset=tiny_tokens,
-            out_dir=tmp_path / "sweep",
-            **options,
-        )
-        sweep_forwards = len(calls)
-        separate = {
-            sae_id: sae_lens_ext.run(
-                release,
-                sae_id,
-                model=tiny_model,
-                dataset=tiny_tokens,
-                out_dir=tmp_path / "single" / sae_id,
-                **options,
-            )
-            for sae_id in SAES
-        }
-    finally:
-        handle.remove()
+    out, sweep_forwards, separate, _ = sweep_and_separate_runs(
+        release, tiny_model, tiny_tokens, tmp_path, **options
+    )
     assert out.failures == {}
     assert shared_calls == [(TINY_HOOK, 2)]  # post-48 and post-96; pre-64 alone
     batches = math.ceil(math.ceil(400 / 12) / 8)
