@@ -165,9 +165,11 @@ def main() -> None:
     )
     load_before = os.getloadavg()
     out = tempfile.mkdtemp(prefix="bench-sweep-")
-    # warm-up: imports, plugin registry, the demo model's first build
-    sae_lens_ext.run(DEMO_RELEASE, default_id, plugins="base", n_tokens=256,
-                     out_dir=f"{out}/warm")  # fmt: skip
+    # warm-up, not timed: imports, plugin registry, the demo model's first
+    # build, and every plugin's and the sweep's first calls
+    warm = dict(options, n_tokens=256)
+    sae_lens_ext.run(DEMO_RELEASE, default_id, out_dir=f"{out}/warm", **warm)
+    sae_lens_ext.sweep(DEMO_RELEASE, sae_ids[:2], out_dir=f"{out}/warm-sweep", **warm)
     stages = Stages()
     stages.install()
     sides = {}
