@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 
 from .analysis import ActivationBatch, Analysis, AnalysisResult
-from .core_statistics import CoreStatistics, downstream_metrics
+from .core_statistics import CoreStatistics
+from .downstream import downstream_metrics
 from .reconstruction import position_mask, require_reconstruction
 
 
@@ -57,6 +58,7 @@ class BaseAnalysis(Analysis):
         self.x_sum: torch.Tensor | None = None
         self.x_sq = 0.0
         self.contexts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.downstream: dict | None = None
         self.core = CoreStatistics(d_sae, device)
 
     def update(self, batch: ActivationBatch) -> None:
@@ -75,6 +77,20 @@ class BaseAnalysis(Analysis):
         if len(self.contexts) < self.config.ce_batches:
             self.contexts.append((batch.token_context, batch.positions))
         self.core.update(batch)
+
+    def ce_inputs(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The token ids and position mask of the spliced CE passes (None: no CE)."""
+        if not self.contexts or self.context.model is None:
+            return None
+        return splice_inputs(self.contexts)
+
+    def use_downstream(self, metrics: dict) -> None:
+        """Take the CE and KL metrics computed elsewhere on :meth:`ce_inputs`.
+
+        A sweep computes them for all its SAEs at a hook at once
+        (:func:`sae_lens_ext.downstream.downstream_metrics_many`).
+        """
+        self.downstream = metrics
 
     def finish(self) -> AnalysisResult:
         """Summarise the pass into metrics, a per-latent table and a plot."""
@@ -96,8 +112,9 @@ class BaseAnalysis(Analysis):
             .item(),
             **self.core.metrics(),
         }
-        if self.contexts and self.context.model is not None:
-            metrics.update(ce_metrics(self.context, *splice_inputs(self.contexts)))
+        inputs = self.ce_inputs()
+        if inputs is not None:
+            metrics.update(ce_metrics(self.context, *inputs, self.downstream))
         log_freq = torch.log10(freq.clamp_min(1e-10))
         table = pd.DataFrame(
             {
@@ -127,18 +144,26 @@ def splice_inputs(contexts) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def ce_metrics(
-    context, tokens: torch.Tensor, mask: torch.Tensor | None = None
+    context,
+    tokens: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    downstream: dict | None = None,
 ) -> dict[str, float]:
     """Clean, SAE-spliced and zero-ablated CE loss and KL divergence on ``tokens``.
 
     The SAE's reconstruction (or zero) replaces the hook activations only at
     the positions in ``mask`` ``[n_seq, context]`` (all when None), the same
     positions the shared pass used; the loss is the mean over every
-    next-token prediction (see :func:`.core_statistics.downstream_metrics`).
-    ``ce_warning`` is set when the SAE lowers the loss.
+    next-token prediction (see :func:`.downstream.downstream_metrics`).
+    ``ce_warning`` is set when the SAE lowers the loss.  ``downstream``:
+    those metrics already computed (by a sweep), else computed here.
     """
-    metrics = downstream_metrics(
-        context.model, context.sae, context.hook_name, tokens, mask
+    metrics = dict(
+        downstream
+        if downstream is not None
+        else downstream_metrics(
+            context.model, context.sae, context.hook_name, tokens, mask
+        )
     )
     warning = ce_warning(
         metrics["ce_loss_clean"],

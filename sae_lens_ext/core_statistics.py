@@ -23,18 +23,15 @@ whose formulas differ from the textbook ones we report:
 
 and per latent the ``consistent_activation_heuristic``: firing tokens per
 prompt it fires in (-1 for a latent that never fired, as SAEBench writes).
-:func:`downstream_metrics` gives the CE losses and SAEBench's KL
-divergences with the SAE spliced in and zero-ablated.
+:func:`sae_lens_ext.downstream.downstream_metrics` gives the CE losses and
+SAEBench's KL divergences with the SAE spliced in and zero-ablated.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .reconstruction import at_positions, splice
-
 ZERO_NORM = 1e-4
-LOGIT_CHUNK = 8
 
 
 class CoreStatistics:
@@ -125,65 +122,3 @@ class CoreStatistics:
             .cpu()
             .tolist(),
         }
-
-
-def downstream_metrics(
-    model, sae, hook_name: str, tokens: torch.Tensor, mask: torch.Tensor | None = None
-) -> dict:
-    """CE loss and KL divergence with the SAE spliced in and zero-ablated.
-
-    The SAE's reconstruction (or zero) replaces the hook activations at the
-    positions in ``mask`` ``[n_seq, context]`` (all when None).  CE losses
-    are means over predicted tokens; ``kl_div_with_*`` is the mean over
-    positions of ``KL(clean || patched)`` of the next-token distributions;
-    ``*_score`` is ``(ablated - sae) / (ablated - clean)`` (``kl_div_score``
-    with clean KL 0).  Logits are computed ``LOGIT_CHUNK`` sequences at a
-    time.
-    """
-    if mask is None:
-        mask = torch.ones(tokens.shape, dtype=torch.bool)
-    current: dict[str, torch.Tensor] = {}
-
-    def splice_sae(acts, hook):
-        return at_positions(acts, splice(sae, acts, sae), current["mask"])
-
-    def zero(acts, hook):
-        return at_positions(acts, torch.zeros_like(acts), current["mask"])
-
-    sums = dict.fromkeys(("clean", "spliced", "zeroed", "kl_sae", "kl_zero"), 0.0)
-    n_loss = n_kl = 0
-    with torch.no_grad():
-        for chunk, chunk_mask in zip(
-            tokens.split(LOGIT_CHUNK), mask.split(LOGIT_CHUNK), strict=True
-        ):
-            current["mask"] = chunk_mask
-            clean, clean_loss = model(chunk, return_type="both", loss_per_token=True)
-            log_clean = clean.float().log_softmax(-1)
-            for key, hook in (("spliced", splice_sae), ("zeroed", zero)):
-                logits, loss = model.run_with_hooks(
-                    chunk,
-                    return_type="both",
-                    loss_per_token=True,
-                    fwd_hooks=[(hook_name, hook)],
-                )
-                sums[key] += loss.sum().item()
-                log_new = logits.float().log_softmax(-1)
-                kl = (log_clean.exp() * (log_clean - log_new)).sum(-1)
-                sums["kl_sae" if key == "spliced" else "kl_zero"] += kl.sum().item()
-            sums["clean"] += clean_loss.sum().item()
-            n_loss += clean_loss.numel()
-            n_kl += chunk.numel()
-    clean, spliced, zeroed = (sums[k] / n_loss for k in ("clean", "spliced", "zeroed"))
-    kl_sae, kl_zero = sums["kl_sae"] / n_kl, sums["kl_zero"] / n_kl
-    return {
-        "ce_loss_clean": clean,
-        "ce_loss_spliced": spliced,
-        "ce_loss_zero_ablated": zeroed,
-        "ce_loss_recovered": (zeroed - spliced) / (zeroed - clean)
-        if zeroed != clean
-        else float("nan"),
-        "kl_div_with_sae": kl_sae,
-        "kl_div_with_ablation": kl_zero,
-        "kl_div_score": (kl_zero - kl_sae) / kl_zero if kl_zero else float("nan"),
-        "ce_tokens": int(tokens.numel()),
-    }

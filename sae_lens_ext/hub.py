@@ -97,10 +97,7 @@ def push_to_hub(
     always is.  Returns a :class:`PushResult` whose ``commit`` is None when
     the repo already held identical content.
     """
-    check_repo_id(repo_id)
-    folder = normalize_prefix(prefix)
-    if revision is not None and (not isinstance(revision, str) or not revision):
-        raise ValueError("revision must be a branch name such as 'main', or None")
+    folder = check_push_options(repo_id, prefix, revision)
     run_dir = Path(run_dir)
     summary, files = checked_run(run_dir, allow_incomplete)
     check_online()
@@ -208,6 +205,20 @@ def commit_that_landed(api, repo_id, revision, head, local, folder, error) -> st
             "someone else committed. Run the same push again to publish on top."
         ) from error
     return new_head
+
+
+def check_push_options(repo_id: str, prefix: str | None, revision: str | None) -> str:
+    """Check a push's repo id, prefix and revision before any work; the folder.
+
+    Shared by :func:`push_to_hub` and :func:`~sae_lens_ext.sweep_hub.push_sweep`.
+    """
+    check_repo_id(repo_id)
+    folder = normalize_prefix(prefix)
+    if revision is not None and (not isinstance(revision, str) or not revision):
+        raise ValueError(
+            "revision must be a branch name such as 'main' (--revision), or None"
+        )
+    return folder
 
 
 def check_repo_id(repo_id: str) -> None:

@@ -23,6 +23,7 @@ from .positions import default_positions, parse_positions
 from .reconstruction import flat_rows
 from .runner import build_configs, dataset_label, pass_tokens
 from .shared_pass import multi_hook_activations
+from .sweep_downstream import share_downstream
 from .sweep_job import AnalysisPlan, SAEJob
 from .sweep_plan import SweepSAE
 from .tokens import iter_token_batches
@@ -109,6 +110,7 @@ def run_group(saes: list[SweepSAE], settings: dict, out_dir: Path) -> dict[str, 
             feeding = [job for _, job in jobs if job.live]
             if feeding:
                 shared_group_pass(context, feeding, settings)
+        share_downstream([job for _, job in jobs])
         for spec, job in jobs:
             entries[spec.sae_id] = finish_job(spec, job)
     except KeyboardInterrupt:

@@ -18,12 +18,11 @@ from .hub import (
     PushResult,
     _push,
     check_online,
-    check_repo_id,
+    check_push_options,
     checked_run,
     content_problem,
     fill_repo_id,
     hub_errors,
-    normalize_prefix,
     prepare_files,
     resolve_token,
     retry_command,
@@ -54,8 +53,7 @@ def push_sweep(
     ``allow_incomplete``; the other options are those of
     :func:`sae_lens_ext.push_to_hub`.
     """
-    check_repo_id(repo_id)
-    folder = normalize_prefix(prefix)
+    folder = check_push_options(repo_id, prefix, revision)
     sweep_dir = Path(sweep_dir)
     record = json.loads((sweep_dir / SWEEP_FILE).read_text())
     runs = sweep_runs(sweep_dir, record, allow_incomplete)

@@ -204,5 +204,14 @@ def fake_accelerator(monkeypatch):
                 and getattr(module, attr, None) is original
             ):
                 monkeypatch.setattr(module, attr, wrapped)
+    # CUDA has fused optimizer kernels (Adam(fused=True)); so does the stand-in
+    import torch.optim.optimizer as optimizer
+
+    supported = optimizer._get_fused_kernels_supported_devices
+    monkeypatch.setattr(
+        optimizer,
+        "_get_fused_kernels_supported_devices",
+        lambda: [*supported(), FAKE.type],
+    )
     with _FakeAccelerator():
         yield FAKE

@@ -177,3 +177,52 @@ def test_gpu_check_refuses_to_run_without_cuda(tmp_path):
     assert done.returncode == 2
     assert "needs a CUDA GPU" in done.stderr and "nothing was measured" in done.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"sampling": "uniform", "decoder_norm": "unit"},
+        {"sampling": "frequency", "decoder_norm": "rescaled", "autocast": False},
+    ],
+)
+def test_meta_sae_trains_on_the_sae_device_with_the_cpu_numbers(options, monkeypatch):
+    """The meta-SAE (and its null) train where the base SAE lives, not on the CPU."""
+    from conftest import make_sae
+    from sae_lens_ext_meta_sae import trainer as trainer_module
+    from sae_lens_ext_meta_sae.config import MetaSAEConfig
+    from sae_lens_ext_meta_sae.decompose import decompose
+    from sae_lens_ext_meta_sae.meta_sae import fit_meta_sae
+
+    config = MetaSAEConfig(
+        d_meta=40, k=1, steps=60, batch_size=16, dead_after=3, resample_every=10,
+        resample_until=0.9,
+        null_seeds=1, seed=3, **options,
+    )  # fmt: skip
+    frequency = torch.linspace(0.01, 0.5, 48)
+
+    def fit_and_decompose(sae):
+        meta_sae, log = fit_meta_sae(
+            sae, config, progress=False, firing_frequency=frequency
+        )
+        return meta_sae, log, decompose(sae, meta_sae, firing_frequency=frequency)
+
+    cpu_meta, cpu_log, cpu_result = fit_and_decompose(make_sae(d_sae=48))
+    devices = []
+    real_init = trainer_module.MetaSAETrainer.__init__
+
+    def spy(self, data, *args, **kwargs):
+        devices.append(data.device.type)
+        real_init(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.MetaSAETrainer, "__init__", spy)
+    with fake_accelerator(monkeypatch) as device:
+        sae = make_sae(d_sae=48).to(device)
+        meta, log, result = fit_and_decompose(sae)
+    assert devices == [device.type, device.type]  # the meta-SAE and its one null
+    assert log.resampled == cpu_log.resampled > 0  # the resampling path ran
+    assert log.losses == cpu_log.losses
+    for name, value in cpu_meta.state_dict().items():
+        assert torch.equal(meta.state_dict()[name], value), name
+    assert result.metrics == cpu_result.metrics
+    assert result.null.fves == cpu_result.null.fves

@@ -17,7 +17,8 @@ import torch
 from conftest import make_sae
 
 from sae_lens_ext import AnalysisResult, SAEBenchRun, SAEBenchSkip, run
-from sae_lens_ext.core_statistics import CoreStatistics, downstream_metrics
+from sae_lens_ext.core_statistics import CoreStatistics
+from sae_lens_ext.downstream import downstream_metrics
 from sae_lens_ext.presets import (
     matching_preset,
     preset_config,

@@ -53,45 +53,80 @@ def count_forwards(model):
     return calls, handle
 
 
-def test_sweep_matches_separate_runs_with_one_forward_per_batch(
-    release, tiny_model, tiny_tokens, tmp_path
-):
-    calls, handle = count_forwards(tiny_model)
+def sweep_and_separate_runs(release, model, tokens, tmp_path, **options):
+    """A sweep and one run per SAE; each side's count of model forward passes."""
+    calls, handle = count_forwards(model)
     try:
-        out = sweep(
-            release,
-            model=tiny_model,
-            dataset=tiny_tokens,
-            out_dir=tmp_path / "sweep",
-            config={"base": {"ce_batches": 0}},
-            **OPTIONS,
-        )
+        common = dict(model=model, dataset=tokens, **options)
+        out = sweep(release, out_dir=tmp_path / "sweep", **common)
         sweep_forwards = len(calls)
         calls.clear()
         separate = {
             sae_id: sae_lens_ext.run(
-                release,
-                sae_id,
-                model=tiny_model,
-                dataset=tiny_tokens,
-                out_dir=tmp_path / "single" / sae_id,
-                config={"base": {"ce_batches": 0}},
-                **OPTIONS,
+                release, sae_id, out_dir=tmp_path / "single" / sae_id, **common
             )
             for sae_id in SAES
         }
     finally:
         handle.remove()
+    return out, sweep_forwards, separate, len(calls)
+
+
+def test_sweep_matches_separate_runs_with_one_forward_per_batch(
+    release, tiny_model, tiny_tokens, tmp_path
+):
+    out, sweep_forwards, separate, separate_forwards = sweep_and_separate_runs(
+        release,
+        tiny_model,
+        tiny_tokens,
+        tmp_path,
+        **{**OPTIONS, "config": {"base": {"ce_batches": 0}}},
+    )
     assert out.failures == {}
     assert out.groups == [sorted(SAES, key=lambda i: SAES[i]["hook_name"])]
     batches = math.ceil(math.ceil(400 / 12) / 8)  # 34 sequences of 12, 8 a batch
     assert sweep_forwards == batches  # one forward per batch for all three SAEs
-    assert len(calls) == len(SAES) * batches  # separate runs: one pass each
+    assert separate_forwards == len(SAES) * batches  # separate runs: one pass each
     for sae_id, single in separate.items():
         swept = read_summary(out.sweep_dir / sae_id)
         assert swept["status"] == "complete"
         assert swept["hook_name"] == SAES[sae_id]["hook_name"]
         assert metrics(swept) == metrics(single.summary), sae_id
+
+
+@pytest.mark.parametrize("sharing", ["works", "fails"])
+def test_spliced_ce_shared_per_hook_equals_separate_runs(
+    release, tiny_model, tiny_tokens, tmp_path, monkeypatch, sharing
+):
+    """The SAEs at one hook share the clean and ablated CE passes, same metrics."""
+    import sae_lens_ext.sweep_downstream as sweep_downstream
+
+    options = {**OPTIONS, "plugins": "base", "config": {"base": {"ce_batches": 2}}}
+    real = sweep_downstream.downstream_metrics_many
+    shared_calls = []
+
+    def spy(model, saes, hook_name, tokens, mask):
+        shared_calls.append((hook_name, len(saes)))
+        if sharing == "fails":
+            raise RuntimeError("out of memory")  # each SAE then computes its own
+        return real(model, saes, hook_name, tokens, mask)
+
+    monkeypatch.setattr(sweep_downstream, "downstream_metrics_many", spy)
+    out, sweep_forwards, separate, _ = sweep_and_separate_runs(
+        release, tiny_model, tiny_tokens, tmp_path, **options
+    )
+    assert out.failures == {}
+    assert shared_calls == [(TINY_HOOK, 2)]  # post-48 and post-96; pre-64 alone
+    batches = math.ceil(math.ceil(400 / 12) / 8)
+    chunks = 2  # ce_batches 2 x 8 sequences, 8 (LOGIT_CHUNK) at a time
+    # one clean pass per chunk per hook; the edited passes start past the embedding
+    expected = batches + (2 if sharing == "works" else 3) * chunks
+    assert sweep_forwards == expected
+    for sae_id, single in separate.items():
+        swept = read_summary(out.sweep_dir / sae_id)
+        assert swept["status"] == "complete"
+        assert metrics(swept) == metrics(single.summary), sae_id
+        assert swept["analyses"]["base"]["metrics"]["ce_tokens"] == 16 * 12
 
 
 def test_sweep_comparison_table_plots_and_card(
@@ -301,6 +336,23 @@ def test_push_publishes_a_sweep_and_every_sae_loads_back(
         assert loaded.cfg.to_dict() == local.cfg.to_dict()
         for name, value in local.state_dict().items():
             assert torch.equal(loaded.state_dict()[name], value), (folder, name)
+
+
+@pytest.mark.parametrize("revision", ["", 5])
+def test_push_sweep_checks_revision_like_a_run_push(hub, tmp_path, revision):
+    """One option check for both pushes: a bad revision fails before any file or request."""
+    from hub_double import TOKEN
+
+    from sae_lens_ext.hub import push_to_hub
+    from sae_lens_ext.sweep_hub import push_sweep
+
+    missing = tmp_path / "no-such-sweep"  # the check comes before reading anything
+    for push in (push_sweep, push_to_hub):
+        with pytest.raises(
+            ValueError, match=r"revision must be a branch name.*--revision"
+        ):
+            push(missing, "alice/tiny-sweep", token=TOKEN, revision=revision)
+    assert hub.requests == []
 
 
 def test_mdl_optimal_ignores_saes_that_missed_the_tolerance_and_all_plots_drawn():

@@ -38,7 +38,7 @@ class MetaSAEAnalysis(Analysis):
 
     def __init__(self, config: MetaSAEConfig, context):
         super().__init__(config, context)
-        # counted on the SAE's (activations') device; the meta-SAE trains on the CPU
+        # counted on the SAE's (activations') device, where the meta-SAE trains too
         self.firings = torch.zeros(
             int(context.sae.cfg.d_sae),
             dtype=torch.long,

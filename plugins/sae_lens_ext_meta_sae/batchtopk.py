@@ -94,7 +94,7 @@ def _bag_sum(index, table, pointers, weights) -> torch.Tensor:
 
 def _pointers(sorted_index: torch.Tensor, n: int) -> torch.Tensor:
     counts = torch.bincount(sorted_index, minlength=n)
-    pointers = torch.zeros(n + 1, dtype=torch.long)
+    pointers = torch.zeros(n + 1, dtype=torch.long, device=sorted_index.device)
     torch.cumsum(counts, 0, out=pointers[1:])
     return pointers
 
@@ -157,6 +157,8 @@ class TopValues:
     def add(self, block: torch.Tensor) -> None:
         """Offer every value of ``block``."""
         flat = block.reshape(-1).float()
+        if self.values.device != flat.device:  # follows the values' device
+            self.values = self.values.to(flat.device)
         if self.values.numel() >= self.n:
             flat = flat[flat > self.values.min()]
         merged = torch.cat([self.values, flat])

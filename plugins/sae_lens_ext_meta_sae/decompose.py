@@ -234,6 +234,7 @@ def meta_null(
         seeds=seeds,
         margin=config.null_margin if margin is None else margin,
         row_weights=weights,
+        device=sae.W_dec.device,
     )
 
 

@@ -147,8 +147,12 @@ def fit_meta_sae(
     rows = decoder_rows(sae, latents)
     config.validate(rows.shape[0])
     weights = sampling_weights(config, firing_frequency, sae, latents)
+    # trains on the base SAE's device (the run's); the weights come back to CPU
     trainer = MetaSAETrainer(
-        rows, config.meta_width(rows.shape[0]), config, row_weights=weights
+        rows.to(sae.W_dec.device),
+        config.meta_width(rows.shape[0]),
+        config,
+        row_weights=weights,
     )
     weights = trainer.fit(progress=progress)
     meta_sae = to_sae_lens(
@@ -219,5 +223,5 @@ def to_sae_lens(
         "b_dec": weights.b_dec,
         "threshold": torch.full((d_meta,), weights.threshold),
     }
-    meta_sae.load_state_dict({name: t.contiguous() for name, t in state.items()})
+    meta_sae.load_state_dict({name: t.cpu().contiguous() for name, t in state.items()})
     return meta_sae.eval()

@@ -87,13 +87,15 @@ def null_baseline(
     seeds: int = 3,
     margin: float = 0.01,
     row_weights: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
 ) -> NullBaseline:
     """Train the meta-SAE of ``config`` on ``seeds`` random decoders.
 
     ``fve_of(weights, rows)`` measures the FVE exactly as for the real
     decoder; ``row_weights`` (the real rows' sampling weights) are given to
     the random rows in the same order, so frequency-weighted sampling is
-    matched too.
+    matched too.  The meta-SAEs train on ``device`` (the real one's); the
+    random rows are drawn on the CPU, so every device trains on the same rows.
     """
     if seeds < 1:
         raise ValueError(f"null_seeds must be at least 1, got {seeds}")
@@ -105,7 +107,9 @@ def null_baseline(
         # its random initial decoder would be the first data rows
         train_seed = int(config.seed or 0) + TRAIN_SEED_STEP * (index + 1)
         null_config = dataclasses.replace(config, seed=train_seed, d_meta=d_meta)
-        trainer = MetaSAETrainer(rows, d_meta, null_config, row_weights=row_weights)
+        trainer = MetaSAETrainer(
+            rows.to(device), d_meta, null_config, row_weights=row_weights
+        )
         weights = trainer.fit(progress=False)
         fves.append(float(fve_of(weights, rows)))
     return NullBaseline(fves, margin)

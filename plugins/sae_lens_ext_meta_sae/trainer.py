@@ -89,6 +89,9 @@ class MetaSAETrainer:
         row_weights: torch.Tensor | None = None,
     ):
         self.data = data.float().contiguous()
+        # trains where the data lives; random draws come from a CPU generator
+        # (moved to the device) so every device sees the same stream
+        self.device = self.data.device
         self.row_weights = check_row_weights(row_weights, self.data.shape[0])
         self.config = config
         self.generator = torch.Generator().manual_seed(int(config.seed or 0))
@@ -98,18 +101,24 @@ class MetaSAETrainer:
             self.batch_size = min(self.batch_size, n)
         self.n_keep = max(1, round(config.k * self.batch_size))
         self.rescaled = config.decoder_norm == "rescaled"
-        directions = _unit_rows(torch.randn(d_meta, d, generator=self.generator))
+        directions = _unit_rows(
+            torch.randn(d_meta, d, generator=self.generator).to(self.device)
+        )
         self.W_dec = directions * float(config.decoder_init_norm)
         self.W_enc_T = self.W_dec.clone()
-        self.b_enc = torch.zeros(d_meta)
+        self.b_enc = torch.zeros(d_meta, device=self.device)
         self.b_dec = (
-            self.data.mean(0) if config.b_dec_init == "mean" else torch.zeros(d)
+            self.data.mean(0)
+            if config.b_dec_init == "mean"
+            else torch.zeros(d, device=self.device)
         )
         self.params = [self.W_enc_T, self.b_enc, self.W_dec, self.b_dec]
         for p in self.params:
             p.grad = torch.zeros_like(p)
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, fused=True)
-        self.steps_since_fired = torch.zeros(d_meta, dtype=torch.long)
+        self.steps_since_fired = torch.zeros(
+            d_meta, dtype=torch.long, device=self.device
+        )
         self.threshold_ema = 0.0
         self.last_cutoff = 0.0
         self.log = TrainingLog(rows=n)
@@ -237,10 +246,13 @@ class MetaSAETrainer:
         """Shuffled batches ``(x, x in bfloat16 or None)``, epoch after epoch."""
         n, d = self.data.shape
         low = self.data.to(torch.bfloat16) if self.config.autocast else None
-        buffer = torch.empty(self.batch_size, d)
-        low_buffer = torch.empty(self.batch_size, d, dtype=torch.bfloat16)
+        buffer = torch.empty(self.batch_size, d, device=self.device)
+        low_buffer = torch.empty(
+            self.batch_size, d, dtype=torch.bfloat16, device=self.device
+        )
         while True:
-            for index in self._batch_indices(n):
+            for drawn in self._batch_indices(n):
+                index = drawn.to(self.device)
                 torch.index_select(self.data, 0, index, out=buffer)
                 if low is None:
                     yield buffer, None
@@ -280,11 +292,11 @@ class MetaSAETrainer:
         if float(squared.sum()) <= 0:
             return 0
         rows = torch.multinomial(
-            squared,
+            squared.cpu(),
             dead.numel(),
             replacement=dead.numel() > len(squared),
             generator=self.generator,
-        )
+        ).to(self.device)
         directions = _unit_rows(residual[rows])
         alive = self.steps_since_fired < self.config.dead_after
         encoder_norm = decoder_norm = 1.0
@@ -306,7 +318,11 @@ class MetaSAETrainer:
 
     def weights(self, threshold: float | None = None) -> MetaSAEWeights:
         """Current weights; the threshold is fitted on all data unless given."""
-        norms = self.W_dec.norm(dim=1) if self.rescaled else torch.ones(len(self.W_dec))
+        norms = (
+            self.W_dec.norm(dim=1)
+            if self.rescaled
+            else torch.ones(len(self.W_dec), device=self.device)
+        )
         weights = MetaSAEWeights(
             W_enc=(self.W_enc_T * norms[:, None]).T.clone(),
             b_enc=self.b_enc * norms,
