@@ -72,21 +72,24 @@ def saebench_absorption(wheel_dir: str, model, sae, name: str, args, workdir: Pa
     )
     print(f"SAEBench prompt {config.prompt_template!r}, word at position {position}")
     _, sae, _ = general_utils.load_and_format_sae(name, sae, "cpu")
-    layer = sae.cfg.hook_layer
+    # the arguments SAEBench's two experiments take alike
+    shared = {
+        "model": model,
+        "sae": sae,
+        "layer": sae.cfg.hook_layer,
+        "sae_name": name,
+        "max_k_value": config.max_k_value,
+        "prompt_template": config.prompt_template,
+        "prompt_token_pos": position,
+        "device": "cpu",
+        "probes_dir": workdir / "probes",
+        "force": True,
+    }
     probing_dir = workdir / "k_sparse_probing"
     probing = run_k_sparse_probing_experiment(
-        model=model,
-        sae=sae,
-        layer=layer,
-        sae_name=name,
-        max_k_value=config.max_k_value,
+        **shared,
         f1_jump_threshold=config.f1_jump_threshold,
-        prompt_template=config.prompt_template,
-        prompt_token_pos=position,
-        device="cpu",
         experiment_dir=probing_dir,
-        probes_dir=workdir / "probes",
-        force=True,
         k_sparse_probe_l1_decay=config.k_sparse_probe_l1_decay,
         k_sparse_probe_batch_size=config.k_sparse_probe_batch_size,
         k_sparse_probe_num_epochs=config.k_sparse_probe_num_epochs,
@@ -100,18 +103,9 @@ def saebench_absorption(wheel_dir: str, model, sae, name: str, args, workdir: Pa
             f"{config.min_GT_probe_f1} (SAEBench needs {config.min_feats_for_eval})"
         )
     raw = run_feature_absortion_experiment(
-        model=model,
-        sae=sae,
-        layer=layer,
-        sae_name=name,
-        max_k_value=config.max_k_value,
-        prompt_template=config.prompt_template,
-        prompt_token_pos=position,
-        device="cpu",
+        **shared,
         experiment_dir=workdir / "feature_absorption",
         sparse_probing_experiment_dir=probing_dir,
-        probes_dir=workdir / "probes",
-        force=True,
         feature_split_f1_jump_threshold=config.f1_jump_threshold,
         batch_size=config.llm_batch_size,
     )
