@@ -199,10 +199,10 @@ def paired_summary(records: list[dict]) -> None:
         f"{max(abs(v) for v in relative):.3%}; n={len(relative)})"
     )
     scoring = [m["saebench_model_our_scorer"] / b["fve"] - 1 for m, b in pairs]
-    training = [m["our_model_saebench_scorer"] / b["fve"] - 1 for m, b in pairs]
+    training = [m["our_model_saebench_scorer"] / m["fve"] - 1 for m, _ in pairs]
     print(
         f"  same model, other scorer: SAEBench's model by ours "
-        f"{statistics.mean(scoring):+.3%}; our model by SAEBench's, against its own "
+        f"{statistics.mean(scoring):+.3%}; our model by SAEBench's, against ours "
         f"{statistics.mean(training):+.3%}; smallest final decoder-row cosine "
         f"{min(m['min_decoder_cosine'] for m, _ in pairs):.4f}"
     )
