@@ -15,8 +15,9 @@ Stages (each timed and printed):
 5. eval      held-out token ids, metrics, ``release.json``
 
 Run: ``python scripts/build_demo_release.py`` (under 30 minutes on 2 cores).
-Every random draw is seeded, and training runs a fixed number of steps, so
-the build is deterministic on a given machine and thread count.
+Every random draw is seeded, training runs a fixed number of steps and torch
+runs its deterministic kernels, so the build is deterministic on a given
+machine and thread count (tests/test_demo_build_determinism.py).
 The output replaces ``sae_lens_ext/demo_release/``.
 """
 
@@ -63,12 +64,10 @@ MODEL_CFG = dict(
     seed=0,
 )
 # lr: the SAE learning rate (cosine to a tenth); docs/demo-release.md lists the
-# dead-latent fractions each recipe gave (lr 1e-2 for the TopK SAEs at resid0;
-# resid1's were not rebuilt with it yet)
+# dead-latent fractions each recipe gave (lr 1e-3 left the wider TopK SAEs
+# 40-64% dead, 1e-2 under 10%)
 SAES = {
-    f"{layer}-topk-{width}": dict(
-        architecture="topk", d_sae=width, k=16, lr=1e-2 if layer == "resid0" else 1e-3
-    )
+    f"{layer}-topk-{width}": dict(architecture="topk", d_sae=width, k=16, lr=1e-2)
     for layer in HOOKS
     for width in (512, 1024, 2048)
 }
@@ -408,10 +407,19 @@ def spelling_metrics(model, spelling, tokenizer, held: torch.Tensor) -> dict:
         .item()
         / max(int((~spelling.seen).sum()), 1),
     }
+    # the probe on every word token, then on the seen ones only (issue 21's
+    # target population: "the model may have seen every word in spelling prompts")
+    seen_ids = set(spelling.words[spelling.seen].tolist())
+    seen_letter_of = {w: letter for w, letter in letter_of.items() if w in seen_ids}
     for name, hook in {"embed": "hook_embed", **HOOKS}.items():
         f1, letters = hook_probe_f1(model, held, hook, pieces, letter_of)
         metrics[f"probe_f1_{name}"] = f1
         metrics["probe_letters"] = letters
+        f1, letters = hook_probe_f1(model, held, hook, pieces, seen_letter_of)
+        metrics[f"probe_f1_{name}_seen_words"] = f1
+        metrics["probe_letters_seen_words"] = letters
+    # which word tokens were kept out of every spelling row and the readout
+    metrics["unseen_word_ids"] = spelling.words[~spelling.seen].tolist()
     return metrics
 
 
@@ -451,6 +459,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    # with 2+ threads the backward of the token embedding's W_E[tokens]
+    # (index_put_ with accumulate) sums duplicate rows in a run-dependent
+    # order, so two builds differed in the model's last bits and then in
+    # everything downstream; the deterministic kernels cost no measurable time
+    torch.use_deterministic_algorithms(True)
     timings: dict[str, float] = {}
     build = Path(tempfile.mkdtemp(prefix="demo-release-"))
     work = Path(tempfile.mkdtemp(prefix="demo-corpus-"))
@@ -488,7 +501,7 @@ def main() -> None:
         (build / "model" / "config.json").write_text(json.dumps(MODEL_CFG, indent=2))
     with stage("spelling", timings):
         spelling_info = spelling_metrics(model, spelling, tokenizer, held)
-        print(spelling_info, flush=True)
+        print({k: v for k, v in spelling_info.items() if k != "unseen_word_ids"})
     if args.only_model:
         args.out.mkdir(parents=True, exist_ok=True)
         shutil.copytree(build, args.out, dirs_exist_ok=True)
@@ -516,6 +529,11 @@ def main() -> None:
                 torch.set_num_threads(threads)
                 folder = build / "saes" / sae_id
                 sae.save_inference_model(folder)
+                # SAE-Lens writes cfg.json's keys in a hash-seed-dependent order;
+                # sorted, the file is the same in every build
+                cfg_file = folder / "cfg.json"
+                cfg = json.loads(cfg_file.read_text())
+                cfg_file.write_text(json.dumps(cfg, sort_keys=True))
                 inference = SAE.load_from_disk(folder)
                 metrics, freq = sae_metrics(inference, model, hook, held_acts, held)
                 save_file(
