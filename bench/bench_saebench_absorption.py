@@ -19,8 +19,10 @@ Prints both sides' ``mean_full_absorption_score`` and
 SAEBench's own acceptance tolerance) and the per-letter table, and exits
 non-zero when either side cannot score (fewer than 20 letters with a good
 probe: the model cannot spell) or a difference is outside the tolerance.
-It needs a model that spells first letters; the demo release's 2-layer
-model does not.
+It needs a model that spells first letters (demo release v2's does).
+SAEBench's prompt batches are padded on the left (``--padding-side``): it
+reads the word at a fixed position from each prompt's end, and prompts of
+different token lengths padded on the right move it.
 """
 
 from __future__ import annotations
