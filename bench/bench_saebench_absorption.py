@@ -19,8 +19,10 @@ Prints both sides' ``mean_full_absorption_score`` and
 SAEBench's own acceptance tolerance) and the per-letter table, and exits
 non-zero when either side cannot score (fewer than 20 letters with a good
 probe: the model cannot spell) or a difference is outside the tolerance.
-It needs a model that spells first letters; the demo release's 2-layer
-model does not.
+It needs a model that spells first letters (demo release v2's does).
+SAEBench's prompt batches are padded on the left (``--padding-side``): it
+reads the word at a fixed position from each prompt's end, and prompts of
+different token lengths padded on the right move it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from saebench_wheel import add_wheel
 from sae_lens_ext import load_model_for_sae, load_sae, run
 from sae_lens_ext.demo import DEMO_RELEASE
 from sae_lens_ext.presets import preset_config
+from sae_lens_ext.runner import DEFAULT_N_TOKENS
 
 TOLERANCE = 0.06
 METRICS = ("mean_full_absorption_score", "mean_absorption_fraction_score")
@@ -56,8 +59,28 @@ def word_position(tokenizer, template: str) -> int:
 def saebench_absorption(wheel_dir: str, model, sae, name: str, args, workdir: Path):
     """SAEBench's metrics and per-letter table, or (None, reason)."""
     add_wheel(wheel_dir)
-    from sae_bench.evals.absorption import main as absorption_main
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+
+    config = AbsorptionEvalConfig(model_name=str(sae.cfg.metadata.model_name))
+    position = args.prompt_token_pos or word_position(
+        model.tokenizer, config.prompt_template
+    )
+    print(f"SAEBench prompt {config.prompt_template!r}, word at position {position}")
+    # SAEBench reads the word at a fixed position from each prompt's end in
+    # batches the tokenizer pads; where its prompts tokenize to different
+    # lengths (88-92 tokens on the demo's), right padding moves the word in
+    # all but the longest prompts of a batch, and its probe sees other tokens
+    padding = model.tokenizer.padding_side
+    model.tokenizer.padding_side = args.padding_side
+    try:
+        return saebench_experiments(model, sae, name, config, position, workdir)
+    finally:
+        model.tokenizer.padding_side = padding
+
+
+def saebench_experiments(model, sae, name, config, position, workdir: Path):
+    """SAEBench's two experiments and its aggregation over good letters."""
+    from sae_bench.evals.absorption import main as absorption_main
     from sae_bench.evals.absorption.feature_absorption import (
         run_feature_absortion_experiment,
     )
@@ -66,27 +89,25 @@ def saebench_absorption(wheel_dir: str, model, sae, name: str, args, workdir: Pa
     )
     from sae_bench.sae_bench_utils import general_utils
 
-    config = AbsorptionEvalConfig(model_name=str(sae.cfg.metadata.model_name))
-    position = args.prompt_token_pos or word_position(
-        model.tokenizer, config.prompt_template
-    )
-    print(f"SAEBench prompt {config.prompt_template!r}, word at position {position}")
     _, sae, _ = general_utils.load_and_format_sae(name, sae, "cpu")
-    layer = sae.cfg.hook_layer
+    # the arguments SAEBench's two experiments take alike
+    shared = {
+        "model": model,
+        "sae": sae,
+        "layer": sae.cfg.hook_layer,
+        "sae_name": name,
+        "max_k_value": config.max_k_value,
+        "prompt_template": config.prompt_template,
+        "prompt_token_pos": position,
+        "device": "cpu",
+        "probes_dir": workdir / "probes",
+        "force": True,
+    }
     probing_dir = workdir / "k_sparse_probing"
     probing = run_k_sparse_probing_experiment(
-        model=model,
-        sae=sae,
-        layer=layer,
-        sae_name=name,
-        max_k_value=config.max_k_value,
+        **shared,
         f1_jump_threshold=config.f1_jump_threshold,
-        prompt_template=config.prompt_template,
-        prompt_token_pos=position,
-        device="cpu",
         experiment_dir=probing_dir,
-        probes_dir=workdir / "probes",
-        force=True,
         k_sparse_probe_l1_decay=config.k_sparse_probe_l1_decay,
         k_sparse_probe_batch_size=config.k_sparse_probe_batch_size,
         k_sparse_probe_num_epochs=config.k_sparse_probe_num_epochs,
@@ -100,18 +121,9 @@ def saebench_absorption(wheel_dir: str, model, sae, name: str, args, workdir: Pa
             f"{config.min_GT_probe_f1} (SAEBench needs {config.min_feats_for_eval})"
         )
     raw = run_feature_absortion_experiment(
-        model=model,
-        sae=sae,
-        layer=layer,
-        sae_name=name,
-        max_k_value=config.max_k_value,
-        prompt_template=config.prompt_template,
-        prompt_token_pos=position,
-        device="cpu",
+        **shared,
         experiment_dir=workdir / "feature_absorption",
         sparse_probing_experiment_dir=probing_dir,
-        probes_dir=workdir / "probes",
-        force=True,
         feature_split_f1_jump_threshold=config.f1_jump_threshold,
         batch_size=config.llm_batch_size,
     )
@@ -158,7 +170,14 @@ def main() -> None:
     parser.add_argument("--saebench-wheel", required=True, help="unpacked sae_bench")
     parser.add_argument("--release", default=DEMO_RELEASE)
     parser.add_argument("--sae-id", default="resid0-topk-1024")
-    parser.add_argument("--n-tokens", type=int, default=200_000, help="ours")
+    parser.add_argument("--n-tokens", type=int, default=DEFAULT_N_TOKENS, help="ours")
+    parser.add_argument(
+        "--padding-side",
+        choices=("left", "right"),
+        default="left",
+        help="how SAEBench's prompt batches are padded (left: the word stays at "
+        "its position from the end when prompts differ in length)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="both sides")
     parser.add_argument(
         "--prompt-token-pos",

@@ -68,15 +68,61 @@ def our_run(sae, seed: int, changes: dict) -> tuple[float, float]:
     from sae_lens_ext_meta_sae.decompose import decompose
     from sae_lens_ext_meta_sae.meta_sae import fit_meta_sae
 
+    config = MetaSAEConfig(seed=seed, null_seeds=0, **our_settings(changes))
+    meta_sae, log = fit_meta_sae(sae, config, progress=False)
+    metrics = decompose(sae, meta_sae, null_seeds=0).metrics
+    return metrics["fraction_variance_explained"], log.seconds
+
+
+def paired_run(main, eval_config, sae_id: str, seed: int, changes, our_changes):
+    """SAEBench's run and ours from its start and on its batches: both FVEs,
+    each side's model under the other's scorer, and the runs' agreement."""
+    from sae_lens_ext_meta_sae import MetaSAEConfig, MetaSAETrainer
+    from sae_lens_ext_meta_sae.decompose import decompose
+    from sae_lens_ext_meta_sae.meta_sae import decoder_rows, to_sae_lens
+    from saebench_meta_paired import (
+        SAEBenchRecorder,
+        decoder_agreement,
+        our_scorer_on,
+        start_trainer_from,
+        their_scorer_on,
+    )
+
+    sae = load_sae(DEMO_RELEASE, sae_id)
+    with SAEBenchRecorder(main) as recorder:
+        theirs, their_seconds, output = saebench_run(
+            main, eval_config, sae, sae_id, seed, changes
+        )
+    sae = load_sae(DEMO_RELEASE, sae_id)
+    rows = decoder_rows(sae)
+    config = MetaSAEConfig(seed=seed, null_seeds=0, **our_settings(our_changes))
+    trainer = MetaSAETrainer(rows, config.meta_width(len(rows)), config)
+    start_trainer_from(trainer, recorder.start, recorder.batches)
+    weights = trainer.fit(progress=False)
+    meta_sae = to_sae_lens(
+        weights, base=sae, config=config, log=trainer.log, release=None, sae_id=None
+    )
+    ours = decompose(sae, meta_sae, null_seeds=0).metrics["fraction_variance_explained"]
+    raw = sae.W_dec.detach().float()
+    extra = {
+        "saebench_model_our_scorer": our_scorer_on(recorder.trained, rows, config.k),
+        "our_model_saebench_scorer": their_scorer_on(
+            main, weights, rows.shape[1], config.k, raw, 4096
+        ),
+        "min_decoder_cosine": decoder_agreement(recorder.trained, weights),
+        "batches": len(recorder.batches),
+    }
+    return (theirs, their_seconds), (ours, trainer.log.seconds), extra, output
+
+
+def our_settings(changes: dict) -> dict:
+    """The saebench preset's trainer settings with ``changes``."""
     settings = {
         k: v
         for k, v in preset_overrides("saebench")["meta_sae"].items()
         if k != "skip_dead"
     }
-    config = MetaSAEConfig(seed=seed, null_seeds=0, **{**settings, **changes})
-    meta_sae, log = fit_meta_sae(sae, config, progress=False)
-    metrics = decompose(sae, meta_sae, null_seeds=0).metrics
-    return metrics["fraction_variance_explained"], log.seconds
+    return {**settings, **changes}
 
 
 def reference_run(sae_id: str, seed: int, steps: int | None) -> tuple[float, float]:
@@ -129,7 +175,37 @@ def summarise(records: list[dict]) -> None:
                 relative, error = relative_difference(values, theirs)
                 line += f"; vs SAEBench {relative:+.2%} ± {error:.2%}"
             print(line)
+        paired_summary(mine)
     print("(± after a difference: its standard error; target within ±1%)")
+
+
+def paired_summary(records: list[dict]) -> None:
+    """Per seed, ours / SAEBench's - 1 for the runs that shared start and
+    batches: mean ± sample std and its standard error, and the cross scores."""
+    theirs = {r["seed"]: r for r in records if r["side"] == "saebench"}
+    pairs = [
+        (r, theirs[r["seed"]])
+        for r in records
+        if r["side"].startswith("paired") and r["seed"] in theirs
+    ]
+    if not pairs:
+        return
+    relative = [mine["fve"] / base["fve"] - 1 for mine, base in pairs]
+    spread = statistics.stdev(relative) if len(relative) > 1 else 0.0
+    error = spread / math.sqrt(len(relative))
+    print(
+        f"  paired ours/SAEBench - 1 per seed: {statistics.mean(relative):+.3%} "
+        f"± {spread:.3%} (std; standard error {error:.3%}; max |.| "
+        f"{max(abs(v) for v in relative):.3%}; n={len(relative)})"
+    )
+    scoring = [m["saebench_model_our_scorer"] / b["fve"] - 1 for m, b in pairs]
+    training = [m["our_model_saebench_scorer"] / m["fve"] - 1 for m, _ in pairs]
+    print(
+        f"  same model, other scorer: SAEBench's model by ours "
+        f"{statistics.mean(scoring):+.3%}; our model by SAEBench's, against ours "
+        f"{statistics.mean(training):+.3%}; smallest final decoder-row cosine "
+        f"{min(m['min_decoder_cosine'] for m, _ in pairs):.4f}"
+    )
 
 
 def main() -> None:
@@ -139,7 +215,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument(
-        "--side", choices=("both", "saebench", "ours", "reference"), default="both"
+        "--side",
+        choices=("both", "saebench", "ours", "reference", "paired"),
+        default="both",
+        help="paired: ours from SAEBench's start, on SAEBench's batches",
     )
     parser.add_argument(
         "--set",
@@ -162,7 +241,7 @@ def main() -> None:
         lines = args.summarise.read_text().splitlines()
         summarise([json.loads(line) for line in lines if line.strip()])
         return
-    with_saebench = args.side in ("both", "saebench")
+    with_saebench = args.side in ("both", "saebench", "paired")
     if with_saebench and not args.saebench_wheel:
         parser.error("--saebench-wheel DIR is needed for --side both or saebench")
     torch.set_num_threads(args.threads)
@@ -179,8 +258,13 @@ def main() -> None:
         main_module, eval_config = import_saebench(args.saebench_wheel)
     records, output = [], None
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        runs = []
-        if with_saebench:
+        runs, extra = [], {}
+        if args.side == "paired":
+            theirs, ours, extra, output = paired_run(
+                main_module, eval_config, args.sae_id, seed, theirs_changes, our_changes
+            )
+            runs = [("saebench", *theirs), (f"paired {our_side}", *ours)]
+        elif with_saebench:
             sae = load_sae(DEMO_RELEASE, args.sae_id)
             fve, seconds, output = saebench_run(
                 main_module, eval_config, sae, args.sae_id, seed, theirs_changes
@@ -201,6 +285,8 @@ def main() -> None:
                 "steps": args.steps or 1500,
                 "autocast": args.autocast,
             }
+            if side.startswith("paired"):
+                record.update(extra)
             records.append(record)
             print(json.dumps(record), flush=True)
             if args.record:

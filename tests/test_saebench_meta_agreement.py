@@ -12,6 +12,9 @@ variance explained within seed noise.
 from __future__ import annotations
 
 import statistics
+import sys
+import types
+from pathlib import Path
 
 import pytest
 import saebench_meta_reference as reference
@@ -21,6 +24,9 @@ from sae_lens.saes.sae import TrainStepInput
 from sae_lens_ext_meta_sae import MetaSAEConfig, MetaSAETrainer, planted_decoder
 
 from sae_lens_ext.presets import preset_overrides
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import saebench_meta_paired as paired  # noqa: E402
 
 
 def preset_config(**changes) -> MetaSAEConfig:
@@ -134,6 +140,75 @@ def test_preset_training_run_equals_reference_for_the_same_start_and_batches():
     ours = fve(weights, data)
     theirs = reference.fraction_variance_explained(expected, data)
     assert ours == pytest.approx(theirs, rel=2e-3)
+
+
+def test_paired_recording_of_a_sae_lens_run_gives_our_trainer_its_path():
+    """``bench/saebench_meta_paired``: recorded around SAE-Lens's own
+    ``SAETrainer`` run (as around SAEBench's eval), the start and batches
+    make our preset trainer reach the same model, and the recorders go."""
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    data = noisy_planted(256, seed=6)
+    steps, batch, width = 40, 128, 32
+
+    def provider(decoder, batch_size):
+        generator = torch.Generator().manual_seed(1)
+        while True:
+            index = torch.randint(len(decoder), (batch_size,), generator=generator)
+            yield decoder[index]
+
+    module = types.SimpleNamespace(
+        BatchTopKTrainingSAE=BatchTopKTrainingSAE, _decoder_data_provider=provider
+    )
+    with paired.SAEBenchRecorder(module) as recorder:
+        torch.manual_seed(0)
+        sae = module.BatchTopKTrainingSAE(
+            BatchTopKTrainingSAEConfig(
+                d_in=32,
+                d_sae=width,
+                k=4,
+                device="cpu",
+                rescale_acts_by_decoder_norm=True,
+            )
+        )
+        trainer_cfg = SAETrainerConfig(
+            n_checkpoints=0,
+            checkpoint_path=None,
+            save_final_checkpoint=False,
+            total_training_samples=steps * batch,
+            device="cpu",
+            autocast=False,
+            lr=5e-4,
+            lr_end=5e-4,
+            lr_scheduler_name="constant",
+            lr_warm_up_steps=0,
+            lr_decay_steps=0,
+            train_batch_size_samples=batch,
+            logger=LoggingConfig(log_to_wandb=False),
+        )
+        provided = module._decoder_data_provider(data, batch)
+        SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provided).fit()
+    assert module.BatchTopKTrainingSAE is BatchTopKTrainingSAE
+    assert module._decoder_data_provider is provider
+    assert len(recorder.batches) == steps and recorder.trained is sae
+    moved = (sae.W_dec.detach() - recorder.start["W_dec"]).abs().max()
+    assert float(moved) > 1e-3  # training went somewhere to follow
+
+    trainer = MetaSAETrainer(data, width, preset_config(steps=steps, batch_size=batch))
+    paired.start_trainer_from(trainer, recorder.start, recorder.batches)
+    weights = trainer.fit(progress=False)
+    assert paired.decoder_agreement(sae, weights) > 0.999
+    theirs = paired.our_scorer_on(sae, data, 4)
+    assert fve(weights, data) == pytest.approx(theirs, rel=1e-3)
+
+
+def test_paired_row_indices_refuse_rows_not_in_the_decoder():
+    decoder = noisy_planted(50, seed=7)
+    index = torch.tensor([3, 3, 49, 0])
+    assert torch.equal(paired.row_indices(decoder[index], decoder), index)
+    with pytest.raises(RuntimeError, match="not a decoder row"):
+        paired.row_indices(decoder[index] * 1.01, decoder)
 
 
 def fve(weights, data: torch.Tensor) -> float:
