@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sae_lens_ext_llc.diagnostics import ChainEvidence, diagnose, exploded_chains
+from sae_lens_ext_llc.diagnostics import (
+    ChainEvidence,
+    LLCDiagnostics,
+    diagnose,
+    exploded_chains,
+    findings,
+    saddle_findings,
+)
 
 
 def evidence_with_llc(level: float, n_params: int) -> ChainEvidence:
@@ -60,3 +67,95 @@ def test_gradient_bias_bound_and_steady_chains_raise_no_flag():
     assert diagnostics.gradient_bias_bound == pytest.approx(50.0**2 * 0.3**2 / 1.0)
     # steady, mixed chains: no drift (Geweke) and no disagreement (R-hat) flagged
     assert not diagnostics.has("burn_in") and not diagnostics.has("not_converged")
+
+
+def clean_diagnostics() -> LLCDiagnostics:
+    """Numbers that pass every check: converged, stationary, w* a minimum."""
+    return LLCDiagnostics(
+        r_hat=1.0,
+        ess=1000.0,
+        geweke_z=0.0,
+        settling_step=10,
+        chains_below_init=0,
+        lowest_chain_loss=1.04,
+        diverged_chains=[],
+        init_grad_norm=0.0,
+        gradient_bias_bound=None,
+        localization_share=None,
+        stationary=True,
+        loss_gap=-0.01,
+    )
+
+
+def flags_of(diag: LLCDiagnostics, llc: float = 2.0, llc_se: float = 0.05) -> set:
+    """The codes ``findings`` raises for ``diag`` on four healthy chains of d = 10."""
+    evidence = evidence_with_llc(2.0, n_params=10)
+    return {f.code for f in findings(evidence, diag, llc, llc_se, n_healthy=4)}
+
+
+def test_clean_numbers_raise_no_finding():
+    assert flags_of(clean_diagnostics()) == set()
+
+
+@pytest.mark.parametrize(
+    ("geweke", "flagged"),
+    # |z| > 3 flags a short burn-in; exactly 3 does not; a z that is not a
+    # number (too few draws: convergence.geweke_z returns NaN) says nothing.
+    [(3.0, False), (3.001, True), (-3.001, True), (-2.9, False), (float("nan"), False)],
+)
+def test_the_burn_in_flag_fires_above_three_standard_errors(geweke, flagged):
+    diag = clean_diagnostics()
+    diag.geweke_z = geweke
+    assert ("burn_in" in flags_of(diag)) == flagged
+
+
+def test_a_drifting_start_is_flagged_as_a_short_burn_in():
+    # The first 10% of the draws sit 0.5 above a level of 2 with noise 0.01:
+    # Geweke's z is far above 3 (hundreds of standard errors).
+    evidence = evidence_with_llc(2.0, n_params=10)
+    evidence.llc_trace[:, 50:75] += 0.5
+    diagnostics = diagnose(evidence, llc=2.0, llc_se=0.05, healthy=[0, 1, 2, 3])
+    assert diagnostics.geweke_z > 3.0
+    assert diagnostics.has("burn_in")
+
+
+@pytest.mark.parametrize(
+    ("bound", "llc", "llc_se", "flagged"),
+    # The gradient's pull flags when it exceeds 10% of max(|LLC|, its SE):
+    # 0.1 x 2.0 = 0.2 exactly in binary floating point.
+    [
+        (0.2, 2.0, 0.05, False),
+        (0.2000001, 2.0, 0.05, True),
+        (0.25, -3.0, 0.05, False),  # |LLC| = 3: 10% is 0.3
+        (0.35, -3.0, 0.05, True),
+        (0.15, 0.1, 2.0, False),  # the SE (2.0) sets the scale: 10% is 0.2
+        (0.25, 0.1, 2.0, True),
+    ],
+)
+def test_not_critical_fires_above_ten_percent_of_the_estimate(
+    bound, llc, llc_se, flagged
+):
+    diag = clean_diagnostics()
+    diag.gradient_bias_bound = bound
+    assert ("not_critical" in flags_of(diag, llc=llc, llc_se=llc_se)) == flagged
+
+
+@pytest.mark.parametrize(
+    ("gap", "batch_sd", "saddle"),
+    # Allowed dip below L(w*) = 1: 1e-6 (rounding) + 5 minibatch-loss SDs.
+    [
+        (0.5e-6, 0.0, False),
+        (2e-6, 0.0, True),
+        (0.045, 0.01, False),  # 4.5 SDs: noise
+        (0.055, 0.01, True),  # 5.5 SDs: descent
+    ],
+)
+def test_descending_below_w_star_beyond_five_batch_sds_is_a_saddle(
+    gap, batch_sd, saddle
+):
+    evidence = evidence_with_llc(2.0, n_params=10)
+    evidence.batch_loss_sd = batch_sd
+    diag = clean_diagnostics()
+    diag.loss_gap = gap
+    found = saddle_findings(evidence, diag, llc=2.0)
+    assert [f.code for f in found] == (["saddle"] if saddle else [])
