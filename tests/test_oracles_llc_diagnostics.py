@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sae_lens_ext_llc.curvature import CurvatureReport
 from sae_lens_ext_llc.diagnostics import (
     ChainEvidence,
     LLCDiagnostics,
@@ -159,3 +160,37 @@ def test_descending_below_w_star_beyond_five_batch_sds_is_a_saddle(
     diag.loss_gap = gap
     found = saddle_findings(evidence, diag, llc=2.0)
     assert [f.code for f in found] == (["saddle"] if saddle else [])
+
+
+def curvature(lowest: float, highest: float) -> CurvatureReport:
+    """A Lanczos report with these extreme eigenvalues (direction: one weight)."""
+    return CurvatureReport(
+        lowest=lowest,
+        highest=highest,
+        direction_shares=[("w", 1.0)],
+        top_coordinates=[("w", (0,), 1.0)],
+        dimension=10,
+        n_params=10,
+        iterations=10,
+    )
+
+
+@pytest.mark.parametrize(
+    ("lowest", "highest", "codes"),
+    # nbeta = 50, localization 1.  An eigenvalue counts as negative below
+    # -1e-4 x |highest| (else it is rounding); it is a saddle when
+    # nbeta x lowest + localization < 0, else the localising pull holds it.
+    [
+        (-0.5e-4, 1.0, []),  # within 1e-4 of the largest: zero
+        (-2e-4, 1.0, ["negative_curvature"]),  # 50 x -2e-4 + 1 > 0: held
+        (-0.01, 1.0, ["negative_curvature"]),  # 50 x -0.01 + 1 = 0.5: held
+        (-0.03, 1.0, ["saddle"]),  # 50 x -0.03 + 1 = -0.5: unconfined
+        (-0.5e-16, 0.0, []),  # a zero Hessian: the floor 1e-12 x 1e-4
+        (-2e-16, 0.0, ["negative_curvature"]),
+    ],
+)
+def test_negative_curvature_against_the_localising_pull(lowest, highest, codes):
+    evidence = evidence_with_llc(2.0, n_params=10)
+    diag = clean_diagnostics()
+    diag.curvature = curvature(lowest, highest)
+    assert [f.code for f in saddle_findings(evidence, diag, llc=2.0)] == codes
