@@ -194,3 +194,31 @@ def test_negative_curvature_against_the_localising_pull(lowest, highest, codes):
     diag = clean_diagnostics()
     diag.curvature = curvature(lowest, highest)
     assert [f.code for f in saddle_findings(evidence, diag, llc=2.0)] == codes
+
+
+@pytest.mark.parametrize(
+    ("near", "far", "share"),
+    # d / localization = 10 / 4 = 2.5; the draws alternate between two
+    # distances from w*, so the mean squared distance is (near^2 + far^2) / 2.
+    [(1.0, 2.0, 1.0), (0.5, 1.0, 0.25)],
+)
+def test_localization_share_is_the_mean_squared_distance_over_d_by_gamma(
+    near, far, share
+):
+    evidence = evidence_with_llc(2.0, n_params=10)
+    evidence.localization = 4.0
+    distances = np.full((4, 300), 100.0)  # burn-in: far away, left out
+    distances[:, 50::2], distances[:, 51::2] = near, far
+    evidence.distance_trace = distances
+    diagnostics = diagnose(evidence, llc=2.0, llc_se=0.05, healthy=[0, 1, 2, 3])
+    assert diagnostics.localization_share == pytest.approx(share, rel=1e-12)
+    assert diagnostics.has("localization_dominates") == (share > 0.5)
+
+
+def test_no_localization_means_no_share_and_no_gradient_bound():
+    evidence = evidence_with_llc(2.0, n_params=10)
+    evidence.localization = 0.0
+    evidence.init_grad_norm = 0.3
+    diagnostics = diagnose(evidence, llc=2.0, llc_se=0.05, healthy=[0, 1, 2, 3])
+    assert diagnostics.localization_share is None
+    assert diagnostics.gradient_bias_bound is None
