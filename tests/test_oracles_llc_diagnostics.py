@@ -222,3 +222,94 @@ def test_no_localization_means_no_share_and_no_gradient_bound():
     diagnostics = diagnose(evidence, llc=2.0, llc_se=0.05, healthy=[0, 1, 2, 3])
     assert diagnostics.localization_share is None
     assert diagnostics.gradient_bias_bound is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "llc", "llc_se", "codes"),
+    # Each check at its threshold (not flagged) and just past it (flagged);
+    # d = 10, so d/2 = 5.
+    [
+        ("r_hat", 1.1, 2.0, 0.05, set()),
+        ("r_hat", 1.1001, 2.0, 0.05, {"not_converged"}),
+        ("r_hat", float("nan"), 2.0, 0.05, set()),  # one chain: no R-hat
+        (None, None, -0.01, 0.05, {"negative"}),
+        (None, None, 0.0, 0.05, {"near_zero"}),
+        (None, None, 0.0999, 0.05, {"near_zero"}),
+        (None, None, 0.1, 0.05, set()),  # exactly 2 SEs from zero
+        (None, None, 5.5, 0.25, set()),  # 5.5 - 2 x 0.25 = 5 = d/2
+        (None, None, 5.5, 0.24, {"exceeds_bound"}),
+        ("acceptance", 0.9, 2.0, 0.05, set()),
+        ("acceptance", 0.89, 2.0, 0.05, {"low_acceptance"}),
+        ("stationary", False, 2.0, 0.05, {"not_stationary"}),
+        ("localization_share", 0.5, 2.0, 0.05, set()),
+        ("localization_share", 0.51, 2.0, 0.05, {"localization_dominates"}),
+    ],
+)
+def test_each_check_fires_just_past_its_threshold(field, value, llc, llc_se, codes):
+    diag = clean_diagnostics()
+    if field is not None:
+        setattr(diag, field, value)
+    assert flags_of(diag, llc=llc, llc_se=llc_se) == codes
+
+
+def test_severities_and_their_order():
+    evidence = evidence_with_llc(2.0, n_params=10)
+    diag = clean_diagnostics()
+    diag.diverged_chains = [3]
+    diag.localization_share = 0.9
+    diag.r_hat = 1.5
+    found = findings(evidence, diag, llc=-1.0, llc_se=0.05, n_healthy=3)
+    severity = {f.code: f.severity for f in found}
+    assert severity == {
+        "diverged": "warning",  # three chains are left
+        "negative": "error",
+        "not_converged": "warning",
+        "localization_dominates": "info",
+    }
+    # messages(): errors first, then warnings, then info
+    ranks = [m.split("]")[0] for m in diag_with(found).messages()]
+    assert ranks == ["[error", "[warning", "[warning", "[info"]
+    assert not diag_with(found).ok
+    assert diag_with([f for f in found if f.severity == "info"]).ok
+
+
+def diag_with(found: list) -> LLCDiagnostics:
+    """Clean numbers carrying the findings ``found``."""
+    diag = clean_diagnostics()
+    diag.findings = found
+    return diag
+
+
+def test_no_healthy_chain_is_one_error_and_nothing_else():
+    evidence = evidence_with_llc(2.0, n_params=10)
+    diag = clean_diagnostics()
+    diag.diverged_chains = [0, 1, 2, 3]
+    found = findings(evidence, diag, llc=float("nan"), llc_se=0.0, n_healthy=0)
+    assert [(f.code, f.severity) for f in found] == [("diverged", "error")]
+    assert "4 of 4 chains diverged" in found[0].message
+
+
+def test_chain_summaries_against_loops_over_the_traces():
+    # Chain 2 diverged (left out); the others sit at different loss levels.
+    rng = np.random.default_rng(1)
+    evidence = evidence_with_llc(2.0, n_params=10)
+    levels = [0.98, 1.03, 50.0, 0.99]
+    losses = np.array([lvl + 0.001 * rng.standard_normal(300) for lvl in levels])
+    losses[0, 0] = 0.5  # a dip before step 1 (the start) is not counted
+    losses[1, 10] = 0.9  # a dip in the burn-in is
+    evidence.loss_trace = losses
+    evidence.acceptance_trace = rng.uniform(0.5, 1.0, size=(4, 300))
+    healthy = [0, 1, 3]
+    diagnostics = diagnose(evidence, llc=2.0, llc_se=0.05, healthy=healthy)
+    means = {c: sum(losses[c, 50:]) / 250 for c in healthy}
+    assert diagnostics.chains_below_init == sum(means[c] < 1.0 for c in healthy)
+    assert diagnostics.chains_below_init == 2
+    assert diagnostics.lowest_chain_loss == pytest.approx(min(means.values()))
+    assert diagnostics.diverged_chains == [2]
+    lowest_after_start = min(min(losses[c, 1:]) for c in healthy)
+    assert lowest_after_start == 0.9
+    assert diagnostics.loss_gap == pytest.approx(1.0 - 0.9)
+    accepted = [
+        evidence.acceptance_trace[c, t] for c in healthy for t in range(50, 300)
+    ]
+    assert diagnostics.acceptance == pytest.approx(sum(accepted) / len(accepted))
