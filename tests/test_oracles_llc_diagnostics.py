@@ -160,6 +160,9 @@ def test_descending_below_w_star_beyond_five_batch_sds_is_a_saddle(
     diag.loss_gap = gap
     found = saddle_findings(evidence, diag, llc=2.0)
     assert [f.code for f in found] == (["saddle"] if saddle else [])
+    if saddle and gap == 0.055:  # nbeta x gap = 50 x 0.055
+        assert "went 0.055 below" in found[0].message
+        assert "nbeta x that = 2.75)" in found[0].message
 
 
 def curvature(lowest: float, highest: float) -> CurvatureReport:
