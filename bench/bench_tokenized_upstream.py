@@ -1,8 +1,10 @@
-"""Four arms at equal steps and width: plain TopK, token table, upstream-SAE table, both.
+"""Arms at equal steps and width: plain TopK, token table, upstream-SAE table, both,
+and the upstream table with the discrete top-1 key.
 
 Downstream SAEs train on a later hook of a release's model; the upstream-SAE
 table is keyed on a frozen SAE of the same release at an earlier hook
-(Pearce's extension of tokenized SAEs).  All arms share the width, k, steps,
+(Pearce's extension of tokenized SAEs), by its codes ``g @ U`` or by its
+top-1 latent ``U[argmax g]`` (arm ``upstream-top1``).  All arms share the width, k, steps,
 batch size, learning rates, data order and seed; the token tables start from
 the paper's unigram initialisation, the upstream table from least squares.
 Reported per arm: held-out MSE, explained variance, spliced next-token CE
@@ -17,7 +19,7 @@ at an earlier hook of the same architecture and width; without it (v1, one
 hook at ``blocks.0``) the default is ``blocks.1.hook_resid_post`` and the
 upstream SAE the release's default SAE.
 
-    python bench/bench_tokenized_upstream.py --out /tmp/tokup     # 4 arms, 600 steps
+    python bench/bench_tokenized_upstream.py --out /tmp/tokup     # 5 arms, 600 steps
     python bench/bench_tokenized_upstream.py --arms plain,token,token-mean,token-same-lr \
         --hook blocks.0.hook_resid_post   # the initialisation / table-lr defaults
 """
@@ -54,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--release", default="sae-lens-ext/demo")
     parser.add_argument("--hook", default=None, help="downstream hook (see above)")
     parser.add_argument("--upstream-id", default=None, help="upstream SAE id")
-    parser.add_argument("--arms", default="plain,token,upstream,both")
+    parser.add_argument("--arms", default="plain,token,upstream,both,upstream-top1")
     parser.add_argument("--d-sae", type=int, default=1024)
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--steps", type=int, default=600)

@@ -47,6 +47,7 @@ from sae_lens_ext_tokenized import (
 from sae_lens_ext_tokenized.effective_tokens import (
     classify,
     determined_share,
+    effective_tokens,
     ngram_index,
 )
 from sae_lens_ext_tokenized.lookup_init import (
@@ -632,3 +633,30 @@ def test_ngram_units_are_told_apart():
         "on c a b": "trigram",
         "random": "context",
     }
+
+
+@pytest.mark.parametrize("key", ["codes", "top1"])
+def test_effective_token_weights_follow_the_key(tiny2, corpus, trained, key):
+    """Firings and weights against the upstream SAE's ``encode`` by hand: with
+    the codes key a latent fires where ``g_j > 0`` and weighs ``mean g_j |U[j]|``;
+    with the top-1 key only where it is the most active latent, weighing ``|U[j]|``."""
+    sae = SAE.load_from_disk(trained[("upstream_sae", key)])
+    tokens = corpus[:40]
+    top, _ = effective_tokens(sae, tiny2, tokens, top=8, min_firings=1)
+    _, cache = tiny2.run_with_cache(tokens, names_filter=UP_HOOK)
+    with torch.no_grad():
+        codes = sae.upstream_sae.encode(cache[UP_HOOK][:, 1:].reshape(-1, D_UP_IN))
+    norms = sae.W_upstream_lookup.detach().norm(dim=1)
+    assert len(top) == 8
+    for row in top.itertuples():
+        g = codes[:, row.latent]
+        if key == "codes":
+            fired = g > 0
+            expected = g[fired].mean() * norms[row.latent]
+        else:
+            fired = (codes.argmax(dim=1) == row.latent) & (codes.max(dim=1).values > 0)
+            expected = norms[row.latent]
+        assert row.firings == int(fired.sum())
+        assert row.weight == pytest.approx(float(expected), rel=1e-4)
+    if key == "top1":  # fewer firings than the codes key would count
+        assert (top.firings < (codes[:, top.latent] > 0).sum(0).numpy()).any()
