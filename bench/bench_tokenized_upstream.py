@@ -85,7 +85,7 @@ def default_hooks(release, info: dict, hook, upstream_id) -> tuple[str, str]:
             hook or "blocks.1.hook_resid_post",
             upstream_id or release.default_sae_id,
         )
-    hook = hook or info["hooks"][-1]
+    hook = hook or info["hooks"][-1]["hook_name"]
     if upstream_id is None:
         layer = int(hook.split(".")[1])
         upstream_id = next(
