@@ -63,12 +63,10 @@ MODEL_CFG = dict(
     seed=0,
 )
 # lr: the SAE learning rate (cosine to a tenth); docs/demo-release.md lists the
-# dead-latent fractions each recipe gave (lr 1e-2 for the TopK SAEs at resid0;
-# resid1's were not rebuilt with it yet)
+# dead-latent fractions each recipe gave (lr 1e-3 left the wider TopK SAEs
+# 40-64% dead, 1e-2 under 10%)
 SAES = {
-    f"{layer}-topk-{width}": dict(
-        architecture="topk", d_sae=width, k=16, lr=1e-2 if layer == "resid0" else 1e-3
-    )
+    f"{layer}-topk-{width}": dict(architecture="topk", d_sae=width, k=16, lr=1e-2)
     for layer in HOOKS
     for width in (512, 1024, 2048)
 }
@@ -408,10 +406,19 @@ def spelling_metrics(model, spelling, tokenizer, held: torch.Tensor) -> dict:
         .item()
         / max(int((~spelling.seen).sum()), 1),
     }
+    # the probe on every word token, then on the seen ones only (issue 21's
+    # target population: "the model may have seen every word in spelling prompts")
+    seen_ids = set(spelling.words[spelling.seen].tolist())
+    seen_letter_of = {w: letter for w, letter in letter_of.items() if w in seen_ids}
     for name, hook in {"embed": "hook_embed", **HOOKS}.items():
         f1, letters = hook_probe_f1(model, held, hook, pieces, letter_of)
         metrics[f"probe_f1_{name}"] = f1
         metrics["probe_letters"] = letters
+        f1, letters = hook_probe_f1(model, held, hook, pieces, seen_letter_of)
+        metrics[f"probe_f1_{name}_seen_words"] = f1
+        metrics["probe_letters_seen_words"] = letters
+    # which word tokens were kept out of every spelling row and the readout
+    metrics["unseen_word_ids"] = spelling.words[~spelling.seen].tolist()
     return metrics
 
 
@@ -488,7 +495,7 @@ def main() -> None:
         (build / "model" / "config.json").write_text(json.dumps(MODEL_CFG, indent=2))
     with stage("spelling", timings):
         spelling_info = spelling_metrics(model, spelling, tokenizer, held)
-        print(spelling_info, flush=True)
+        print({k: v for k, v in spelling_info.items() if k != "unseen_word_ids"})
     if args.only_model:
         args.out.mkdir(parents=True, exist_ok=True)
         shutil.copytree(build, args.out, dirs_exist_ok=True)
