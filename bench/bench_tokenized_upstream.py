@@ -71,6 +71,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
+        "--arm",
+        default=None,
+        help="train this one arm only (into --out/<arm>: SAE, curve.csv, "
+        "metrics.json), e.g. to run arms as parallel processes; then --collect",
+    )
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="the comparison of the arms in --arms trained with --arm into --out",
+    )
+    parser.add_argument(
         "--effective-only",
         action="store_true",
         help="only the effective-tokens report, from the SAEs saved in --out",
@@ -132,11 +143,17 @@ def main() -> None:
         return
     variants = {name: ARMS[name] for name in names if name != "plain"}
     started = time.perf_counter()
-    result = compare_with_baseline(
-        model, hook, tokens, options, variants=variants,
-        ce_sequences=args.ce_sequences, out_dir=args.out,
-    )  # fmt: skip
-    save_comparison(result, args.out)
+    if args.arm:
+        train_one_arm(args.arm, model, hook, tokens, options, args)
+        return
+    if args.collect:
+        result = collect_arms(names, args.out)
+    else:
+        result = compare_with_baseline(
+            model, hook, tokens, options, variants=variants,
+            ce_sequences=args.ce_sequences, out_dir=args.out,
+        )  # fmt: skip
+        save_comparison(result, args.out)
     n_eval = len(result.arms["baseline"].eval_tokens)
     header = (
         f"release {args.release} (release.json version: "
@@ -175,8 +192,68 @@ def main() -> None:
     print(curves.iloc[:: max(1, len(curves) // 12)].to_string(float_format="%.4f"))
     (args.out / "header.txt").write_text(header + "\n")
     for name in variants:
-        if dataclasses.replace(options, **ARMS[name]).lookup != "token":
+        if not args.collect and uses_upstream(
+            dataclasses.replace(options, **ARMS[name])
+        ):
             report_effective_tokens(name, result.arms[name].sae, model, tokens, args)
+
+
+def uses_upstream(options) -> bool:
+    """Whether an arm's options train an upstream-SAE table."""
+    return options.tokenized and options.lookup != "token"
+
+
+def train_one_arm(name, model, hook, tokens, options, args) -> None:
+    """Train arm ``name`` into ``args.out/<arm>`` with its curve and metrics
+    (``plain`` is saved as ``baseline``, as in the full comparison)."""
+    import dataclasses
+
+    from sae_lens_ext_tokenized import ce_metrics, train_tokenized_sae
+
+    folder = args.out / ("baseline" if name == "plain" else name)
+    arm_options = dataclasses.replace(options, **ARMS[name])
+    started = time.perf_counter()
+    arm = train_tokenized_sae(model, hook, tokens, arm_options, out_dir=folder)
+    seconds = time.perf_counter() - started
+    ce = ce_metrics(model, hook, arm.sae, arm.eval_tokens[: args.ce_sequences])
+    arm.curve.to_csv(folder / "curve.csv", index=False)
+    metrics = {**arm.metrics, **ce, "train_seconds": seconds,
+               "n_eval": len(arm.eval_tokens)}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(name, metrics)
+    if uses_upstream(arm_options):
+        report_effective_tokens(name, arm.sae, model, tokens, args)
+
+
+def collect_arms(names, out: Path):
+    """The :class:`Comparison` of arms trained one by one with ``--arm``."""
+    from types import SimpleNamespace
+
+    from sae_lens_ext_tokenized.comparison import (
+        Comparison,
+        learning_curve_plot,
+        steps_to_target,
+    )
+    from sae_lens_ext_tokenized.report import save_comparison
+
+    arms, rows = {}, []
+    for name in names:
+        arm_name = "baseline" if name == "plain" else name
+        folder = out / arm_name
+        metrics = json.loads((folder / "metrics.json").read_text())
+        curve = pd.read_csv(folder / "curve.csv")
+        eval_tokens = [None] * metrics.pop("n_eval")
+        arms[arm_name] = SimpleNamespace(curve=curve, eval_tokens=eval_tokens)
+        rows.append({"arm": arm_name, **metrics})
+    target = arms["baseline"].curve.mse.iloc[-1]
+    reached = {n: steps_to_target(a.curve, target) for n, a in arms.items()}
+    table = pd.DataFrame(rows).assign(
+        steps_to_baseline_mse=lambda t: [reached[n] for n in t.arm]
+    )
+    figure = learning_curve_plot({n: a.curve for n, a in arms.items()}, target)
+    result = Comparison(arms, table, target, reached, None, figure)
+    save_comparison(result, out)
+    return result
 
 
 def report_effective_tokens(name, sae, model, tokens, args) -> None:
