@@ -163,7 +163,11 @@ def main() -> None:
         f"{tokens.shape[1]}; d_sae={args.d_sae}, k={args.k}, steps={args.steps}, "
         f"batch={args.batch_size}, lr={args.lr}, table lr={args.lookup_lr}, "
         f"{'fp32' if args.fp32 else 'bf16 autocast'}; "
-        f"total {time.perf_counter() - started:.0f} s"
+        + (
+            "arms trained by --arm (train_seconds per arm)"
+            if args.collect
+            else f"total {time.perf_counter() - started:.0f} s"
+        )
     )
     print(header)
     columns = ["arm", "mse", "explained_variance", "l0", "ce_loss_clean",
