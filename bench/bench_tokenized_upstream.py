@@ -1,8 +1,10 @@
-"""Four arms at equal steps and width: plain TopK, token table, upstream-SAE table, both.
+"""Arms at equal steps and width: plain TopK, token table, upstream-SAE table, both,
+and the upstream table with the discrete top-1 key.
 
 Downstream SAEs train on a later hook of a release's model; the upstream-SAE
 table is keyed on a frozen SAE of the same release at an earlier hook
-(Pearce's extension of tokenized SAEs).  All arms share the width, k, steps,
+(Pearce's extension of tokenized SAEs), by its codes ``g @ U`` or by its
+top-1 latent ``U[argmax g]`` (arm ``upstream-top1``).  All arms share the width, k, steps,
 batch size, learning rates, data order and seed; the token tables start from
 the paper's unigram initialisation, the upstream table from least squares.
 Reported per arm: held-out MSE, explained variance, spliced next-token CE
@@ -17,7 +19,7 @@ at an earlier hook of the same architecture and width; without it (v1, one
 hook at ``blocks.0``) the default is ``blocks.1.hook_resid_post`` and the
 upstream SAE the release's default SAE.
 
-    python bench/bench_tokenized_upstream.py --out /tmp/tokup     # 4 arms, 600 steps
+    python bench/bench_tokenized_upstream.py --out /tmp/tokup     # 5 arms, 600 steps
     python bench/bench_tokenized_upstream.py --arms plain,token,token-mean,token-same-lr \
         --hook blocks.0.hook_resid_post   # the initialisation / table-lr defaults
 """
@@ -54,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--release", default="sae-lens-ext/demo")
     parser.add_argument("--hook", default=None, help="downstream hook (see above)")
     parser.add_argument("--upstream-id", default=None, help="upstream SAE id")
-    parser.add_argument("--arms", default="plain,token,upstream,both")
+    parser.add_argument("--arms", default="plain,token,upstream,both,upstream-top1")
     parser.add_argument("--d-sae", type=int, default=1024)
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--steps", type=int, default=600)
@@ -68,6 +70,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--arm",
+        default=None,
+        help="train this one arm only (into --out/<arm>: SAE, curve.csv, "
+        "metrics.json), e.g. to run arms as parallel processes; then --collect",
+    )
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="the comparison of the arms in --arms trained with --arm into --out",
+    )
     parser.add_argument(
         "--effective-only",
         action="store_true",
@@ -83,7 +96,7 @@ def default_hooks(release, info: dict, hook, upstream_id) -> tuple[str, str]:
             hook or "blocks.1.hook_resid_post",
             upstream_id or release.default_sae_id,
         )
-    hook = hook or info["hooks"][-1]
+    hook = hook or info["hooks"][-1]["hook_name"]
     if upstream_id is None:
         layer = int(hook.split(".")[1])
         upstream_id = next(
@@ -130,11 +143,17 @@ def main() -> None:
         return
     variants = {name: ARMS[name] for name in names if name != "plain"}
     started = time.perf_counter()
-    result = compare_with_baseline(
-        model, hook, tokens, options, variants=variants,
-        ce_sequences=args.ce_sequences, out_dir=args.out,
-    )  # fmt: skip
-    save_comparison(result, args.out)
+    if args.arm:
+        train_one_arm(args.arm, model, hook, tokens, options, args)
+        return
+    if args.collect:
+        result = collect_arms(names, args.out)
+    else:
+        result = compare_with_baseline(
+            model, hook, tokens, options, variants=variants,
+            ce_sequences=args.ce_sequences, out_dir=args.out,
+        )  # fmt: skip
+        save_comparison(result, args.out)
     n_eval = len(result.arms["baseline"].eval_tokens)
     header = (
         f"release {args.release} (release.json version: "
@@ -144,16 +163,23 @@ def main() -> None:
         f"{tokens.shape[1]}; d_sae={args.d_sae}, k={args.k}, steps={args.steps}, "
         f"batch={args.batch_size}, lr={args.lr}, table lr={args.lookup_lr}, "
         f"{'fp32' if args.fp32 else 'bf16 autocast'}; "
-        f"total {time.perf_counter() - started:.0f} s"
+        + (
+            "arms trained by --arm (train_seconds per arm)"
+            if args.collect
+            else f"total {time.perf_counter() - started:.0f} s"
+        )
     )
     print(header)
     columns = ["arm", "mse", "explained_variance", "l0", "ce_loss_clean",
                "ce_loss_spliced", "ce_loss_recovered", "steps_to_baseline_mse"]  # fmt: skip
     print(result.table[columns].to_string(index=False, float_format="%.4f"))
-    targets = [round(f * result.target_mse, 4) for f in TARGET_FACTORS]
+    # compared unrounded (the plain arm reaches its own final MSE at its last
+    # step), labelled rounded
+    targets = {round(f * result.target_mse, 4): f * result.target_mse
+               for f in TARGET_FACTORS}  # fmt: skip
     reached = pd.DataFrame(
         {
-            name: {t: steps_to_target(arm.curve, t) for t in targets}
+            name: {label: steps_to_target(arm.curve, t) for label, t in targets.items()}
             for name, arm in result.arms.items()
         }
     ).T.astype("Int64")
@@ -170,8 +196,68 @@ def main() -> None:
     print(curves.iloc[:: max(1, len(curves) // 12)].to_string(float_format="%.4f"))
     (args.out / "header.txt").write_text(header + "\n")
     for name in variants:
-        if dataclasses.replace(options, **ARMS[name]).lookup != "token":
+        if not args.collect and uses_upstream(
+            dataclasses.replace(options, **ARMS[name])
+        ):
             report_effective_tokens(name, result.arms[name].sae, model, tokens, args)
+
+
+def uses_upstream(options) -> bool:
+    """Whether an arm's options train an upstream-SAE table."""
+    return options.tokenized and options.lookup != "token"
+
+
+def train_one_arm(name, model, hook, tokens, options, args) -> None:
+    """Train arm ``name`` into ``args.out/<arm>`` with its curve and metrics
+    (``plain`` is saved as ``baseline``, as in the full comparison)."""
+    import dataclasses
+
+    from sae_lens_ext_tokenized import ce_metrics, train_tokenized_sae
+
+    folder = args.out / ("baseline" if name == "plain" else name)
+    arm_options = dataclasses.replace(options, **ARMS[name])
+    started = time.perf_counter()
+    arm = train_tokenized_sae(model, hook, tokens, arm_options, out_dir=folder)
+    seconds = time.perf_counter() - started
+    ce = ce_metrics(model, hook, arm.sae, arm.eval_tokens[: args.ce_sequences])
+    arm.curve.to_csv(folder / "curve.csv", index=False)
+    metrics = {**arm.metrics, **ce, "train_seconds": seconds,
+               "n_eval": len(arm.eval_tokens)}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(name, metrics)
+    if uses_upstream(arm_options):
+        report_effective_tokens(name, arm.sae, model, tokens, args)
+
+
+def collect_arms(names, out: Path):
+    """The :class:`Comparison` of arms trained one by one with ``--arm``."""
+    from types import SimpleNamespace
+
+    from sae_lens_ext_tokenized.comparison import (
+        Comparison,
+        learning_curve_plot,
+        steps_to_target,
+    )
+    from sae_lens_ext_tokenized.report import save_comparison
+
+    arms, rows = {}, []
+    for name in names:
+        arm_name = "baseline" if name == "plain" else name
+        folder = out / arm_name
+        metrics = json.loads((folder / "metrics.json").read_text())
+        curve = pd.read_csv(folder / "curve.csv")
+        eval_tokens = [None] * metrics.pop("n_eval")
+        arms[arm_name] = SimpleNamespace(curve=curve, eval_tokens=eval_tokens)
+        rows.append({"arm": arm_name, **metrics})
+    target = arms["baseline"].curve.mse.iloc[-1]
+    reached = {n: steps_to_target(a.curve, target) for n, a in arms.items()}
+    table = pd.DataFrame(rows).assign(
+        steps_to_baseline_mse=lambda t: [reached[n] for n in t.arm]
+    )
+    figure = learning_curve_plot({n: a.curve for n, a in arms.items()}, target)
+    result = Comparison(arms, table, target, reached, None, figure)
+    save_comparison(result, out)
+    return result
 
 
 def report_effective_tokens(name, sae, model, tokens, args) -> None:

@@ -82,6 +82,32 @@ def run_tiny(model, dataset, out, **kwargs):
     return run(**options)
 
 
+def runner_config(
+    tmp_path, sae_cfg, hook_name=TINY_HOOK, model_name="tiny", **overrides
+):
+    """A small SAE-Lens training-runner config for a tiny model (12-token context);
+    ``overrides`` replace any of its fields."""
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+
+    fields = dict(
+        sae=sae_cfg,
+        model_name=model_name,
+        hook_name=hook_name,
+        dataset_path=model_name,
+        is_dataset_tokenized=True,
+        context_size=12,
+        training_tokens=64 * 40,
+        train_batch_size_tokens=64,
+        store_batch_size_prompts=8,
+        n_batches_in_buffer=16,
+        prepend_bos=False,
+        logger=LoggingConfig(log_to_wandb=False),
+        output_path=str(tmp_path / "out"),
+        device="cpu",
+    )
+    return LanguageModelSAERunnerConfig(**(fields | overrides))
+
+
 @pytest.fixture
 def tiny_sae():
     """An SAE on the tiny model's residual stream."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_sae
-from sae_lens import SAE, LanguageModelSAERunnerConfig, LoggingConfig
+from conftest import make_sae, runner_config
+from sae_lens import SAE
 from sae_lens_ext_tokenized import (
     MissingTokensError,
     TokenIdentityAnalysis,
@@ -109,26 +109,6 @@ def test_analysis_in_a_run_publishes_a_loadable_tokenized_sae(
             assert loaded(cache[HOOK]).shape == cache[HOOK].shape
 
 
-def runner_config(tmp_path, sae_cfg):
-    """A small SAE-Lens runner config for the tiny model."""
-    return LanguageModelSAERunnerConfig(
-        sae=sae_cfg,
-        model_name="tiny",
-        hook_name=HOOK,
-        dataset_path="tiny",
-        is_dataset_tokenized=True,
-        context_size=12,
-        training_tokens=64 * 40,
-        train_batch_size_tokens=64,
-        store_batch_size_prompts=8,
-        n_batches_in_buffer=16,
-        prepend_bos=False,
-        logger=LoggingConfig(log_to_wandb=False),
-        output_path=str(tmp_path / "out"),
-        device="cpu",
-    )
-
-
 @pytest.fixture
 def token_dataset(tiny_tokens):
     from datasets import Dataset
@@ -174,25 +154,3 @@ def test_sae_lens_runner_trains_a_tokenized_sae(tiny_model, token_dataset, tmp_p
     )
     with pytest.raises(MissingTokensError, match="TokenizedSAETrainingRunner"):
         plain.run()
-
-
-def test_runner_refuses_an_upstream_lookup_with_the_fix(
-    tiny_model, token_dataset, tmp_path
-):
-    upstream = {
-        "lookup": "both",
-        "upstream_release": "rel",
-        "upstream_sae_id": "up",
-        "upstream_hook_name": "blocks.0.hook_resid_pre",
-        "upstream_d_in": 16,
-        "upstream_d_sae": 8,
-    }
-    sae_cfg = TokenizedTrainingSAEConfig(
-        d_in=16, d_sae=32, k=2, vocab_size=40, **upstream
-    )
-    with pytest.raises(ValueError, match="train_tokenized_sae"):
-        TokenizedSAETrainingRunner(
-            runner_config(tmp_path, sae_cfg),
-            override_dataset=token_dataset,
-            override_model=tiny_model,
-        )

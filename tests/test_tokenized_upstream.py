@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import prefill_hf_cache, register_model_release, run_offline
+from conftest import (
+    prefill_hf_cache,
+    register_model_release,
+    run_offline,
+    runner_config,
+)
 from sae_lens import (
     SAE,
     HookedSAETransformer,
@@ -32,6 +37,7 @@ from sae_lens_ext_tokenized import (
     MissingTokensError,
     TokenizedSAE,
     TokenizedSAEConfig,
+    TokenizedSAETrainingRunner,
     TokenizedTrainingSAE,
     TokenizedTrainingSAEConfig,
     TrainingOptions,
@@ -41,6 +47,7 @@ from sae_lens_ext_tokenized import (
 from sae_lens_ext_tokenized.effective_tokens import (
     classify,
     determined_share,
+    effective_tokens,
     ngram_index,
 )
 from sae_lens_ext_tokenized.lookup_init import (
@@ -518,6 +525,87 @@ def test_cli_rejects_a_bad_upstream_before_training(
     assert not (out / "sae").exists()
 
 
+# -- SAE-Lens's training runner ---------------------------------------------------
+
+
+def runner_for(lookup, key, tiny2, corpus, release_dir, tmp_path, hook=DOWN_HOOK):
+    """A TokenizedSAETrainingRunner on the tiny 2-layer model, upstream ``up0``."""
+    from datasets import Dataset
+
+    upstream = load_sae(str(release_dir / "up0"))
+    sae_cfg = TokenizedTrainingSAEConfig(
+        d_in=D_UP_IN, d_sae=32, k=2, vocab_size=VOCAB, lookup=lookup,
+        upstream_key=key, **upstream_fields(upstream, str(release_dir / "up0"), None),
+    )  # fmt: skip
+    return TokenizedSAETrainingRunner(
+        runner_config(tmp_path, sae_cfg, hook_name=hook, model_name="tiny2", lr=1e-2),
+        override_dataset=Dataset.from_dict({"input_ids": corpus.tolist()}),
+        override_model=tiny2,
+    )
+
+
+def test_runner_store_packs_the_upstream_hook_of_the_same_forward_pass(
+    tiny2, corpus, release_dir, tmp_path
+):
+    runner = runner_for("both", "codes", tiny2, corpus, release_dir, tmp_path)
+    rows = runner.activations_store.get_filtered_llm_batch()
+    first = corpus[:8]
+    _, cache = tiny2.run_with_cache(first, names_filter=[UP_HOOK, DOWN_HOOK])
+    assert rows.shape == (8 * 12, D_UP_IN + 2 + D_UP_IN)
+    down, up = (
+        cache[DOWN_HOOK].reshape(-1, D_UP_IN),
+        cache[UP_HOOK].reshape(-1, D_UP_IN),
+    )
+    torch.testing.assert_close(rows[:, :D_UP_IN], down, atol=1e-5, rtol=1e-5)
+    assert torch.equal(rows[:, D_UP_IN].long(), first.reshape(-1))
+    torch.testing.assert_close(rows[:, D_UP_IN + 2 :], up, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(up, down, atol=1e-2)  # two different hooks
+
+
+@pytest.mark.parametrize(
+    ("lookup", "key"), [("both", "codes"), ("upstream_sae", "top1")]
+)
+def test_sae_lens_runner_trains_an_upstream_lookup(
+    tiny2, corpus, release_dir, tmp_path, lookup, key
+):
+    torch.manual_seed(0)
+    runner_for(lookup, key, tiny2, corpus, release_dir, tmp_path).run()
+    loaded = SAE.load_from_disk(tmp_path / "out")
+    assert isinstance(loaded, TokenizedSAE)
+    assert (loaded.cfg.lookup, loaded.cfg.upstream_key) == (lookup, key)
+    assert loaded.cfg.upstream_release == str(release_dir / "up0")
+    assert loaded.cfg.upstream_hook_name == UP_HOOK
+    tokens = corpus[150:160]
+    _, cache = tiny2.run_with_cache(tokens, names_filter=[UP_HOOK, DOWN_HOOK])
+    acts = cache[DOWN_HOOK]
+    with torch.no_grad(), loaded.using_tokens(tokens, upstream_acts=cache[UP_HOOK]):
+        error = (loaded(acts) - acts).pow(2).mean()
+        trained_table = loaded.W_upstream_lookup.clone()
+        loaded.W_upstream_lookup.zero_()  # the table the runner started from
+        error_without_table = (loaded(acts) - acts).pow(2).mean()
+    # the runner trained the upstream table from the packed upstream activations,
+    # and it carries part of the reconstruction on sequences it did not see
+    assert trained_table.abs().sum() > 0
+    assert error < 0.9 * error_without_table
+    loaded.W_upstream_lookup.data.copy_(trained_table)
+    with torch.no_grad():
+        expected = spliced_by_hand(tiny2, loaded, tokens)
+        with loaded.capture_tokens(tiny2):
+            logits = tiny2.run_with_saes(tokens, saes=[loaded])
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_runner_refuses_an_upstream_hook_after_its_own_before_training(
+    tiny2, corpus, release_dir, tmp_path
+):
+    with pytest.raises(ValueError, match="does not run before"):
+        runner_for(
+            "upstream_sae", "codes", tiny2, corpus, release_dir, tmp_path,
+            hook="blocks.0.hook_resid_pre",
+        )  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 # -- effective tokens --------------------------------------------------------------
 
 
@@ -545,3 +633,30 @@ def test_ngram_units_are_told_apart():
         "on c a b": "trigram",
         "random": "context",
     }
+
+
+@pytest.mark.parametrize("key", ["codes", "top1"])
+def test_effective_token_weights_follow_the_key(tiny2, corpus, trained, key):
+    """Firings and weights against the upstream SAE's ``encode`` by hand: with
+    the codes key a latent fires where ``g_j > 0`` and weighs ``mean g_j |U[j]|``;
+    with the top-1 key only where it is the most active latent, weighing ``|U[j]|``."""
+    sae = SAE.load_from_disk(trained[("upstream_sae", key)])
+    tokens = corpus[:40]
+    top, _ = effective_tokens(sae, tiny2, tokens, top=8, min_firings=1)
+    _, cache = tiny2.run_with_cache(tokens, names_filter=UP_HOOK)
+    with torch.no_grad():
+        codes = sae.upstream_sae.encode(cache[UP_HOOK][:, 1:].reshape(-1, D_UP_IN))
+    norms = sae.W_upstream_lookup.detach().norm(dim=1)
+    assert len(top) == 8
+    for row in top.itertuples():
+        g = codes[:, row.latent]
+        if key == "codes":
+            fired = g > 0
+            expected = g[fired].mean() * norms[row.latent]
+        else:
+            fired = (codes.argmax(dim=1) == row.latent) & (codes.max(dim=1).values > 0)
+            expected = norms[row.latent]
+        assert row.firings == int(fired.sum())
+        assert row.weight == pytest.approx(float(expected), rel=1e-4)
+    if key == "top1":  # fewer firings than the codes key would count
+        assert (top.firings < (codes[:, top.latent] > 0).sum(0).numpy()).any()

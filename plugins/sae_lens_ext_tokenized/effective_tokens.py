@@ -3,7 +3,9 @@ whether they are multi-token units.
 
 For an SAE with an upstream-SAE table ``U``, each upstream latent ``j`` adds
 ``g_j U[j]`` to the reconstruction.  Its *weight* is the typical size of that
-vector where the latent fires, ``mean(g_j | g_j > 0) * |U[j]|``.  For the
+vector where the latent fires, ``mean(g_j | g_j > 0) * |U[j]|``; with the
+``top1`` key, ``j`` adds ``U[j]`` where it is the most active latent, so it
+counts as firing there only and its weight is ``|U[j]|``.  For the
 latents of largest weight this reports the token contexts where they fire and
 the shortest n-gram (current token; previous + current; two previous +
 current) that determines them.  An n-gram *determines* a latent when it occurs
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
+
+from .upstream import key_weights
 
 UNITS = {1: "token", 2: "bigram", 3: "trigram"}
 
@@ -98,11 +102,13 @@ def effective_tokens(
     ``min_firings`` times (the null baseline).
     """
     codes, grams = upstream_firings(sae, model, tokens)
+    row_weights = key_weights(codes, sae.cfg.upstream_key)  # what multiplies U[j]
     table = sae.W_upstream_lookup.detach().float().cpu()
-    fired_mask = codes > 0
+    fired_mask = row_weights > 0
+    codes = codes * fired_mask  # top-1 key: a latent counts where it is the key
     firings = fired_mask.sum(0)
-    mean_act = codes.sum(0) / firings.clamp_min(1)
-    weight = mean_act * table.norm(dim=1)
+    mean_weight = row_weights.sum(0) / firings.clamp_min(1)
+    weight = mean_weight * table.norm(dim=1)
     decoder = sae.upstream_sae.W_dec.detach().float().cpu()
     cosine = torch.nn.functional.cosine_similarity(table, decoder, dim=1)
     eligible = (firings >= min_firings).nonzero().flatten()

@@ -20,7 +20,7 @@ import torch
 
 from .capture import check_vocab
 from .keys import KEY_COLUMNS, pair_rows, unpack_tokens
-from .upstream import uses_token_table
+from .upstream import key_weights, uses_token_table
 
 INIT_METHODS = ("unigram", "mean", "zeros")
 UPSTREAM_INIT_METHODS = ("lstsq", "zeros")
@@ -125,7 +125,7 @@ def init_upstream_table(
         with sae._using_keys(keys):  # U is zero: the tokens' (and pairs') term
             others = sae.lookup_term(acts.shape[:-1], torch.float64)
         residual = acts.double() - sae.b_dec.double() - others
-        codes = regression_codes(keys.upstream_codes.double(), sae.cfg.upstream_key)
+        codes = key_weights(keys.upstream_codes.double(), sae.cfg.upstream_key)
         gram += codes.T @ codes
         cross += codes.T @ residual
     seen = gram.diagonal() > 0
@@ -135,12 +135,3 @@ def init_upstream_table(
     solved = torch.linalg.solve(gram + damping * eye, cross[seen])
     sae.W_upstream_lookup[seen] = solved.to(sae.W_upstream_lookup.dtype)
     return {"upstream_latents_seen": int(seen.sum()), "rows": len(rows)}
-
-
-def regression_codes(codes: torch.Tensor, key: str) -> torch.Tensor:
-    """The regressors of the upstream table: the codes, or one-hot top latents."""
-    if key == "codes":
-        return codes
-    top = codes.max(dim=1)
-    fired = (top.values > 0).to(codes.dtype).unsqueeze(1)
-    return torch.zeros_like(codes).scatter_(1, top.indices.unsqueeze(1), fired)

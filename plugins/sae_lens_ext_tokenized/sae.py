@@ -101,12 +101,14 @@ def check_table_config(cfg) -> None:
 
 
 @dataclass
-class TokenizedSAEConfig(SAEConfig):
-    """Config of an inference tokenized SAE.
+class TokenTableFields:
+    """The fields a tokenized SAE's config adds to SAE-Lens's, inference and
+    training alike (a dataclass mixin placed before SAE-Lens's config class,
+    so SAE-Lens's ``to_dict``/``from_dict`` and ``cfg.json`` see them as
+    ordinary fields).
 
-    - ``base_architecture``: the encoder, ``"topk"`` or ``"standard"`` (ReLU).
-    - ``k``, ``rescale_acts_by_decoder_norm``: as in SAE-Lens's TopK SAE
-      (used when ``base_architecture="topk"``).
+    - ``base_architecture``: the encoder, ``"topk"``, ``"standard"`` (ReLU) or
+      ``"jumprelu"``; ``k``: active latents of a TopK encoder.
     - ``vocab_size``: rows of the token table, the model's ``d_vocab``.
     - ``pair_buckets``: rows of the hashed (previous, current) token-pair
       table; 0 disables it.
@@ -124,7 +126,6 @@ class TokenizedSAEConfig(SAEConfig):
 
     base_architecture: str = "topk"
     k: int = 100
-    rescale_acts_by_decoder_norm: bool = False
     vocab_size: int = 0
     pair_buckets: int = 0
     apply_lookup_to_input: bool = False
@@ -137,8 +138,8 @@ class TokenizedSAEConfig(SAEConfig):
     upstream_key: str = "codes"
 
     def __post_init__(self):
-        super().__post_init__()
         check_table_config(self)
+        super().__post_init__()
 
     @classmethod
     def architecture(cls) -> str:
@@ -147,11 +148,20 @@ class TokenizedSAEConfig(SAEConfig):
 
 
 @dataclass
-class TokenizedTrainingSAEConfig(TrainingSAEConfig):
-    """Config of a tokenized training SAE.
+class TokenizedSAEConfig(TokenTableFields, SAEConfig):
+    """Config of an inference tokenized SAE: SAE-Lens's ``SAEConfig`` plus
+    :class:`TokenTableFields`, and ``rescale_acts_by_decoder_norm`` as in
+    SAE-Lens's TopK SAE."""
 
-    Table fields as in :class:`TokenizedSAEConfig`; TopK fields (``k``,
-    ``use_sparse_activations``, ``aux_loss_coefficient``,
+    rescale_acts_by_decoder_norm: bool = False
+
+
+@dataclass
+class TokenizedTrainingSAEConfig(TokenTableFields, TrainingSAEConfig):
+    """Config of a tokenized training SAE: SAE-Lens's ``TrainingSAEConfig``
+    plus :class:`TokenTableFields`.
+
+    TopK fields (``use_sparse_activations``, ``aux_loss_coefficient``,
     ``rescale_acts_by_decoder_norm``), ReLU fields (``l1_coefficient``,
     ``lp_norm``, ``l1_warm_up_steps``) and JumpReLU fields (``jumprelu_*``,
     ``l0_coefficient``, ``l0_warm_up_steps``, ``pre_act_loss_coefficient``,
@@ -159,8 +169,6 @@ class TokenizedTrainingSAEConfig(TrainingSAEConfig):
     matching ``base_architecture`` only.
     """
 
-    base_architecture: str = "topk"
-    k: int = 100
     rescale_acts_by_decoder_norm: bool = True
     use_sparse_activations: bool = False
     aux_loss_coefficient: float = 1.0
@@ -176,25 +184,6 @@ class TokenizedTrainingSAEConfig(TrainingSAEConfig):
     jumprelu_tanh_scale: float = 4.0
     jumprelu_ste_to_input: bool = False
     target_l0: float | None = None
-    vocab_size: int = 0
-    pair_buckets: int = 0
-    apply_lookup_to_input: bool = False
-    lookup: str = "token"
-    upstream_release: str | None = None
-    upstream_sae_id: str | None = None
-    upstream_hook_name: str | None = None
-    upstream_d_in: int = 0
-    upstream_d_sae: int = 0
-    upstream_key: str = "codes"
-
-    def __post_init__(self):
-        check_table_config(self)
-        super().__post_init__()
-
-    @classmethod
-    def architecture(cls) -> str:
-        """The registry name, ``"tokenized"``."""
-        return ARCHITECTURE
 
 
 def register_architecture(register=None) -> None:

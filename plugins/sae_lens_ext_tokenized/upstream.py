@@ -118,6 +118,17 @@ def freeze(sae):
     return sae
 
 
+def key_weights(codes: torch.Tensor, key: str) -> torch.Tensor:
+    """The weight of each table row at each position: the codes themselves
+    (``key="codes"``), or a one-hot of the most active latent (``"top1"``,
+    all zero where none fires); ``upstream_term`` is ``key_weights @ table``."""
+    if key == "codes":
+        return codes
+    top = codes.max(dim=-1)
+    fired = (top.values > 0).to(codes.dtype).unsqueeze(-1)
+    return torch.zeros_like(codes).scatter_(-1, top.indices.unsqueeze(-1), fired)
+
+
 def upstream_term(codes: torch.Tensor, table: torch.Tensor, key: str) -> torch.Tensor:
     """``codes @ table`` (``key="codes"``) or the top latent's row (``"top1"``)."""
     codes = codes.to(table.dtype)
