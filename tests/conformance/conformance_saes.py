@@ -18,6 +18,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import tempfile
 import typing
 from functools import cache
 
@@ -45,6 +46,9 @@ HOOK_Z = "blocks.0.attn.hook_z"
 # these random SAEs).  Largest seen on these cases: 2.8e-3 (bf16) and 6e-4
 # (fp16), the LLC loss summed in the SAE's dtype.  Float32 sums of 192 x 16
 # terms: ~1e-6.
+# the cached cases' run folders, under one directory removed when the interpreter exits
+RUN_DIRS = tempfile.TemporaryDirectory(prefix="conformance-")
+
 RTOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
@@ -315,7 +319,6 @@ MDL_OPTIONS = {"finest_precision": 2**-4, "n_precisions": 5}
 @cache
 def run_case(case: Case):
     """The case's SAE, rows and every plugin's numbers from one shared pass."""
-    import tempfile
     from pathlib import Path
     from unittest import mock
 
@@ -329,7 +332,8 @@ def run_case(case: Case):
     sae = build_sae(case)
     x, token_context, positions = activations()
     tokens = token_context.reshape(-1)
-    out_dir = Path(tempfile.mkdtemp(prefix="conformance-"))
+    out_dir = Path(RUN_DIRS.name) / case.id
+    out_dir.mkdir()
     context = RunContext(sae=sae, release="conformance", sae_id="case", out_dir=out_dir)
     base = BaseAnalysis(BaseConfig(ce_batches=0), context)
     mdl = MDLAnalysis(MDLConfig(**MDL_OPTIONS), context)

@@ -4,8 +4,6 @@ on one head's slice, as SAE-Lens's activation store gives it)."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -33,12 +31,12 @@ def attention_sae(kind: str):
     return sae
 
 
-def run_base(sae, model, tokens):
+def run_base(sae, model, tokens, out_dir):
     context = RunContext(
         sae=sae,
         release="conformance",
         sae_id="attention",
-        out_dir=Path(tempfile.mkdtemp()),
+        out_dir=out_dir,
         model=model,
         hook_name=HOOK_Z,
     )
@@ -51,10 +49,10 @@ def run_base(sae, model, tokens):
 
 
 @pytest.mark.parametrize("kind", ["hook_z", "hook_head_index"])
-def test_attention_sae_metrics_match_sae_lens(kind, tiny_model, tiny_tokens):
+def test_attention_sae_metrics_match_sae_lens(kind, tiny_model, tiny_tokens, tmp_path):
     tokens = tiny_tokens[:8]
     sae = attention_sae(kind)
-    metrics, mdl = run_base(sae, tiny_model, tokens)
+    metrics, mdl = run_base(sae, tiny_model, tokens, tmp_path)
     with torch.no_grad():
         _, cache = tiny_model.run_with_cache(tokens, names_filter=HOOK_Z)
         z = cache[HOOK_Z][:, 1:]  # [b, pos, heads, d_head], BOS excluded

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import pytest
 import torch
 from conformance_saes import Case, build_sae, refused_architectures
@@ -23,10 +20,8 @@ from sae_lens_ext.errors import RunError
 REFUSED = refused_architectures()
 
 
-def builders(sae):
-    context = RunContext(
-        sae=sae, release="conformance", sae_id="case", out_dir=Path(tempfile.mkdtemp())
-    )
+def builders(sae, out_dir):
+    context = RunContext(sae=sae, release="conformance", sae_id="case", out_dir=out_dir)
     return {
         "base": lambda: BaseAnalysis(BaseConfig(), context),
         "mdl": lambda: MDLAccumulator(sae, MDLConfig()),
@@ -41,9 +36,9 @@ def test_the_refused_are_transcoders_and_temporal():
 
 
 @pytest.mark.parametrize("architecture", REFUSED)
-def test_analyses_refuse_with_the_reason_and_the_fix(architecture):
+def test_analyses_refuse_with_the_reason_and_the_fix(architecture, tmp_path):
     sae = build_sae(Case(architecture))
-    for name, build in builders(sae).items():
+    for name, build in builders(sae, tmp_path).items():
         with pytest.raises(UnsupportedSAEError) as raised:
             build()
         message = str(raised.value)
