@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -126,16 +127,54 @@ class CodeMap:
     ) -> torch.Tensor:
         """``decode(f + delta) - decode(f)`` ``[n, d_out]`` (float64) for a
         sparse ``delta`` given as (row, latent, value) entries."""
+        return self.mover(sae_in, row_ids, latent_ids)(deltas)
+
+    def mover(
+        self, sae_in: torch.Tensor, row_ids: torch.Tensor, latent_ids: torch.Tensor
+    ) -> SparseMover:
+        """:meth:`moved` for many ``deltas`` on the same (row, latent) entries."""
+        return SparseMover(self, sae_in, row_ids, latent_ids)
+
+
+class SparseMover:
+    """``decode(f + delta) - decode(f)`` for deltas on fixed (row, latent) entries.
+
+    The sparsity pattern, the row scales and the decode rows are prepared
+    once; each call is one product of a CSR matrix with the rows (about 5x
+    faster on the CPU than a COO product, which sorts its entries on every
+    call, with the same sums).  Entries come row-major from ``nonzero()``
+    and are sorted if not.
+    """
+
+    def __init__(self, code_map, sae_in, row_ids, latent_ids):
         n = sae_in.shape[0]
-        delta = torch.sparse_coo_tensor(
-            torch.stack([row_ids, latent_ids]),
-            deltas.double(),
-            (n, self.rows.shape[0]),
-            check_invariants=False,
-        )
-        moved = torch.sparse.mm(delta, self.rows.to(deltas.device))
-        scale = self.row_scale(sae_in)
-        return moved if scale is None else moved * scale[:, None]
+        self.order = None
+        if row_ids.numel() > 1 and bool((row_ids[1:] < row_ids[:-1]).any()):
+            self.order = torch.argsort(row_ids, stable=True)
+            row_ids, latent_ids = row_ids[self.order], latent_ids[self.order]
+        self.row_starts = torch.zeros(n + 1, dtype=torch.long, device=row_ids.device)
+        self.row_starts[1:] = torch.bincount(row_ids, minlength=n).cumsum(0)
+        self.latent_ids = latent_ids
+        self.shape = (n, code_map.rows.shape[0])
+        self.rows = code_map.rows.to(row_ids.device)
+        self.scale = code_map.row_scale(sae_in)
+
+    def __call__(self, deltas: torch.Tensor) -> torch.Tensor:
+        """The move ``[n, d_out]`` (float64) for these entries' ``deltas``."""
+        values = deltas.double()
+        if self.order is not None:
+            values = values[self.order]
+        with warnings.catch_warnings():  # "CSR support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            delta = torch.sparse_csr_tensor(
+                self.row_starts,
+                self.latent_ids,
+                values,
+                self.shape,
+                check_invariants=False,
+            )
+        moved = delta @ self.rows
+        return moved if self.scale is None else moved * self.scale[:, None]
 
 
 def code_map(sae) -> CodeMap | None:

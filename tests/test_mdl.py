@@ -113,6 +113,33 @@ def test_sparse_quantisation_error_equals_dense_decode():
     torch.testing.assert_close(errors[0], errors[1], rtol=1e-6, atol=0)
 
 
+def test_result_tables_equal_pooled_histograms_at_every_rung():
+    """The result's bits per rung and its latents table (computed from the
+    non-empty cells in one pass) against each rung's own pooled histogram."""
+    acts = sparse_codes(seed=7)
+    sae = make_sae(d_sae=acts.shape[1])
+    accumulator = MDLAccumulator(sae, MDLConfig(finest_precision=2**-6))
+    for chunk in acts.split(700):
+        accumulator.update(torch.randn(len(chunk), 16), chunk)
+    result = accumulator.result()
+    hists = list(accumulator.histograms())
+    bits = [h.entropy().sum().item() for h in hists]
+    assert result.precisions["bits_per_token"].tolist() == pytest.approx(
+        bits, rel=1e-12
+    )
+    chosen = hists[int(result.precisions["chosen"].to_numpy().argmax())]
+    assert chosen.precision == result.precision
+    torch.testing.assert_close(
+        torch.tensor(result.latents["entropy_bits"].to_numpy()),
+        chosen.entropy(),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    assert result.latents["bins_used"].tolist() == chosen.bins_used().tolist()
+    firing = chosen.nonzero_counts().double() / len(acts)
+    assert result.latents["firing_frequency"].tolist() == firing.tolist()
+
+
 def test_coarser_precision_never_increases_entropy():
     acts = sparse_codes(seed=3)
     sae = make_sae(d_sae=acts.shape[1])

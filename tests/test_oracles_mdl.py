@@ -92,3 +92,75 @@ def test_entropy_bits_is_per_row():
 def test_binary_entropy_closed_form(p):
     expected = sum(-q * math.log2(q) for q in (p, 1 - p) if q > 0)
     assert binary_entropy(p) == pytest.approx(expected, abs=1e-12)
+
+
+def _sae_unlike_ours(kind: str):
+    """SAE-Lens SAEs whose decode is not ``f @ W_dec + b_dec`` with unit rows."""
+    from sae_lens import (
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        StandardSAE,
+        StandardSAEConfig,
+        TopKSAE,
+        TopKSAEConfig,
+    )
+
+    d_in, d_sae = 12, 40
+    if kind == "jumprelu-fp16":
+        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, dtype="float16"))
+    elif kind == "topk-rescaled":
+        sae = TopKSAE(
+            TopKSAEConfig(
+                d_in=d_in, d_sae=d_sae, k=8, rescale_acts_by_decoder_norm=True
+            )
+        )
+    else:
+        normalize = "constant_norm_rescale" if kind == "relu-normalised" else "none"
+        sae = StandardSAE(
+            StandardSAEConfig(d_in=d_in, d_sae=d_sae, normalize_activations=normalize)
+        )
+    generator = torch.Generator().manual_seed(21)
+    with torch.no_grad():
+        norms = 0.5 + 7.5 * torch.rand(d_sae, 1, generator=generator)  # 0.5 .. 8
+        w_dec = torch.randn(d_sae, d_in, generator=generator)
+        sae.W_dec.copy_(w_dec / w_dec.norm(dim=1, keepdim=True) * norms)
+        sae.b_dec.copy_(torch.randn(d_in, generator=generator))
+    return sae
+
+
+@pytest.mark.parametrize(
+    "kind", ["jumprelu-fp16", "relu-normalised", "topk-rescaled", "relu-plain"]
+)
+def test_sparse_mover_equals_sae_lens_decode_of_moved_codes(kind):
+    """``CodeMap.mover`` (the CSR product MDL uses for every precision) against
+    SAE-Lens's own ``decode`` of the code before and after the move, on
+    non-unit decoders (row norms 0.5-8), decoder-norm rescaling, input
+    normalisation and fp16, with the entries handed over out of order."""
+    from sae_lens_ext import code_map
+
+    sae = _sae_unlike_ours(kind)
+    dtype = sae.W_dec.dtype
+    generator = torch.Generator().manual_seed(22)
+    x = (3 * torch.randn(64, 12, generator=generator)).to(dtype)
+    code = torch.rand(64, 40, generator=generator) * 4
+    code = (code * (torch.rand(64, 40, generator=generator) < 0.2)).to(dtype)
+    rows, latents = code.nonzero(as_tuple=True)
+    shuffle = torch.randperm(len(rows), generator=generator)
+    rows, latents = rows[shuffle], latents[shuffle]
+    mover = code_map(sae).mover(x, rows, latents)
+    for precision in (0.03, 0.5, 2.0):
+        quantised = QuantisedHistograms(1, precision).dequantise(code[rows, latents])
+        moved_code = code.clone()
+        moved_code[rows, latents] = quantised
+        with torch.no_grad():  # encode sets the per-row normalisation state
+            sae.encode(x)
+            before = sae.decode(code).double()
+            sae.encode(x)
+            after = sae.decode(moved_code).double()
+        move = mover(quantised.double() - code[rows, latents].double())
+        # the reference rounds each decode to the SAE's dtype: a few ulps of
+        # the output's magnitude (0.03 at fp16 for outputs near 40)
+        ulp = torch.finfo(dtype).eps * float(after.abs().max())
+        torch.testing.assert_close(move, after - before, rtol=0, atol=4 * ulp)
+        if precision == 2.0:  # a real move, far above the rounding
+            assert float((after - before).abs().max()) > 30 * ulp

@@ -108,3 +108,45 @@ def test_no_tokens_cost_nothing_and_empty_batches_count_tokens():
         hist.coarsened(-1)
     with pytest.raises(ValueError, match="precision"):
         QuantisedHistograms(3, 0.0)
+
+
+@pytest.mark.parametrize("width", [None, 8, 400])
+def test_ladder_statistics_equal_python_counters_at_every_level(small_slices, width):
+    """The segment-sum pooling of non-empty cells (what MDL's result uses)
+    against counts made directly at each coarser precision, tail included."""
+    d_sae, n_tokens = 5, 1000
+    latents, values = activations(1200, d_sae, seed=4)
+    hist = QuantisedHistograms(d_sae, PRECISION, width=width)
+    for part in torch.arange(1200).split(300):
+        hist.add(latents[part], values[part], 250)
+    if width == 8:
+        assert hist.tail_keys.numel() > 0
+    statistics = hist.ladder_statistics(6)
+    assert statistics.entropy.shape == statistics.bins_used.shape == (6, d_sae)
+    for level in range(6):
+        expected = counters(latents, values, d_sae, PRECISION * 2**level)
+        assert statistics.nonzero.tolist() == [sum(c.values()) for c in expected]
+        assert statistics.bins_used[level].tolist() == [len(c) for c in expected]
+        bits = [entropy(c, n_tokens) for c in expected]
+        assert statistics.entropy[level].tolist() == pytest.approx(
+            bits, rel=1e-12, abs=1e-12
+        )
+        coarse = hist.coarsened(level)
+        assert torch.equal(statistics.bins_used[level], coarse.bins_used())
+        torch.testing.assert_close(
+            statistics.entropy[level], coarse.entropy(), rtol=1e-13, atol=1e-13
+        )
+
+
+def test_ladder_statistics_of_no_tokens_and_of_dead_latents():
+    hist = QuantisedHistograms(3, PRECISION)
+    assert hist.ladder_statistics(2).entropy.tolist() == [[0.0] * 3] * 2
+    hist.add(torch.tensor([1, 1]), torch.tensor([0.6, -0.6]), 10)
+    statistics = hist.ladder_statistics(2)
+    # latent 1: off 8, bin 2 positive once, bin 2 negative once; signs stay apart
+    expected = -(0.8 * math.log2(0.8) + 2 * 0.1 * math.log2(0.1))
+    assert statistics.entropy[:, 1].tolist() == pytest.approx([expected] * 2)
+    assert (
+        statistics.entropy[:, [0, 2]].abs().max() < 1e-12
+    )  # log2 10 - 10 log2 10 / 10
+    assert statistics.bins_used.tolist() == [[0, 2, 0], [0, 2, 0]]

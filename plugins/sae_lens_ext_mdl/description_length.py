@@ -193,6 +193,29 @@ class DescriptionLength:
         return metrics
 
 
+@dataclass
+class CodeBatch:
+    """One batch's code and errors, prepared once for every precision tried.
+
+    ``rows``/``latents``/``values`` are the non-zero entries of
+    ``feature_acts`` (row-major); ``error`` is ``x - decode(feature_acts)``
+    (float64); ``mover`` gives the decode's move for deltas on those
+    entries (:meth:`sae_lens_ext.CodeMap.mover`), None when the decode is
+    not known to be affine.
+    """
+
+    x: torch.Tensor
+    error: torch.Tensor
+    feature_acts: torch.Tensor
+    rows: torch.Tensor
+    latents: torch.Tensor
+    values: torch.Tensor
+    mover: object = None
+
+    def __post_init__(self):
+        self.exact = self.values.double()
+
+
 class MDLAccumulator:
     """One pass over activations: histograms and quantised errors per precision.
 
@@ -216,6 +239,7 @@ class MDLAccumulator:
         self.max_abs = 0.0
         self.ce_per_batch: list[torch.Tensor] = []  # per batch [levels + 1]
         self.ce_mask: torch.Tensor | None = None  # this batch's spliced positions
+        self.pilot_sq_err: dict[float, float] = {}  # first batch, by precision
         self.non_negative = sae.cfg.architecture() in NON_NEGATIVE_ARCHITECTURES
         self.code_map = code_map(sae)
         self.columns: torch.Tensor | None = None  # decode columns (per_latent)
@@ -256,11 +280,9 @@ class MDLAccumulator:
                 ladder.n, self.sae.cfg.d_sae, dtype=torch.float64, device=device
             )
 
-    def _place_ladder(
-        self, x, batch_error, feature_acts, rows, latents, values, tokens
-    ):
+    def _place_ladder(self, batch: CodeBatch, tokens):
         """Place the ladder around the pilot's choice on this (first) batch."""
-        scale = activation_scale(values)
+        scale = activation_scale(batch.values)
         config = self.config
         if config.loss == "ce":
             if tokens is None:
@@ -274,13 +296,14 @@ class MDLAccumulator:
                 return self._ce(tokens, scale * 2.0**octave) - clean <= config.tolerance
 
         else:
-            clean = batch_error.pow(2).sum().item()
+            clean = batch.error.pow(2).sum().item()
 
             def passes(octave):
-                quantised = bin_midpoints(values, scale * 2.0**octave)
+                precision = scale * 2.0**octave
                 err = self._quantised_sq_err(
-                    x, batch_error, feature_acts, rows, latents, quantised
+                    batch, bin_midpoints(batch.values, precision)
                 )
+                self.pilot_sq_err[precision] = err
                 if clean == 0:
                     return err == 0
                 return (err - clean) / clean <= config.tolerance
@@ -345,35 +368,48 @@ class MDLAccumulator:
             if sae_out is None:
                 sae_out = self.sae.decode(feature_acts)
             batch_error = x - sae_out.reshape(x.shape).double()
+            batch = CodeBatch(
+                x,
+                batch_error,
+                feature_acts,
+                rows,
+                latents,
+                values,
+                mover=None
+                if self.code_map is None
+                else self.code_map.mover(x, rows, latents),
+            )
             if self.ladder is None:
-                self._place_ladder(
-                    x, batch_error, feature_acts, rows, latents, values, token_context
-                )
+                self._place_ladder(batch, token_context)
             clean = batch_error.pow(2).sum().item()
             self.sq_err_clean += clean
             self.finest.add(latents, values, n)
             batch_sq_err = torch.zeros(self.n_levels + 1, dtype=torch.float64)
             batch_sq_err[0] = clean
             for level in range(self.n_levels):
-                quantised = self.finest.dequantise(values, level)
-                batch_sq_err[level + 1] = self._quantised_sq_err(
-                    x, batch_error, feature_acts, rows, latents, quantised
-                )
+                # the pilot measured some rungs on this (first) batch already:
+                # the same precision, values and error, so the same number
+                known = self.pilot_sq_err.pop(self.finest.precision * 2**level, None)
+                if known is None:
+                    quantised = self.finest.dequantise(values, level)
+                    known = self._quantised_sq_err(batch, quantised)
+                batch_sq_err[level + 1] = known
+            self.pilot_sq_err.clear()
             self.sq_err += batch_sq_err[1:]
             self.batch_sq_err.append(batch_sq_err)
             if self.latent_sq_err is not None:
-                self._add_latent_sq_err(
-                    batch_error, feature_acts, rows, latents, values
-                )
+                self._add_latent_sq_err(batch)
         if self.config.loss == "ce" and token_context is not None:
             self._add_ce(token_context)
 
-    def _add_latent_sq_err(self, batch_error, feature_acts, rows, latents, values):
+    def _add_latent_sq_err(self, batch: CodeBatch):
         """Per latent and rung, the additive part of the quantised error.
 
         ``delta^2 ||w_i||^2 - 2 delta e.w_i`` summed over the latent's non-zero
         values, with ``w_i`` the decode map's column (see :mod:`.allocation`).
         """
+        batch_error, feature_acts = batch.error, batch.feature_acts
+        rows, latents, values = batch.rows, batch.latents, batch.values
         if self.columns is None:
             self.columns = decode_columns(self.sae)
             check_affine_decode(self.sae, feature_acts, self.columns)
@@ -387,7 +423,7 @@ class MDLAccumulator:
             terms = delta.pow(2) * norms[latents] - 2 * delta * along
             self.latent_sq_err[level].index_add_(0, latents, terms)
 
-    def _quantised_sq_err(self, x, batch_error, feature_acts, rows, latents, quantised):
+    def _quantised_sq_err(self, batch: CodeBatch, quantised: torch.Tensor) -> float:
         """Squared reconstruction error with the non-zero values quantised.
 
         Where the decode is affine in the code (:func:`sae_lens_ext.code_map`:
@@ -397,15 +433,15 @@ class MDLAccumulator:
         product replaces a dense decode per precision.  Otherwise SAE-Lens
         encodes and decodes the quantised code.
         """
-        if self.code_map is None:
-            dense = torch.zeros_like(feature_acts)
-            dense[rows, latents] = quantised.to(dense.dtype)
-            self.sae.encode(x.to(feature_acts.dtype))  # per-row state, if any
+        if batch.mover is None:
+            x = batch.x
+            dense = torch.zeros_like(batch.feature_acts)
+            dense[batch.rows, batch.latents] = quantised.to(dense.dtype)
+            self.sae.encode(x.to(dense.dtype))  # per-row state, if any
             decoded = self.sae.decode(dense).reshape(x.shape)
             return (x - decoded.double()).pow(2).sum().item()
-        deltas = quantised.double() - feature_acts[rows, latents].double()
-        moved = self.code_map.moved(x, rows, latents, deltas)
-        return (batch_error - moved).pow(2).sum().item()
+        moved = batch.mover(quantised.double() - batch.exact)
+        return (batch.error - moved).pow(2).sum().item()
 
     def _ce(self, tokens: torch.Tensor, precision: float | None) -> float:
         """The model's loss with the SAE spliced in, quantised at ``precision``."""
@@ -466,8 +502,9 @@ class MDLAccumulator:
         d_in = self.sae.cfg.d_in
         mse = (self.sq_err / (self.n * d_in)).tolist()
         mse_clean = self.sq_err_clean / (self.n * d_in)
-        entropies = [h.entropy().cpu() for h in self.histograms()]
-        bits = [e.sum().item() for e in entropies]
+        statistics = self.finest.ladder_statistics(self.n_levels)
+        entropies = statistics.entropy.cpu()
+        bits = entropies.sum(1).tolist()
         table = pd.DataFrame(
             {
                 "precision": [self.finest.precision * 2**j for j in range(len(bits))],
@@ -497,26 +534,26 @@ class MDLAccumulator:
         warning = ladder_end_warning(choice, met, len(table), self.config.loss)
         if warning:
             warnings.warn(f"MDL: {warning}", stacklevel=2)
-        hist = self.finest.coarsened(choice)
+        chosen_precision = float(precisions[choice])
         l0 = self.nonzero / self.n
         latents = pd.DataFrame(
             {
                 "latent": range(self.sae.cfg.d_sae),
-                "firing_frequency": (hist.nonzero_counts().cpu() / self.n).numpy(),
+                "firing_frequency": (statistics.nonzero.cpu() / self.n).numpy(),
                 "entropy_bits": entropies[choice].numpy(),
-                "bins_used": hist.bins_used().cpu().numpy(),
+                "bins_used": statistics.bins_used[choice].cpu().numpy(),
             }
         )
-        allocation = self._allocation(torch.stack(entropies))
+        allocation = self._allocation(entropies)
         if allocation is not None:
             latents["allocated_precision"] = precisions[allocation.rungs.numpy()]
             latents["allocated_entropy_bits"] = (
-                torch.stack(entropies)[allocation.rungs, torch.arange(len(latents))]
+                entropies[allocation.rungs, torch.arange(len(latents))]
             ).numpy()
-        values_bits = math.log2(max(2.0, 2 * self.max_abs / hist.precision))
+        values_bits = math.log2(max(2.0, 2 * self.max_abs / chosen_precision))
         return DescriptionLength(
             bits_per_token=bits[choice],
-            precision=hist.precision,
+            precision=chosen_precision,
             loss=float(losses[choice]),
             loss_kind=self.config.loss,
             tolerance_met=met,

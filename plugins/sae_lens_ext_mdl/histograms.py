@@ -28,6 +28,7 @@ a few MB.  The quantised value used for reconstruction is the bin midpoint.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -135,6 +136,62 @@ class QuantisedHistograms:
         )
         return used
 
+    def cells(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every non-empty ``(latent, symbol)`` cell and its count, tail included."""
+        self._merge_tail()
+        latent = self.tail_keys >> SYMBOL_BITS
+        symbol = self.tail_keys & ((1 << SYMBOL_BITS) - 1)
+        count = self.tail_counts
+        if self.counts is not None:
+            rows, columns = self.counts.nonzero(as_tuple=True)
+            latent = torch.cat([rows, latent])
+            symbol = torch.cat([columns, symbol])
+            count = torch.cat([self.counts[rows, columns].long(), count])
+        return latent, symbol, count
+
+    def ladder_statistics(self, n_levels: int) -> LadderStatistics:
+        """Entropy and bins used per latent at ``precision * 2**l``, ``l < n_levels``.
+
+        The same numbers as ``coarsened(l).entropy()`` and ``.bins_used()``
+        for every ``l``, from the non-empty cells alone: each cell's key
+        ``(latent, sign, bin)`` is sorted once, and at level ``l`` the cells
+        whose keys agree after ``bin >> l`` are consecutive, so pooling is a
+        segment sum over O(cells) entries instead of a pass over the table
+        ``[d_sae, width]`` per level.
+        """
+        latent, symbol, count = self.cells()
+        nonzero = torch.zeros(self.d_sae, dtype=torch.long, device=self.device)
+        nonzero.index_add_(0, latent, count)
+        group = latent * 2 + symbol % 2  # (latent, sign)
+        key, order = torch.sort((group << SYMBOL_BITS) | (symbol // 2))
+        count = count[order]
+        group, bins = key >> SYMBOL_BITS, key & ((1 << SYMBOL_BITS) - 1)
+        n = self.n_tokens
+        zeros = (n - nonzero).double()
+        zero_terms = zeros * torch.log2(zeros.clamp_min(1))
+        entropy = torch.zeros(
+            n_levels, self.d_sae, dtype=torch.float64, device=self.device
+        )
+        bins_used = torch.zeros(
+            n_levels, self.d_sae, dtype=torch.long, device=self.device
+        )
+        for level in range(n_levels):
+            coarse = (group << SYMBOL_BITS) | (bins >> level)
+            starts = torch.ones_like(coarse, dtype=torch.bool)
+            starts[1:] = coarse[1:] != coarse[:-1]
+            segment = starts.cumsum(0) - 1
+            pooled = torch.zeros(
+                int(starts.sum()), dtype=torch.long, device=self.device
+            ).index_add_(0, segment, count)
+            owner = group[starts] // 2
+            pooled = pooled.double()
+            c_log_c = zero_terms.clone().index_add_(
+                0, owner, pooled * torch.log2(pooled)
+            )
+            entropy[level] = math.log2(n) - c_log_c / n if n else 0.0
+            bins_used[level].index_add_(0, owner, torch.ones_like(owner))
+        return LadderStatistics(entropy, bins_used, nonzero)
+
     def coarsened(self, levels: int) -> QuantisedHistograms:
         """The same counts at precision ``precision * 2**levels``.
 
@@ -215,6 +272,15 @@ class QuantisedHistograms:
         """Slices of latents whose table rows fill about ``SLICE`` cells."""
         step = max(1, SLICE // max(self.width or 1, 1))
         return [slice(i, i + step) for i in range(0, self.d_sae, step)]
+
+
+@dataclass
+class LadderStatistics:
+    """Per latent at every level of a ladder: what the result tables need."""
+
+    entropy: torch.Tensor  # [levels, d_sae] bits
+    bins_used: torch.Tensor  # [levels, d_sae] distinct non-zero symbols
+    nonzero: torch.Tensor  # [d_sae] tokens the latent fired on
 
 
 def bin_midpoints(values: torch.Tensor, precision: float) -> torch.Tensor:
