@@ -136,7 +136,7 @@ def test_result_tables_equal_pooled_histograms_at_every_rung():
         atol=1e-12,
     )
     assert result.latents["bins_used"].tolist() == chosen.bins_used().tolist()
-    firing = chosen.nonzero_counts().double() / len(acts)
+    firing = chosen.nonzero_counts() / len(acts)
     assert result.latents["firing_frequency"].tolist() == firing.tolist()
 
 
