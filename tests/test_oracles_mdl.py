@@ -16,6 +16,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_sae
+from sae_lens import (
+    JumpReLUSAE,
+    JumpReLUSAEConfig,
+    StandardSAE,
+    StandardSAEConfig,
+    TopKSAE,
+    TopKSAEConfig,
+)
 from sae_lens_ext_mdl import (
     MDLAccumulator,
     MDLConfig,
@@ -23,6 +31,8 @@ from sae_lens_ext_mdl import (
     binary_entropy,
     entropy_bits,
 )
+
+from sae_lens_ext import code_map
 
 
 def midpoint(values: np.ndarray, precision: float) -> np.ndarray:
@@ -96,15 +106,6 @@ def test_binary_entropy_closed_form(p):
 
 def _sae_unlike_ours(kind: str):
     """SAE-Lens SAEs whose decode is not ``f @ W_dec + b_dec`` with unit rows."""
-    from sae_lens import (
-        JumpReLUSAE,
-        JumpReLUSAEConfig,
-        StandardSAE,
-        StandardSAEConfig,
-        TopKSAE,
-        TopKSAEConfig,
-    )
-
     d_in, d_sae = 12, 40
     if kind == "jumprelu-fp16":
         sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, dtype="float16"))
@@ -136,8 +137,6 @@ def test_sparse_mover_equals_sae_lens_decode_of_moved_codes(kind):
     SAE-Lens's own ``decode`` of the code before and after the move, on
     non-unit decoders (row norms 0.5-8), decoder-norm rescaling, input
     normalisation and fp16, with the entries handed over out of order."""
-    from sae_lens_ext import code_map
-
     sae = _sae_unlike_ours(kind)
     dtype = sae.W_dec.dtype
     generator = torch.Generator().manual_seed(22)
