@@ -69,6 +69,15 @@ from sae_lens_ext.runner import DEFAULT_N_TOKENS
 TOLERANCE = 0.06
 METRICS = ("mean_full_absorption_score", "mean_absorption_fraction_score")
 PER_LETTER = ("full_absorption_rate", "mean_absorption_fraction")
+# the per-letter table: absorption, probe-positive test words, ground-truth
+# probe F1, main latents and the test F1 of the k-sparse probe on them
+COLUMNS = (
+    *PER_LETTER,
+    "num_probe_true_positives",
+    "probe_f1",
+    "main_latents",
+    "sparse_f1",
+)
 
 
 def word_position(tokenizer, template: str) -> int:
@@ -82,7 +91,11 @@ def saebench_absorption(model, sae, name: str, args, workdir: Path):
     """SAEBench's metrics and per-letter table, or (None, reason)."""
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
 
-    config = AbsorptionEvalConfig(model_name=str(sae.cfg.metadata.model_name))
+    config = AbsorptionEvalConfig(
+        model_name=str(sae.cfg.metadata.model_name), **args.saebench_set
+    )
+    if args.saebench_set:
+        print(f"SAEBench's settings changed: {args.saebench_set}")
     position = args.prompt_token_pos or word_position(
         model.tokenizer, config.prompt_template
     )
@@ -156,6 +169,16 @@ def saebench_experiments(model, sae, name, config, position, workdir: Path):
     )
     letters = absorption_main._aggregate_results_df(raw).set_index("letter")
     letters["probe_f1"] = probe_f1
+    splits = probing.set_index("letter")
+    letters["main_latents"] = splits["split_feats"].map(
+        lambda f: ", ".join(map(str, f))
+    )
+    letters["sparse_f1"] = [
+        splits.loc[
+            letter, f"f1_sparse_sae_{max(len(splits.loc[letter, 'split_feats']), 1)}"
+        ]
+        for letter in letters.index
+    ]
     letters = letters.loc[sorted(good & set(letters.index))]
     metrics = {
         "mean_full_absorption_score": float(letters["full_absorption_rate"].mean()),
@@ -165,8 +188,7 @@ def saebench_experiments(model, sae, name, config, position, workdir: Path):
         "letters": len(letters),
         "mean_probe_f1_all_letters": float(probe_f1.mean()),
     }
-    columns = [*PER_LETTER, "num_probe_true_positives", "probe_f1"]
-    return metrics, letters[columns]
+    return metrics, letters[list(COLUMNS)]
 
 
 def our_absorption_on_saebench_rows(model, sae, args, workdir: Path):
@@ -210,7 +232,7 @@ def our_absorption_on_saebench_rows(model, sae, args, workdir: Path):
             "probe_true_positives": "num_probe_true_positives",
         }
     )
-    return metrics, letters[[*PER_LETTER, "num_probe_true_positives", "probe_f1"]]
+    return metrics, letters[list(COLUMNS)]
 
 
 def our_absorption_on_text(release, sae_id, sae, model, args, out_dir: Path):
@@ -331,8 +353,20 @@ def main() -> None:
         default=None,
         help="SAEBench's word position (default: from the tokenizer)",
     )
+    parser.add_argument(
+        "--saebench-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a field of SAEBench's AbsorptionEvalConfig (JSON value): "
+        "k_sparse_probe_num_epochs=500",
+    )
     parser.add_argument("--out", type=Path, help="keep both sides' files here")
     args = parser.parse_args()
+    args.saebench_set = {
+        name: json.loads(value)
+        for name, _, value in (option.partition("=") for option in args.saebench_set)
+    }
     if args.spelling_seen is None:
         args.spelling_seen = args.release == DEMO_RELEASE
     if args.spelling_seen and args.release != DEMO_RELEASE:
