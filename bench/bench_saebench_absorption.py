@@ -299,6 +299,14 @@ def compare(theirs, their_letters, ours, our_letters) -> bool:
             f"mean {difference.mean():+.4f}, max |.| {difference.abs().max():.4f}, "
             f"{int((difference.abs() <= TOLERANCE).sum())} within ±{TOLERANCE}"
         )
+    if "main_latents_ours" in both:  # not in the SAEBench-format file of a text run
+        same = [
+            set(a.split(", ")) == set(b.split(", "))
+            for a, b in zip(
+                both["main_latents_saebench"], both["main_latents_ours"], strict=True
+            )
+        ]
+        print(f"same main latents (as sets): {sum(same)} of {len(both)} letters")
     inside_all = True
     for metric in METRICS:
         difference = ours[metric] - theirs[metric]
