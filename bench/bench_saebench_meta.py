@@ -13,7 +13,7 @@ object.
     python bench/bench_saebench_meta.py --saebench-wheel DIR --seeds 5 --sae-id resid0-topk-2048
     python bench/bench_saebench_meta.py --saebench-wheel DIR --seeds 4 --first-seed 8 \
         --record runs/meta-agreement.jsonl      # appends one line per side and seed
-    python bench/bench_saebench_meta.py --summarise runs/meta-agreement.jsonl
+    python bench/bench_saebench_meta.py --summarise runs/meta-agreement.jsonl [MORE.jsonl ...]
 
 Both sides train in float32 by default (``--autocast`` turns on SAEBench's
 default bf16 autocast for both; SAE-Lens's trainer is slow under CPU
@@ -191,13 +191,19 @@ def paired_summary(records: list[dict]) -> None:
     if not pairs:
         return
     relative = [mine["fve"] / base["fve"] - 1 for mine, base in pairs]
+    mean = statistics.mean(relative)
     spread = statistics.stdev(relative) if len(relative) > 1 else 0.0
     error = spread / math.sqrt(len(relative))
     print(
-        f"  paired ours/SAEBench - 1 per seed: {statistics.mean(relative):+.3%} "
+        f"  paired ours/SAEBench - 1 per seed: {mean:+.3%} "
         f"± {spread:.3%} (std; standard error {error:.3%}; max |.| "
         f"{max(abs(v) for v in relative):.3%}; n={len(relative)})"
     )
+    if len(relative) > 1:
+        from scipy.stats import t
+
+        half = t.ppf(0.975, len(relative) - 1) * error
+        print(f"  its 95% t interval: [{mean - half:+.3%}, {mean + half:+.3%}]")
     scoring = [m["saebench_model_our_scorer"] / b["fve"] - 1 for m, b in pairs]
     training = [m["our_model_saebench_scorer"] / m["fve"] - 1 for m, _ in pairs]
     print(
@@ -235,10 +241,14 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--record", type=Path, help="append one JSON line per run")
-    parser.add_argument("--summarise", type=Path, help="only summarise a --record file")
+    parser.add_argument(
+        "--summarise", type=Path, nargs="+", help="only summarise --record files"
+    )
     args = parser.parse_args()
     if args.summarise:
-        lines = args.summarise.read_text().splitlines()
+        lines = [
+            line for path in args.summarise for line in path.read_text().splitlines()
+        ]
         summarise([json.loads(line) for line in lines if line.strip()])
         return
     with_saebench = args.side in ("both", "saebench", "paired")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from types import SimpleNamespace
 
@@ -29,6 +30,9 @@ from sae_lens_ext_absorption.synthetic import (
 from sae_lens_ext_absorption.topk import StreamingTopK
 
 from sae_lens_ext import run
+
+# the module (the package exports a function of the same name)
+first_letter_module = importlib.import_module("sae_lens_ext_absorption.first_letter")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -280,6 +284,46 @@ def test_first_letter_rate_equals_planted_absorption(seed):
         for latent in filter(None, absorbers.split(", ")):
             assert int(latent) - n_letters in planted.absorbed
     assert result.metrics["letters_evaluated"] == len(expected)
+
+
+def planted_rows(planted):
+    """The planted setup's rows as the letter sampler keeps them."""
+    sampler = LetterSampler(
+        planted.tokenizer, max_rows=100_000, rows_per_token=100, n_codes=32
+    )
+    with torch.no_grad():
+        acts = planted.sae.encode(planted.sae_in)
+    sampler.update(planted.tokens, planted.sae_in, acts)
+    return sampler.rows()
+
+
+def test_first_letter_takes_a_given_split():
+    planted = planted_letters()
+    rows = planted_rows(planted)
+    config = AbsorptionConfig(test_fraction=0.25)
+    default = first_letter_module.first_letter_absorption(rows, planted.sae, config)
+    same = first_letter_module.first_letter_absorption(
+        rows,
+        planted.sae,
+        config,
+        split=first_letter_module._split_by_token(rows.tokens, 0.25, 0),
+    )
+    assert default.letters.equals(same.letters)
+    # a split of its own: only its test rows are scored and counted
+    distinct = rows.tokens.unique()
+    held = distinct[1::2]
+    is_test = torch.isin(rows.tokens, held)
+    result = first_letter_module.first_letter_absorption(
+        rows,
+        planted.sae,
+        config,
+        split=((~is_test).nonzero()[:, 0], is_test.nonzero()[:, 0]),
+    )
+    assert set(result.rows["token"]) <= set(held.tolist())
+    counts = result.letters.set_index("letter")["n_test"]
+    for letter, count in counts.items():
+        index = "abcdefghijklmnopqrstuvwxyz".index(letter)
+        assert count == int((is_test & (rows.letters == index)).sum())
 
 
 def test_first_letter_without_absorption_scores_zero():

@@ -54,15 +54,20 @@ def first_letter_absorption(
     *,
     seed: int = 0,
     token_text=None,
+    split: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> FirstLetterResult:
     """Probe, find main latents, and score absorption per letter.
 
     ``token_text(token_id) -> str`` names the absorbed tokens in the tables.
+    ``split`` gives the train and test row indices (default: a random split
+    by distinct token, ``config.test_fraction`` held out, drawn from ``seed``).
     """
     w_dec = sae.W_dec.detach().float().cpu()
     d_sae = w_dec.shape[0]
     decoding = decoder_code_map(sae)
-    train, test = _split_by_token(sample.tokens, config.test_fraction, seed)
+    if split is None:
+        split = _split_by_token(sample.tokens, config.test_fraction, seed)
+    train, test = split
     labels = torch.nn.functional.one_hot(sample.letters, len(LETTERS)).bool()
     usable = (labels[train].sum(0) >= MIN_TRAIN_POSITIVES) & (
         labels[test].sum(0) >= MIN_TEST_POSITIVES
