@@ -46,6 +46,7 @@ from sae_lens_ext_tokenized import (
 )
 from sae_lens_ext_tokenized.effective_tokens import (
     classify,
+    decode_contexts,
     determined_share,
     effective_tokens,
     ngram_index,
@@ -660,3 +661,37 @@ def test_effective_token_weights_follow_the_key(tiny2, corpus, trained, key):
         assert row.weight == pytest.approx(float(expected), rel=1e-4)
     if key == "top1":  # fewer firings than the codes key would count
         assert (top.firings < (codes[:, top.latent] > 0).sum(0).numpy()).any()
+
+
+def word_tokenizer(kind: str):
+    """A word-level HF tokenizer whose pieces mark word starts the way
+    SentencePiece (``▁upon``, decoded without its space when alone) or GPT-2
+    (``Ġupon``) does; the stories260K tokenizer (Llama-style) behaves like the first."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    marker = "\u2581" if kind == "metaspace" else "\u0120"
+    words = ["<s>", f"{marker}Once", f"{marker}upon", f"{marker}a", "time", ","]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, "<s>"))
+    if kind == "metaspace":
+        tokenizer.decoder = decoders.Metaspace()
+    else:
+        tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+
+
+@pytest.mark.parametrize("kind", ["metaspace", "byte_level"])
+def test_effective_token_contexts_keep_word_starts(kind):
+    """The current token shows its leading space, as it reads in the text, with a
+    SentencePiece-style tokenizer too (found on stories260K: ``decode([id])`` of
+    ``▁upon`` is ``upon``, so every context read as one glued word)."""
+    import pandas as pd
+
+    tokenizer = word_tokenizer(kind)
+    if kind == "metaspace":  # what broke: the piece alone loses its space
+        assert tokenizer.decode([2]) == "upon"
+    table = pd.DataFrame({"contexts": [[[1, 2, 3], [-1, -1, 2], [3, 4, 5]]]})
+    shown = decode_contexts(table, tokenizer).contexts[0].split(" | ")
+    assert shown[0].endswith("upon[ a]")
+    assert shown[1] == "<start><start>[ upon]"
+    assert shown[2].endswith("time[,]")

@@ -154,12 +154,35 @@ def top_contexts(acts: torch.Tensor, grams: torch.Tensor, examples: int) -> list
 
 
 def decode_contexts(table: pd.DataFrame, tokenizer) -> pd.DataFrame:
-    """``contexts`` as text: two previous tokens, then ``[current]``."""
+    """``contexts`` as text: two previous tokens, then ``[current]``.
+
+    The current token is decoded after the previous ones (see
+    :func:`current_token_text`), so a word-start piece keeps its leading
+    space with SentencePiece tokenizers too.
+    """
 
     def text(ids):
-        words = [tokenizer.decode([i]) if i >= 0 else "<start>" for i in ids]
-        return "".join(words[:-1]) + f"[{words[-1]}]"
+        known = [i for i in ids[:-1] if i >= 0]
+        start = "<start>" * (len(ids) - 1 - len(known))
+        before = tokenizer.decode(known) if known else ""
+        return f"{start}{before}[{current_token_text(tokenizer, known, ids[-1])}]"
 
     decoded = table.copy()
     decoded["contexts"] = [" | ".join(text(c) for c in cs) for cs in table.contexts]
     return decoded
+
+
+def current_token_text(tokenizer, before: list[int], token: int) -> str:
+    """The text ``token`` adds after the ids ``before``, its leading space included.
+
+    ``tokenizer.decode([token])`` drops the leading space of a word-start
+    piece with SentencePiece-style tokenizers (``▁upon`` decodes to ``upon``),
+    which hides where words start; decoding it after a context (the token
+    itself when there is none) and removing that context's text keeps it.
+    """
+    anchor = before or [token]
+    prefix = tokenizer.decode(anchor)
+    full = tokenizer.decode([*anchor, token])
+    if full.startswith(prefix):
+        return full[len(prefix) :]
+    return tokenizer.decode([token])  # a piece that merges with its context (bytes)
