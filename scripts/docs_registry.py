@@ -227,6 +227,15 @@ PRODUCERS: dict[str, Producer] = {
         tier="cheap",
         demo=True,
     ),
+    **{
+        f"absorption_widths_{layer}": Producer(
+            f"python bench/absorption_widths.py --layer {layer}",
+            json_command("bench/absorption_widths.py", "--layer", layer),
+            tier="standard",
+            demo=True,
+        )
+        for layer in ("resid0", "resid1")
+    },
     "demo_release": Producer(
         "read sae_lens_ext/demo_release/release.json (written by "
         "python scripts/build_demo_release.py) and the release's size",
@@ -517,6 +526,34 @@ def _demo_run_numbers() -> dict[str, Number]:
     return numbers
 
 
+WIDTH_COLUMNS = {  # short key: (bench/absorption_widths.py column, decimals)
+    "letters": ("letters", 0),
+    "probe_f1": ("probe F1", 3),
+    "rate": ("first-letter rate", 3),
+    "fraction": ("first-letter fraction", 3),
+    "score": ("enc-vs-dec score", 3),
+    "suspected": ("suspected", 0),
+    "alive": ("alive", 0),
+}
+
+
+def _absorption_width_numbers() -> dict[str, Number]:
+    """The absorption page's comparison across the demo widths, both hooks."""
+    numbers = {}
+    for layer in ("resid0", "resid1"):
+        for width in (512, 1024, 2048):
+            sae = f"{layer}-topk-{width}"
+            for short, (column, digits) in WIDTH_COLUMNS.items():
+                numbers[f"absorption.widths.{sae}.{short}"] = Number(
+                    f"absorption_widths_{layer}",
+                    lambda r, sae=sae, column=column: r["rows"][sae][column],
+                    fixed(digits),
+                    rounded(digits),
+                    DETERMINISTIC,
+                )
+    return numbers
+
+
 AS_BUILT = "read from release.json: exact for the shipped files, rounding only"
 RELEASE_SAE_COLUMNS = {  # short key: (release.json field, decimals; None: a percentage)
     "l0": ("l0", 1),
@@ -610,4 +647,5 @@ NUMBERS: dict[str, Number] = {
     **_stage_numbers(),
     **_mdl_compare_numbers(),
     **_demo_release_numbers(),
+    **_absorption_width_numbers(),
 }
