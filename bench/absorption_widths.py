@@ -8,11 +8,14 @@ encoder-vs-decoder mean absorption score and suspected latents, side by side.
 
     python bench/absorption_widths.py                 # resid0 (the default hook)
     python bench/absorption_widths.py --layer resid1  # the later hook
+    python bench/absorption_widths.py --json out.json # also the rows as JSON
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import pandas as pd
 from sae_lens_ext_absorption import absorption_report
@@ -49,8 +52,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer", default="resid0")
     parser.add_argument("--n-tokens", type=int, default=65_536)
+    parser.add_argument(
+        "--json", type=Path, help="also write {sae_id: {column: value}} to this file"
+    )
     args = parser.parse_args()
     table = width_table(args.layer, args.n_tokens)
+    if args.json:
+        rows = table.set_index("sae_id").to_dict(orient="index")
+        args.json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     print("| " + " | ".join(table.columns) + " |")
     print("|" + "---|" * len(table.columns))
     for row in table.itertuples(index=False):

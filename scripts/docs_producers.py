@@ -61,6 +61,21 @@ def demo_run() -> dict:
     }
 
 
+def demo_release_record() -> dict:
+    """The shipped demo release's own record: ``release.json`` and its size on disk.
+
+    Every number in it was measured by ``scripts/build_demo_release.py`` in the
+    build that wrote the shipped files, so the docs quote it rather than re-run
+    a 20-minute build; ``tests/test_demo_release_v2.py`` re-measures the targets.
+    """
+    folder = ROOT / "sae_lens_ext" / "demo_release"
+    record = json.loads((folder / "release.json").read_text())
+    record["size_bytes"] = sum(
+        path.stat().st_size for path in folder.rglob("*") if path.is_file()
+    )
+    return record
+
+
 MDL_COMPARE_ARGS = [
     "mdl-compare",
     "sae-lens-ext/demo",

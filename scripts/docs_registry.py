@@ -21,7 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from docs_producers import MDL_COMPARE_ARGS, demo_run, json_command, mdl_compare
+from docs_producers import (
+    MDL_COMPARE_ARGS,
+    demo_release_record,
+    demo_run,
+    json_command,
+    mdl_compare,
+)
 
 
 @dataclass(frozen=True)
@@ -221,6 +227,22 @@ PRODUCERS: dict[str, Producer] = {
         tier="cheap",
         demo=True,
     ),
+    **{
+        f"absorption_widths_{layer}": Producer(
+            f"python bench/absorption_widths.py --layer {layer}",
+            json_command("bench/absorption_widths.py", "--layer", layer),
+            tier="standard",
+            demo=True,
+        )
+        for layer in ("resid0", "resid1")
+    },
+    "demo_release": Producer(
+        "read sae_lens_ext/demo_release/release.json (written by "
+        "python scripts/build_demo_release.py) and the release's size",
+        demo_release_record,
+        tier="cheap",
+        demo=True,
+    ),
 }
 
 
@@ -378,7 +400,52 @@ def _mdl_compare_numbers() -> dict[str, Number]:
                 Tolerance(rel=0.005) if digits is None else rounded(digits),
                 DETERMINISTIC,
             )
+    numbers.update(_mdl_compare_derived())
     return numbers
+
+
+def _mdl_compare_derived() -> dict[str, Number]:
+    """The worked example's prose: bits per width doubling, the ReLU SAE's ratios."""
+
+    def column(r: dict, sae: str, name: str) -> float:
+        return float(r["table"][sae][name])
+
+    def doubling_bits(r: dict) -> list[float]:
+        widths = MDL_COMPARE_ARGS[2:5]  # the TopK SAEs, narrowest first
+        bits = [column(r, sae, "bits_per_token") for sae in widths]
+        return [bits[i + 1] - bits[i] for i in range(len(bits) - 1)]
+
+    def relu_ratio(name: str) -> Callable[[dict], float]:
+        return lambda r: (
+            column(r, "resid0-relu-1024", name) / column(r, "resid0-topk-1024", name)
+        )
+
+    return {
+        "mdl.compare.doubling_bits.min": Number(
+            "mdl_compare",
+            lambda r: min(doubling_bits(r)),
+            fixed(1),
+            rounded(1),
+            DETERMINISTIC,
+        ),
+        "mdl.compare.doubling_bits.max": Number(
+            "mdl_compare",
+            lambda r: max(doubling_bits(r)),
+            fixed(1),
+            rounded(1),
+            DETERMINISTIC,
+        ),
+        "mdl.compare.relu_l0_ratio": Number(
+            "mdl_compare", relu_ratio("l0"), fixed(1), rounded(1), DETERMINISTIC
+        ),
+        "mdl.compare.relu_bits_ratio": Number(
+            "mdl_compare",
+            relu_ratio("bits_per_token"),
+            fixed(1),
+            rounded(1),
+            DETERMINISTIC,
+        ),
+    }
 
 
 def signed(digits: int) -> Callable[[float], str]:
@@ -459,6 +526,119 @@ def _demo_run_numbers() -> dict[str, Number]:
     return numbers
 
 
+WIDTH_COLUMNS = {  # short key: (bench/absorption_widths.py column, decimals)
+    "letters": ("letters", 0),
+    "probe_f1": ("probe F1", 3),
+    "rate": ("first-letter rate", 3),
+    "fraction": ("first-letter fraction", 3),
+    "score": ("enc-vs-dec score", 3),
+    "suspected": ("suspected", 0),
+    "alive": ("alive", 0),
+}
+
+
+def _absorption_width_numbers() -> dict[str, Number]:
+    """The absorption page's comparison across the demo widths, both hooks."""
+    numbers = {}
+    for layer in ("resid0", "resid1"):
+        for width in (512, 1024, 2048):
+            sae = f"{layer}-topk-{width}"
+            for short, (column, digits) in WIDTH_COLUMNS.items():
+                numbers[f"absorption.widths.{sae}.{short}"] = Number(
+                    f"absorption_widths_{layer}",
+                    lambda r, sae=sae, column=column: r["rows"][sae][column],
+                    fixed(digits),
+                    rounded(digits),
+                    DETERMINISTIC,
+                )
+    return numbers
+
+
+AS_BUILT = "read from release.json: exact for the shipped files, rounding only"
+RELEASE_SAE_COLUMNS = {  # short key: (release.json field, decimals; None: a percentage)
+    "l0": ("l0", 1),
+    "ev": ("explained_variance", 3),
+    "mse": ("mse", 3),
+    "dead": ("dead_fraction", None),
+    "ce_spliced": ("ce_loss_spliced", 3),
+    "ce_zero": ("ce_loss_zero_ablated", 2),
+    "ce_recovered": ("ce_loss_recovered", None),
+}
+RELEASE_SAES = (
+    "resid0-topk-512",
+    "resid0-topk-1024",
+    "resid0-topk-2048",
+    "resid0-relu-1024",
+    "resid1-topk-512",
+    "resid1-topk-1024",
+    "resid1-topk-2048",
+)
+RELEASE_SPELLING = {  # short key: release.json "spelling" field, a fraction
+    "seen": "spelling_accuracy_seen",
+    "unseen": "spelling_accuracy_unseen",
+    "majority": "spelling_unseen_majority_baseline",
+}
+
+
+def minutes_and_seconds(seconds: float) -> str:
+    """``1156.9`` -> ``19 min 17 s``."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
+
+
+def _as_built(value: Callable[[dict], Any], digits: int, unit: str = "") -> Number:
+    """A number of the shipped build, printed with ``digits`` decimals."""
+    return Number("demo_release", value, fixed(digits, unit), rounded(digits), AS_BUILT)
+
+
+def _as_built_percent(value: Callable[[dict], float]) -> Number:
+    """A fraction of the shipped build, printed as a percentage with one decimal."""
+    return _as_built(lambda r: 100 * value(r), 1, "%")
+
+
+def _demo_release_numbers() -> dict[str, Number]:
+    """The demo release page's numbers, from the shipped build's own record."""
+    numbers = {
+        "demo.release.size_mb": _as_built(lambda r: r["size_bytes"] / 1e6, 1),
+        "demo.release.size_bytes": _as_built(lambda r: r["size_bytes"], 0),
+        "demo.release.text_loss": _as_built(
+            lambda r: r["model"]["text_train_loss_last50"], 2
+        ),
+        "demo.release.eval_loss": _as_built(lambda r: r["model"]["eval_loss"], 2),
+        "demo.release.max_dead": _as_built_percent(
+            lambda r: max(sae["dead_fraction"] for sae in r["saes"].values())
+        ),
+    }
+    for short, field in RELEASE_SPELLING.items():
+        numbers[f"demo.release.spelling.{short}"] = _as_built_percent(
+            lambda r, field=field: r["spelling"][field]
+        )
+    for where in ("embed", "resid0", "resid1"):
+        for words, suffix in (("all", ""), ("seen", "_seen_words")):
+            numbers[f"demo.release.probe.{where}.{words}"] = _as_built(
+                lambda r, key=f"probe_f1_{where}{suffix}": r["spelling"][key], 2
+            )
+    for stage in ("tokenizer", "model", "spelling", "saes", "total"):
+        numbers[f"demo.release.build.{stage}"] = _as_built(
+            lambda r, stage=stage: r["build_seconds"][stage], 1
+        )
+    numbers["demo.release.build.total_min"] = _context(  # the total, checked above
+        "demo_release",
+        lambda r: r["build_seconds"]["total"],
+        minutes_and_seconds,
+    )
+    for sae in RELEASE_SAES:
+        for short, (field, digits) in RELEASE_SAE_COLUMNS.items():
+
+            def read(r, sae=sae, field=field):
+                return r["saes"][sae][field]
+
+            numbers[f"demo.release.sae.{sae}.{short}"] = (
+                _as_built_percent(read) if digits is None else _as_built(read, digits)
+            )
+    return numbers
+
+
 NUMBERS: dict[str, Number] = {
     **_demo_run_numbers(),
     **_mdl_numbers("mdl_100k", "100k", full=False),
@@ -466,4 +646,6 @@ NUMBERS: dict[str, Number] = {
     **_meta_demo_numbers(),
     **_stage_numbers(),
     **_mdl_compare_numbers(),
+    **_demo_release_numbers(),
+    **_absorption_width_numbers(),
 }
