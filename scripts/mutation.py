@@ -56,7 +56,7 @@ from cosmic_ray.mutating import mutate_code
 from cosmic_ray.plugins import get_operator
 from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
-from mutation_coverage import ALL_TESTS, Selection, coverage_map, tests_for
+from mutation_coverage import ALL_TESTS, Selection, coverage_map, covering_tests
 
 PRELOADED = (
     "torch",
@@ -205,7 +205,7 @@ def selection_of(config: Path, settings: dict, all_tests: bool):
         path, pytest_args(settings["test-command"]), cache, float(settings["timeout"])
     )
     tree = ast.parse(path.read_text())
-    return lambda spec: tests_for(tree, tuple(spec.start_pos), recorded)
+    return lambda spec: covering_tests(tree, tuple(spec.start_pos), recorded)
 
 
 def mutant_source(spec) -> tuple[str, str | None]:

@@ -243,7 +243,9 @@ def header_lines(statement: ast.stmt) -> range:
     return range(statement.lineno, max(last, statement.lineno) + 1)
 
 
-def tests_for(tree: ast.AST, position: tuple[int, int], recorded: dict) -> list[str]:
+def covering_tests(
+    tree: ast.AST, position: tuple[int, int], recorded: dict
+) -> list[str]:
     """The node ids of the tests that can see a mutant at ``position``, fastest first."""
     statement, functions = innermost_statement(tree, position)
     if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)):
