@@ -114,3 +114,46 @@ def test_training_steps_equal_autograd_and_torch_adam():
     # the cut-off tracked for the next batch's hint and the threshold average
     assert trainer.last_cutoff > 0
     assert 0 < trainer.threshold_ema < trainer.last_cutoff
+
+
+def reference_rescaled_step(params, optimizer, x, n_keep):
+    """One step with ``decoder_norm="rescaled"`` (SAE-Lens's rescale_acts_by_decoder_norm):
+    activations scaled by each decoder row's norm, decoded by the unit rows; the
+    gradient is autograd's through the norms, and the rows are not renormalised."""
+    W_enc_T, b_enc, W_dec, b_dec = params
+    norms = W_dec.norm(dim=1)
+    pre = ((x - b_dec) @ W_enc_T.T + b_enc) * norms
+    kept = torch.zeros(pre.numel(), dtype=torch.bool)
+    kept[torch.topk(pre.detach().relu().flatten(), n_keep).indices] = True
+    x_hat = (pre * kept.view_as(pre)) @ (W_dec / norms[:, None]) + b_dec
+    loss = (x_hat - x).pow(2).sum(1).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def test_rescaled_training_steps_equal_autograd_and_torch_adam():
+    data = planted_decoder(256, 12, 10, seed=4).decoder
+    config = MetaSAEConfig(
+        d_meta=10,
+        k=2,
+        batch_size=64,
+        lr=1e-2,
+        autocast=False,
+        decoder_norm="rescaled",
+    )
+    trainer = MetaSAETrainer(data, 10, config)
+    with torch.no_grad():  # rows of unequal norms, so each one's scale matters
+        trainer.W_dec.mul_(torch.linspace(0.5, 2.0, 10)[:, None])
+    params = [p.detach().clone().requires_grad_() for p in trainer.params]
+    optimizer = torch.optim.Adam(params, lr=1e-2, foreach=False, fused=False)
+    for start in range(0, 192, 64):
+        x = data[start : start + 64]
+        loss = trainer.step(x)
+        expected = reference_rescaled_step(params, optimizer, x, trainer.n_keep)
+        assert loss == pytest.approx(expected, rel=1e-5)
+        for ours, reference in zip(trainer.params, params, strict=True):
+            torch.testing.assert_close(ours, reference.detach(), rtol=1e-4, atol=1e-5)
+    norms = trainer.W_dec.norm(dim=1)
+    assert not torch.allclose(norms, torch.ones_like(norms))  # never renormalised

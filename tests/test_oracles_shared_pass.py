@@ -15,6 +15,7 @@ from conftest import TINY_HOOK, make_sae
 from sae_lens_ext.shared_pass import (
     ActivationError,
     HookActivations,
+    check_activations,
     model_activations,
     run_shared_pass,
     stop_layer,
@@ -47,6 +48,20 @@ def test_model_activations_are_the_full_runs_cache_at_kept_positions(
         torch.testing.assert_close(acts.sae_in, expected, rtol=1e-5, atol=1e-5)
         assert acts.tokens.tolist() == [int(batch_tokens[s, p]) for s, p in rows]
         assert torch.equal(acts.token_context, batch_tokens)
+
+
+def test_model_activations_skip_the_bos_position_by_default(tiny_model, tiny_tokens):
+    (acts,) = model_activations(tiny_model, TINY_HOOK, [tiny_tokens[:2]])
+    assert acts.positions[:, 1].min() == 1
+    assert len(acts.positions) == 2 * 11
+
+
+def test_width_check_compares_values_not_identities():
+    # widths above 256 are distinct int objects in CPython: `is not` would reject them
+    width = int("300")
+    check_activations(torch.zeros(3, width), 300, TINY_HOOK)
+    with pytest.raises(ActivationError, match="width 301.*d_in=300"):
+        check_activations(torch.zeros(3, 301), 300, TINY_HOOK)
 
 
 class Recorder:
