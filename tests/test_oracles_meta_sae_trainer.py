@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from sae_lens_ext_meta_sae import MetaSAEConfig, MetaSAETrainer, planted_decoder
-from sae_lens_ext_meta_sae.trainer import MetaSAEWeights, global_threshold
+from sae_lens_ext_meta_sae.trainer import MetaSAEWeights, global_threshold, reconstruct
 
 
 def trainer_for(steps: int, fraction: float) -> MetaSAETrainer:
@@ -76,6 +76,26 @@ def test_global_threshold_equals_a_brute_force_sort(k, bias):
     ours = global_threshold(weights, data, k)
     # float32 pre-activations against float64: ~1e-6 relative.
     assert ours == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.7])
+def test_reconstruction_is_the_dense_jumprelu_decode(threshold):
+    # 5000 rows: more than one encoder chunk
+    data = torch.randn(5000, 5, generator=torch.Generator().manual_seed(9)).double()
+    weights = random_weights(5, 3, -0.2, seed=10)
+    weights = MetaSAEWeights(
+        **{
+            name: getattr(weights, name).double()
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec")
+        },
+        threshold=threshold,
+    )
+    pre = (data - weights.b_dec) @ weights.W_enc + weights.b_enc
+    acts = torch.where(pre > max(threshold, 0.0), pre, torch.zeros_like(pre))
+    expected = acts @ weights.W_dec + weights.b_dec
+    torch.testing.assert_close(
+        reconstruct(weights, data).double(), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def reference_step(params, optimizer, x, n_keep):

@@ -12,11 +12,13 @@ import pytest
 import torch
 from conftest import TINY_HOOK, make_sae
 
+from sae_lens_ext.positions import SKIP_BOS
 from sae_lens_ext.shared_pass import (
     ActivationError,
     HookActivations,
     check_activations,
     model_activations,
+    multi_hook_activations,
     run_shared_pass,
     stop_layer,
 )
@@ -54,6 +56,17 @@ def test_model_activations_skip_the_bos_position_by_default(tiny_model, tiny_tok
     (acts,) = model_activations(tiny_model, TINY_HOOK, [tiny_tokens[:2]])
     assert acts.positions[:, 1].min() == 1
     assert len(acts.positions) == 2 * 11
+
+
+def test_hooks_with_and_without_a_layer_share_one_full_pass(tiny_model, tiny_tokens):
+    # hook_embed has no block: the pass cannot stop early, and must not fail
+    tokens = tiny_tokens[:3]
+    _, cache = tiny_model.run_with_cache(tokens)
+    hooks = ["hook_embed", TINY_HOOK]
+    (got,) = multi_hook_activations(tiny_model, hooks, [tokens], SKIP_BOS)
+    for hook in hooks:
+        expected = cache[hook][:, 1:].reshape(-1, cache[hook].shape[-1])
+        torch.testing.assert_close(got[hook].sae_in, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_width_check_compares_values_not_identities():
