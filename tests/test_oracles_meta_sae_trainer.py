@@ -177,3 +177,13 @@ def test_rescaled_training_steps_equal_autograd_and_torch_adam():
             torch.testing.assert_close(ours, reference.detach(), rtol=1e-4, atol=1e-5)
     norms = trainer.W_dec.norm(dim=1)
     assert not torch.allclose(norms, torch.ones_like(norms))  # never renormalised
+
+
+def test_autocast_step_makes_the_bfloat16_batch_itself_when_not_given():
+    data = planted_decoder(128, 12, 10, seed=5).decoder
+    config = MetaSAEConfig(d_meta=10, k=2, batch_size=64, lr=1e-2, autocast=True)
+    given, made = MetaSAETrainer(data, 10, config), MetaSAETrainer(data, 10, config)
+    x = data[:64]
+    assert given.step(x, x.to(torch.bfloat16)) == made.step(x)
+    for a, b in zip(given.params, made.params, strict=True):
+        assert torch.equal(a, b)
