@@ -69,6 +69,22 @@ def test_hooks_with_and_without_a_layer_share_one_full_pass(tiny_model, tiny_tok
         torch.testing.assert_close(got[hook].sae_in, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_model_activations_options_are_keyword_only(tiny_model):
+    # a bare True/False after the batches would be unreadable; the signature refuses it
+    with pytest.raises(TypeError, match="positional"):
+        model_activations(tiny_model, TINY_HOOK, [], False)
+    with pytest.raises(TypeError, match="positional"):
+        run_shared_pass(None, [], [], TINY_HOOK)
+
+
+def test_a_batch_with_no_kept_position_is_skipped_not_the_end(tiny_model, tiny_tokens):
+    # the first batch holds only BOS positions: the batches after it still come
+    batches = [tiny_tokens[:2, :1], tiny_tokens[2:4]]
+    got = list(model_activations(tiny_model, TINY_HOOK, batches))
+    assert len(got) == 1
+    assert torch.equal(got[0].token_context, tiny_tokens[2:4])
+
+
 def test_width_check_compares_values_not_identities():
     # widths above 256 are distinct int objects in CPython: `is not` would reject them
     width = int("300")
