@@ -572,6 +572,11 @@ def main(argv: list[str]) -> int:
         help="test the survivors of an existing session again (after adding tests)",
     )
     parser.add_argument(
+        "--report",
+        action="store_true",
+        help="only print each existing session's kill rate (run nothing)",
+    )
+    parser.add_argument(
         "--all-tests",
         action="store_true",
         help="run every test of the config on each mutant (no selection by coverage)",
@@ -608,7 +613,11 @@ def main(argv: list[str]) -> int:
             print(
                 f"{config.stem}: {forget_survivors(config, database)} survivors to test again"
             )
-        database = run_session(config, options.sample, options.seed, executor)
+        if not options.report:
+            database = run_session(config, options.sample, options.seed, executor)
+        elif not database.exists():
+            print(f"{config.stem}: no session yet")
+            continue
         counts = report(config, database)
         tested = counts["killed"] + counts["survived"]
         rate = counts["killed"] / tested if tested else float("nan")

@@ -165,3 +165,31 @@ def test_seconds_is_the_elapsed_clock_time(monkeypatch):
 def test_default_nbeta_is_m_over_log_m_and_one_for_a_single_row(m, nbeta):
     # log 1 = 0: a single-row batch falls back to nbeta = 1.
     assert default_nbeta(m) == pytest.approx(nbeta, rel=1e-12)
+
+
+def test_batch_size_below_one_is_refused_and_one_is_allowed():
+    from sae_lens_ext_llc.estimator import prepare_problem
+
+    inputs, targets = regression_data(n=20, d=3, seed=2)
+    model = fitted_linear(inputs, targets)
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        prepare_problem(model, mse, (inputs, targets), 0, None)
+    assert prepare_problem(model, mse, (inputs, targets), 1, None).batch_size == 1
+
+
+@pytest.mark.parametrize(
+    ("dtype", "recorded"), [(torch.bfloat16, "bfloat16"), (None, "none")]
+)
+def test_settings_record_names_the_autocast_dtype(dtype, recorded):
+    from sae_lens_ext_llc.estimator import prepare_problem, settings_record
+
+    inputs, targets = regression_data(n=20, d=3, seed=2)
+    model = fitted_linear(inputs, targets)
+    problem = prepare_problem(model, mse, (inputs, targets), 10, dtype)
+    record = settings_record(problem, seed=3)
+    assert record == {
+        "seed": 3,
+        "batch_size": 10,
+        "n_samples": 20,
+        "autocast": recorded,
+    }
