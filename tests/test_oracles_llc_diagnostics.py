@@ -146,6 +146,7 @@ def test_not_critical_fires_above_ten_percent_of_the_estimate(
     # Allowed dip below L(w*) = 1: 1e-6 (rounding) + 5 minibatch-loss SDs.
     [
         (0.5e-6, 0.0, False),
+        (1e-6, 0.0, False),  # exactly the allowance: not beyond it
         (2e-6, 0.0, True),
         (0.045, 0.01, False),  # 4.5 SDs: noise
         (0.055, 0.01, True),  # 5.5 SDs: descent
