@@ -193,3 +193,33 @@ def test_settings_record_names_the_autocast_dtype(dtype, recorded):
         "n_samples": 20,
         "autocast": recorded,
     }
+
+
+def test_problem_gradient_and_minibatch_spread_against_direct_computations():
+    from sae_lens_ext_llc.estimator import prepare_problem
+
+    inputs, targets = regression_data(n=20, d=3, seed=4)
+    model = torch.nn.Linear(3, 1, bias=False)  # away from the minimum: a real gradient
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
+    problem = prepare_problem(model, mse, (inputs, targets), 7, None)
+    full = mse(model, (inputs, targets))
+    (grad,) = torch.autograd.grad(full, [model.weight])
+    assert problem.init_loss == pytest.approx(full.item(), rel=1e-6)
+    assert problem.init_grad_norm == pytest.approx(float(grad.norm()), rel=1e-5)
+    # the spread uses the full 7-row minibatches only (rows 0-6 and 7-13)
+    with torch.no_grad():
+        losses = [
+            float(mse(model, (inputs[s : s + 7], targets[s : s + 7]))) for s in (0, 7)
+        ]
+    assert problem.batch_loss_sd == pytest.approx(
+        float(np.std(losses, ddof=1)), rel=1e-5
+    )
+    # one full-data batch: no spread to measure
+    assert prepare_problem(model, mse, (inputs, targets), 20, None).batch_loss_sd == 0.0
+
+
+def test_sampler_options_are_keyword_only():
+    inputs, targets = regression_data(n=20, d=3, seed=2)
+    with pytest.raises(TypeError, match="positional"):
+        estimate_llc(fitted_linear(inputs, targets), mse, (inputs, targets), 4)
