@@ -116,19 +116,27 @@ def reference_step(params, optimizer, x, n_keep):
     return float(loss.detach())
 
 
+def check_three_steps(trainer, data, reference):
+    """Three trainer steps equal ``reference`` steps on a copy of its parameters
+    with ``torch.optim.Adam`` (the moments carry over from step to step)."""
+    params = [p.detach().clone().requires_grad_() for p in trainer.params]
+    optimizer = torch.optim.Adam(params, lr=1e-2, foreach=False, fused=False)
+    for start in range(0, 192, 64):
+        x = data[start : start + 64]
+        loss = trainer.step(x)
+        expected = reference(params, optimizer, x, trainer.n_keep)
+        assert loss == pytest.approx(expected, rel=1e-5)
+        for ours, reference_param in zip(trainer.params, params, strict=True):
+            torch.testing.assert_close(
+                ours, reference_param.detach(), rtol=1e-4, atol=1e-5
+            )
+
+
 def test_training_steps_equal_autograd_and_torch_adam():
     data = planted_decoder(256, 12, 10, seed=3).decoder
     config = MetaSAEConfig(d_meta=10, k=2, batch_size=64, lr=1e-2, autocast=False)
     trainer = MetaSAETrainer(data, 10, config)
-    params = [p.detach().clone().requires_grad_() for p in trainer.params]
-    optimizer = torch.optim.Adam(params, lr=1e-2, foreach=False, fused=False)
-    for start in range(0, 192, 64):  # three steps: Adam's moments carry over
-        x = data[start : start + 64]
-        loss = trainer.step(x)
-        expected = reference_step(params, optimizer, x, trainer.n_keep)
-        assert loss == pytest.approx(expected, rel=1e-5)
-        for ours, reference in zip(trainer.params, params, strict=True):
-            torch.testing.assert_close(ours, reference.detach(), rtol=1e-4, atol=1e-5)
+    check_three_steps(trainer, data, reference_step)
     norms = trainer.W_dec.norm(dim=1)
     torch.testing.assert_close(norms, torch.ones_like(norms))
     # the cut-off tracked for the next batch's hint and the threshold average
@@ -166,15 +174,7 @@ def test_rescaled_training_steps_equal_autograd_and_torch_adam():
     trainer = MetaSAETrainer(data, 10, config)
     with torch.no_grad():  # rows of unequal norms, so each one's scale matters
         trainer.W_dec.mul_(torch.linspace(0.5, 2.0, 10)[:, None])
-    params = [p.detach().clone().requires_grad_() for p in trainer.params]
-    optimizer = torch.optim.Adam(params, lr=1e-2, foreach=False, fused=False)
-    for start in range(0, 192, 64):
-        x = data[start : start + 64]
-        loss = trainer.step(x)
-        expected = reference_rescaled_step(params, optimizer, x, trainer.n_keep)
-        assert loss == pytest.approx(expected, rel=1e-5)
-        for ours, reference in zip(trainer.params, params, strict=True):
-            torch.testing.assert_close(ours, reference.detach(), rtol=1e-4, atol=1e-5)
+    check_three_steps(trainer, data, reference_rescaled_step)
     norms = trainer.W_dec.norm(dim=1)
     assert not torch.allclose(norms, torch.ones_like(norms))  # never renormalised
 
