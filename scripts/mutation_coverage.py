@@ -12,10 +12,9 @@ stopping at the first failure (``-x``):
 
 - a statement inside a function body: the tests that execute any line of it
   (the header lines only, for ``if``/``for``/``while``/``with``);
-- a ``def`` line (a default value, a decorator): the tests that execute any
-  line of that function's body, the only place such a change can show;
-- anything else (module constants, class bodies, imports), which runs at import
-  time and can reach every test: all of the config's tests (fastest first too).
+- anything else: a ``def`` line (a default value, a decorator, the signature,
+  which a call can trip over before the body runs), module constants, class
+  bodies and imports: all of the config's tests (fastest first too).
 
 A mutant whose statement no test executes is not run: it survives by
 definition (reported as "not covered").  A test that starts a subprocess, or
@@ -39,6 +38,7 @@ import pytest
 
 ALL_TESTS = None  # a selection of None means: every test of the config
 FIXTURE_PREFIX = "fixture "
+DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
 class ContextRecorder:
@@ -248,11 +248,9 @@ def covering_tests(
 ) -> list[str]:
     """The node ids of the tests that can see a mutant at ``position``, fastest first."""
     statement, functions = innermost_statement(tree, position)
-    if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        lines = range(statement.body[0].lineno, statement.end_lineno + 1)
-    elif statement is not None and functions:
+    if statement is not None and functions and not isinstance(statement, DEFINITIONS):
         lines = header_lines(statement)
-    else:  # runs at import time: every test can see it
+    else:  # a def line (a call can fail before the body runs) or import time
         lines = None
     if lines is None:
         tests = set(recorded["seconds"])

@@ -70,9 +70,12 @@ def test_a_multi_line_condition_counts_every_line_of_its_header_not_its_body():
     assert select(9, 12) == ["t_fast", "t_slow"]
 
 
-def test_a_default_value_or_decorator_runs_the_tests_of_the_function_body():
-    assert select(7, 22) == ["t_fast", "t_slow"]  # factor=SCALE
-    assert select(6, 29) == ["t_fast", "t_slow"]  # maxsize=4 in the decorator
+def test_a_def_line_runs_every_test():
+    # a default, a decorator or the signature can fail a call before the body runs
+    everything = ["t_fast", "t_other", "t_box", "t_slow"]
+    assert select(7, 22) == everything  # factor=SCALE
+    assert select(6, 29) == everything  # maxsize=4 in the decorator
+    assert select(17, 24) == everything  # the method's default side=1
 
 
 def test_import_time_code_runs_every_test_fastest_first():
@@ -83,7 +86,6 @@ def test_import_time_code_runs_every_test_fastest_first():
 
 def test_nested_functions_and_uncovered_lines():
     assert select(19, 23) == ["t_box"]  # inside the closure
-    assert select(17, 24) == ["t_box"]  # the method's default side=1
     uncovered = dict(RECORDED, lines={})
     assert covering_tests(ast.parse(TARGET), (10, 19), uncovered) == []
 
