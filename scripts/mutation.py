@@ -35,8 +35,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import gc
 import importlib.abc
 import importlib.util
+import json
+import math
 import os
 import random
 import shlex
@@ -47,11 +50,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import toml  # cosmic-ray's own TOML reader
 from cosmic_ray.mutating import mutate_code
 from cosmic_ray.plugins import get_operator
 from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+from mutation_coverage import ALL_TESTS, Selection, coverage_map, covering_tests
 
 PRELOADED = (
     "torch",
@@ -68,6 +73,7 @@ PROJECT_PREFIXES = ("sae_lens_ext", "tests")
 OUT_OF_SCOPE = "out of scope: outside the config's [scope] functions"
 NOT_SAMPLED = "not sampled"
 IN_ANNOTATION = "inside a type annotation, which is never evaluated"
+NOT_COVERED = "not covered: no test executes line {line}"
 
 
 def module_name(module_path: Path) -> str:
@@ -107,8 +113,13 @@ def pytest_args(test_command: str) -> list[str]:
     return words[words.index("pytest") + 1 :]
 
 
-def run_mutant(name, path, source, args, timeout) -> tuple[TestOutcome, str]:
-    """Run pytest ``args`` in a forked child that imports ``source`` as module ``name``."""
+def run_mutant(
+    name, path, source, args, timeout, selection=ALL_TESTS
+) -> tuple[TestOutcome, str]:
+    """Run pytest ``args`` in a forked child that imports ``source`` as module ``name``.
+
+    ``selection`` (node ids, in the order to run them) keeps only those tests.
+    """
     with tempfile.TemporaryFile() as log:
         pid = os.fork()
         if pid == 0:  # the child: never returns
@@ -121,9 +132,8 @@ def run_mutant(name, path, source, args, timeout) -> tuple[TestOutcome, str]:
                 # The project's tests use no third-party pytest plugin; loading them costs seconds.
                 os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
                 sys.meta_path.insert(0, MutantFinder(name, path, source))
-                import pytest
-
-                code = int(pytest.main(args))
+                plugins = [] if selection is ALL_TESTS else [Selection(selection)]
+                code = int(pytest.main(args, plugins=plugins))
             except BaseException as error:  # noqa: BLE001 - report anything as a failure
                 print(f"mutant child failed: {error!r}", flush=True)
             finally:
@@ -159,6 +169,10 @@ def preload() -> None:
     loaded = [m for m in sys.modules if m.split(".")[0].startswith(PROJECT_PREFIXES)]
     if loaded:
         raise RuntimeError(f"project modules imported before forking: {loaded}")
+    # Keep the preloaded objects out of every later collection: at the end of a
+    # session pytest calls gc.collect() five times (unraisableexception), about
+    # 8 s over this heap per mutant on a quiet machine, 1 s once it is frozen.
+    gc.freeze()
 
 
 def diff_of(original: str, mutated: str, path: Path) -> str:
@@ -180,12 +194,42 @@ def has_result(db, job_id: str) -> bool:
         return session.query(WorkResultStorage).filter_by(job_id=job_id).count() > 0
 
 
-def exec_forked(config: Path, database: Path) -> None:
-    """Run every pending mutant of a session in forked children."""
+def selection_of(config: Path, settings: dict, all_tests: bool):
+    """A function from a mutant's spec to its tests (ALL_TESTS: every test of the config)."""
+    if all_tests:
+        return lambda spec: ALL_TESTS
+    (module,) = settings["module-path"]
+    path = Path(module)
+    cache = config.parent / "sessions" / f"{config.stem}.coverage.json"
+    recorded = coverage_map(
+        path, pytest_args(settings["test-command"]), cache, float(settings["timeout"])
+    )
+    tree = ast.parse(path.read_text())
+    return lambda spec: covering_tests(tree, tuple(spec.start_pos), recorded)
+
+
+def mutant_source(spec) -> tuple[str, str | None]:
+    """The original source of a mutant's module and the mutated one (None: no mutant)."""
+    original = spec.module_path.read_text()
+    operator = get_operator(spec.operator_name)(**(spec.operator_args or {}))
+    return original, mutate_code(original, operator, spec.occurrence)
+
+
+def judge_mutant(spec, mutated, tests, args, timeout) -> tuple[TestOutcome, str]:
+    """The verdict on one mutant from ``tests`` (an empty selection survives untested)."""
+    if tests == []:
+        return TestOutcome.SURVIVED, NOT_COVERED.format(line=spec.start_pos[0])
+    name, path = module_name(spec.module_path), spec.module_path.resolve()
+    return run_mutant(name, path, mutated, args, timeout, tests)
+
+
+def exec_forked(config: Path, database: Path, all_tests: bool) -> None:
+    """Run every pending mutant of a session in forked children, each on its own tests."""
     settings = toml.load(config)["cosmic-ray"]
     args = pytest_args(settings["test-command"])
     timeout = float(settings["timeout"])
     preload()
+    select = selection_of(config, settings, all_tests)
     with use_db(str(database), WorkDB.Mode.open) as db:
         pending = list(db.pending_work_items)
         spans: dict[Path, list] = {}
@@ -194,23 +238,20 @@ def exec_forked(config: Path, database: Path) -> None:
                 continue
             (spec,) = item.mutations
             path = spec.module_path
-            original = path.read_text()
             if spans.get(path) is None:
                 spans[path] = annotation_spans(path)
             if any(a <= tuple(spec.start_pos) < b for a, b in spans[path]):
                 skip(db, [item.job_id], IN_ANNOTATION)
                 continue
-            operator = get_operator(spec.operator_name)(**(spec.operator_args or {}))
-            mutated = mutate_code(original, operator, spec.occurrence)
+            original, mutated = mutant_source(spec)
             if mutated is None:
                 db.set_result(
                     item.job_id, WorkResult(worker_outcome=WorkerOutcome.NO_TEST)
                 )
                 continue
+            tests = select(spec)
             started = time.monotonic()
-            outcome, output = run_mutant(
-                module_name(path), path.resolve(), mutated, args, timeout
-            )
+            outcome, output = judge_mutant(spec, mutated, tests, args, timeout)
             db.set_result(
                 item.job_id,
                 WorkResult(
@@ -220,9 +261,11 @@ def exec_forked(config: Path, database: Path) -> None:
                     diff=diff_of(original, mutated, path),
                 ),
             )
+            chosen = "all" if tests is ALL_TESTS else len(tests)
             print(
                 f"[{index}/{len(pending)}] {path}:{spec.start_pos[0]} {spec.operator_name} "
-                f"#{spec.occurrence}: {outcome.value} ({time.monotonic() - started:.1f} s)",
+                f"#{spec.occurrence}: {outcome.value} ({chosen} tests, "
+                f"{time.monotonic() - started:.1f} s)",
                 flush=True,
             )
 
@@ -298,10 +341,29 @@ def forget_survivors(config: Path, database: Path) -> int:
     return len(survivors)
 
 
-def run_session(
-    config: Path, sample: int | None, seed: int, cosmic_ray_exec: bool
-) -> Path:
-    """Initialise (once), optionally sample, and execute the session of ``config``."""
+def grow_sample(database: Path, size: int, seed: int) -> int:
+    """Make pending a seeded draw of not-sampled mutants until ``size`` are in the sample."""
+    from cosmic_ray.work_db import WorkResultStorage
+
+    with use_db(str(database), WorkDB.Mode.open) as db:
+        results = {item.job_id: result for item, result in db.completed_work_items}
+        ids = sorted(item.job_id for item in db.work_items)
+    unsampled = [i for i in ids if i in results and results[i].output == NOT_SAMPLED]
+    scope = [i for i in ids if i not in results or results[i].output != OUT_OF_SCOPE]
+    missing = min(size - (len(scope) - len(unsampled)), len(unsampled))
+    if missing <= 0:
+        return 0
+    added = random.Random(seed).sample(unsampled, missing)
+    with use_db(str(database), WorkDB.Mode.open) as db:
+        with db._session_maker.begin() as session:
+            session.query(WorkResultStorage).filter(
+                WorkResultStorage.job_id.in_(added)
+            ).delete()
+    return missing
+
+
+def open_session(config: Path, sample: int | None, seed: int) -> Path:
+    """The session database of ``config``: created (scoped, sampled) once, or its sample grown."""
     sessions = config.parent / "sessions"
     sessions.mkdir(exist_ok=True)
     database = sessions / f"{config.stem}.sqlite"
@@ -309,11 +371,33 @@ def run_session(
         subprocess.run(["cosmic-ray", "init", str(config), str(database)], check=True)
         functions = toml.load(config).get("scope", {}).get("functions", [])
         narrow_session(database, functions, sample, seed)
-    if cosmic_ray_exec:
+    elif sample is not None and (added := grow_sample(database, sample, seed + 1)):
+        print(f"{config.stem}: {added} more mutants drawn into the sample")
+    return database
+
+
+def run_session(config: Path, sample: int | None, seed: int, executor: str) -> Path:
+    """Open the session of ``config`` and execute its pending mutants."""
+    database = open_session(config, sample, seed)
+    if executor == "cosmic-ray":
         subprocess.run(["cosmic-ray", "exec", str(config), str(database)], check=True)
     else:
-        exec_forked(config, database)
+        exec_forked(config, database, all_tests=executor == "all-tests")
     return database
+
+
+def wilson(killed: int, tested: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a kill rate ``killed / tested``."""
+    if tested == 0:
+        return 0.0, 1.0
+    rate = killed / tested
+    centre = (rate + z * z / (2 * tested)) / (1 + z * z / tested)
+    half = (
+        z
+        / (1 + z * z / tested)
+        * math.sqrt(rate * (1 - rate) / tested + z * z / (4 * tested * tested))
+    )
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -355,6 +439,67 @@ def equivalence(config: Path, spec, spans) -> str | None:
     if any(start <= position < end for start, end in spans):
         return IN_ANNOTATION
     return None
+
+
+def verify_selection(config: Path, database: Path, size: int, seed: int) -> int:
+    """Judge mutants on their selected tests and on all tests; count the verdicts that differ.
+
+    The mutants are the session's survivors (those not covered included) and a
+    seeded random draw of the other in-scope mutants, ``size`` in all.
+    """
+    settings = toml.load(config)["cosmic-ray"]
+    args = pytest_args(settings["test-command"])
+    timeout = float(settings["timeout"])
+    preload()
+    select = selection_of(config, settings, all_tests=False)
+    with use_db(str(database), WorkDB.Mode.open) as db:
+        results = {item.job_id: result for item, result in db.completed_work_items}
+        items = sorted(db.work_items, key=lambda item: item.job_id)
+    spans = annotation_spans(items[0].mutations[0].module_path)
+    survivors, others = [], []
+    for item in items:
+        result = results.get(item.job_id)
+        spec = item.mutations[0]
+        if (result is not None and result.output == OUT_OF_SCOPE) or any(
+            a <= tuple(spec.start_pos) < b for a, b in spans
+        ):
+            continue
+        survived = result is not None and result.test_outcome == TestOutcome.SURVIVED
+        (survivors if survived else others).append(item)
+    random.Random(seed).shuffle(others)
+    chosen = (survivors + others)[:size]
+    rows, differ = [], 0
+    for item in chosen:
+        (spec,) = item.mutations
+        _, mutated = mutant_source(spec)
+        if mutated is None:
+            continue
+        row = dict(
+            mutant=f"{spec.start_pos[0]} {spec.operator_name} #{spec.occurrence}"
+        )
+        for label, tests in (("selected", select(spec)), ("all", ALL_TESTS)):
+            started = time.monotonic()
+            outcome, _ = judge_mutant(spec, mutated, tests, args, timeout)
+            row[label] = outcome.value
+            row[f"{label}_s"] = round(time.monotonic() - started, 1)
+            row[f"{label}_tests"] = "all" if tests is ALL_TESTS else len(tests)
+        differ += row["selected"] != row["all"]
+        rows.append(row)
+        print(
+            f"{config.stem} line {row['mutant']}: selected {row['selected_tests']} tests "
+            f"{row['selected']} in {row['selected_s']} s, all tests {row['all']} in "
+            f"{row['all_s']} s",
+            flush=True,
+        )
+    seconds = [sum(row[f"{label}_s"] for row in rows) for label in ("selected", "all")]
+    out = database.with_suffix(".verify.json")
+    out.write_text(json.dumps(dict(rows=rows, seconds=seconds), indent=1))
+    print(
+        f"{config.stem}: {len(rows) - differ}/{len(rows)} verdicts agree; selected tests "
+        f"{seconds[0]:.0f} s, all tests {seconds[1]:.0f} s "
+        f"({seconds[1] / max(seconds[0], 1e-9):.1f}x) -> {out}"
+    )
+    return differ
 
 
 def report(config: Path, database: Path) -> dict[str, int]:
@@ -402,7 +547,12 @@ def report(config: Path, database: Path) -> dict[str, int]:
                     print(f"  equivalent: {where}: {reason}")
                 else:
                     counts["survived"] += 1
-                    print(f"  survived: {where}")
+                    covered = (
+                        " (not covered)"
+                        if (result.output or "").startswith("not covered")
+                        else ""
+                    )
+                    print(f"  survived: {where}{covered}")
     return counts
 
 
@@ -422,9 +572,40 @@ def main(argv: list[str]) -> int:
         help="test the survivors of an existing session again (after adding tests)",
     )
     parser.add_argument(
+        "--report",
+        action="store_true",
+        help="only print each existing session's kill rate (run nothing)",
+    )
+    parser.add_argument(
+        "--all-tests",
+        action="store_true",
+        help="run every test of the config on each mutant (no selection by coverage)",
+    )
+    parser.add_argument(
         "--cosmic-ray-exec", action="store_true", help="use cosmic-ray's own executor"
     )
+    parser.add_argument(
+        "--verify-selection",
+        type=int,
+        metavar="N",
+        help="judge N mutants (survivors first) on selected and on all tests; compare",
+    )
     options = parser.parse_args(argv)
+    executor = (
+        "cosmic-ray"
+        if options.cosmic_ray_exec
+        else "all-tests"
+        if options.all_tests
+        else "selected"
+    )
+    if options.verify_selection:
+        differ = 0
+        for config in options.configs:
+            database = open_session(config, options.sample, options.seed)
+            differ += verify_selection(
+                config, database, options.verify_selection, options.seed
+            )
+        return 1 if differ else 0
     any_survived = False
     for config in options.configs:
         database = config.parent / "sessions" / f"{config.stem}.sqlite"
@@ -432,15 +613,19 @@ def main(argv: list[str]) -> int:
             print(
                 f"{config.stem}: {forget_survivors(config, database)} survivors to test again"
             )
-        database = run_session(
-            config, options.sample, options.seed, options.cosmic_ray_exec
-        )
+        if not options.report:
+            database = run_session(config, options.sample, options.seed, executor)
+        elif not database.exists():
+            print(f"{config.stem}: no session yet")
+            continue
         counts = report(config, database)
         tested = counts["killed"] + counts["survived"]
         rate = counts["killed"] / tested if tested else float("nan")
+        low, high = wilson(counts["killed"], tested)
         print(
             f"{config.stem}: {counts['killed']}/{tested} non-equivalent mutants killed "
-            f"({rate:.1%}); {counts['equivalent']} equivalent, "
+            f"({rate:.1%}, 95% Wilson interval {low:.1%}-{high:.1%}); "
+            f"{counts['equivalent']} equivalent, "
             f"{counts['incompetent']} incompetent (the mutant does not import), "
             f"{counts['out_of_scope']} out of scope, {counts['skipped']} not sampled, "
             f"{counts['pending']} pending"

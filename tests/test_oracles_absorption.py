@@ -155,3 +155,12 @@ def test_inputs_without_other_active_latents_score_zero():
     assert scores.fraction.tolist() == [0.0, 0.0]
     assert scores.full.tolist() == [False, False]
     assert scores.top_slot.tolist() == [-1, -1]
+
+
+def test_thresholds_are_keyword_only():
+    # the three thresholds are floats of similar size: passed by position they
+    # would be easy to swap, so the signature refuses it
+    args = [torch.ones(1), torch.zeros(1), torch.ones(1, 1)]
+    args += [torch.zeros(1, 1), torch.zeros(1, 1)]
+    with pytest.raises(TypeError, match="positional"):
+        absorption_scores(*args, 0.5, 0.025, 0.1)

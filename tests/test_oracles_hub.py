@@ -7,9 +7,12 @@ only change is a deleted file still makes its commit.
 
 from __future__ import annotations
 
+import hashlib
+
 from hub_double import TOKEN
 from test_hub import REPO, make_run
 
+import sae_lens_ext.hub as hub
 from sae_lens_ext.hub import push_to_hub
 
 
@@ -51,3 +54,17 @@ def test_deletion_only_push_makes_its_commit(hub, tmp_path):
     assert hub.head(REPO) == result.commit and hub.commit_count(REPO) == 3
     assert "mdl/bits.csv" not in hub.files(REPO)
     assert "mdl/bits.parquet" in hub.files(REPO)
+
+
+def test_a_needle_across_any_chunk_boundary_is_found(tmp_path, monkeypatch):
+    monkeypatch.setattr(hub, "_CHUNK", 8)  # many boundaries in a short file
+    needle = b"hf_abcdefghijk"  # 14 bytes: it straddles one or two boundaries
+    path = tmp_path / "f.bin"
+    for offset in range(20):
+        data = b"x" * offset + needle + b"y" * 5
+        path.write_bytes(data)
+        entry, found = hub.hashed_file("f.bin", path, needle)
+        assert found, offset
+        assert entry.sha256 == hashlib.sha256(data).hexdigest()
+    path.write_bytes(b"x" * 9 + needle[:-1] + b"y" * 9)
+    assert not hub.hashed_file("f.bin", path, needle)[1]

@@ -165,3 +165,61 @@ def test_seconds_is_the_elapsed_clock_time(monkeypatch):
 def test_default_nbeta_is_m_over_log_m_and_one_for_a_single_row(m, nbeta):
     # log 1 = 0: a single-row batch falls back to nbeta = 1.
     assert default_nbeta(m) == pytest.approx(nbeta, rel=1e-12)
+
+
+def test_batch_size_below_one_is_refused_and_one_is_allowed():
+    from sae_lens_ext_llc.estimator import prepare_problem
+
+    inputs, targets = regression_data(n=20, d=3, seed=2)
+    model = fitted_linear(inputs, targets)
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        prepare_problem(model, mse, (inputs, targets), 0, None)
+    assert prepare_problem(model, mse, (inputs, targets), 1, None).batch_size == 1
+
+
+@pytest.mark.parametrize(
+    ("dtype", "recorded"), [(torch.bfloat16, "bfloat16"), (None, "none")]
+)
+def test_settings_record_names_the_autocast_dtype(dtype, recorded):
+    from sae_lens_ext_llc.estimator import prepare_problem, settings_record
+
+    inputs, targets = regression_data(n=20, d=3, seed=2)
+    model = fitted_linear(inputs, targets)
+    problem = prepare_problem(model, mse, (inputs, targets), 10, dtype)
+    record = settings_record(problem, seed=3)
+    assert record == {
+        "seed": 3,
+        "batch_size": 10,
+        "n_samples": 20,
+        "autocast": recorded,
+    }
+
+
+def test_problem_gradient_and_minibatch_spread_against_direct_computations():
+    from sae_lens_ext_llc.estimator import prepare_problem
+
+    inputs, targets = regression_data(n=20, d=3, seed=4)
+    model = torch.nn.Linear(3, 1, bias=False)  # away from the minimum: a real gradient
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
+    problem = prepare_problem(model, mse, (inputs, targets), 7, None)
+    full = mse(model, (inputs, targets))
+    (grad,) = torch.autograd.grad(full, [model.weight])
+    assert problem.init_loss == pytest.approx(full.item(), rel=1e-6)
+    assert problem.init_grad_norm == pytest.approx(float(grad.norm()), rel=1e-5)
+    # the spread uses the full 7-row minibatches only (rows 0-6 and 7-13)
+    with torch.no_grad():
+        losses = [
+            float(mse(model, (inputs[s : s + 7], targets[s : s + 7]))) for s in (0, 7)
+        ]
+    assert problem.batch_loss_sd == pytest.approx(
+        float(np.std(losses, ddof=1)), rel=1e-5
+    )
+    # one full-data batch: no spread to measure
+    assert prepare_problem(model, mse, (inputs, targets), 20, None).batch_loss_sd == 0.0
+
+
+def test_sampler_options_are_keyword_only():
+    inputs, targets = regression_data(n=20, d=3, seed=2)
+    with pytest.raises(TypeError, match="positional"):
+        estimate_llc(fitted_linear(inputs, targets), mse, (inputs, targets), 4)

@@ -146,6 +146,7 @@ def test_not_critical_fires_above_ten_percent_of_the_estimate(
     # Allowed dip below L(w*) = 1: 1e-6 (rounding) + 5 minibatch-loss SDs.
     [
         (0.5e-6, 0.0, False),
+        (1e-6, 0.0, False),  # exactly the allowance: not beyond it
         (2e-6, 0.0, True),
         (0.045, 0.01, False),  # 4.5 SDs: noise
         (0.055, 0.01, True),  # 5.5 SDs: descent
@@ -316,3 +317,15 @@ def test_chain_summaries_against_loops_over_the_traces():
         evidence.acceptance_trace[c, t] for c in healthy for t in range(50, 300)
     ]
     assert diagnostics.acceptance == pytest.approx(sum(accepted) / len(accepted))
+
+
+def test_a_chain_at_the_initial_loss_is_not_below_it():
+    # chain 1 sits exactly at L(w*) = 1.0: "below" is strict
+    evidence = evidence_with_llc(2.0, n_params=10)
+    losses = np.ones((4, 300))
+    losses[0] = 0.98
+    evidence.loss_trace = losses
+    evidence.acceptance_trace = np.full((4, 300), 0.8)
+    diagnostics = diagnose(evidence, llc=2.0, llc_se=0.05, healthy=[0, 1, 2, 3])
+    assert evidence.init_loss == 1.0
+    assert diagnostics.chains_below_init == 1

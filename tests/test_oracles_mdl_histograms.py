@@ -150,3 +150,19 @@ def test_ladder_statistics_of_no_tokens_and_of_dead_latents():
         statistics.entropy[:, [0, 2]].abs().max() < 1e-12
     )  # log2 10 - 10 log2 10 / 10
     assert statistics.bins_used.tolist() == [[0, 2, 0], [0, 2, 0]]
+
+
+def test_a_symbol_equal_to_the_width_and_a_single_off_token_are_counted():
+    # symbol 8 == width is the first one outside the table (it goes to the tail);
+    # latent 0 is off on exactly one of the 6 tokens, so its off symbol's c log c is 0
+    bins = torch.tensor([4, 0, 1, 4, 2, 3, 4])  # 2 * 4 = symbol 8 (positive values)
+    values = ((bins + 0.5) * PRECISION).double()
+    values[2] = -values[2]  # symbol 3
+    latents = torch.tensor([0, 0, 0, 0, 0, 1, 1])
+    hist = QuantisedHistograms(2, PRECISION, width=8)
+    hist.add(latents, values, 6)
+    expected = counters(latents, values, 2, PRECISION)
+    assert expected[0][8] == 2 and sum(expected[0].values()) == 5
+    assert hist.nonzero_counts().tolist() == [5, 2]
+    bits = [entropy(c, 6) for c in expected]
+    assert hist.entropy().tolist() == pytest.approx(bits, rel=1e-12, abs=1e-12)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from sae_lens_ext_meta_sae import MetaSAEConfig, MetaSAETrainer, planted_decoder
-from sae_lens_ext_meta_sae.trainer import MetaSAEWeights, global_threshold
+from sae_lens_ext_meta_sae.trainer import MetaSAEWeights, global_threshold, reconstruct
 
 
 def trainer_for(steps: int, fraction: float) -> MetaSAETrainer:
@@ -78,6 +78,26 @@ def test_global_threshold_equals_a_brute_force_sort(k, bias):
     assert ours == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.7])
+def test_reconstruction_is_the_dense_jumprelu_decode(threshold):
+    # 5000 rows: more than one encoder chunk
+    data = torch.randn(5000, 5, generator=torch.Generator().manual_seed(9)).double()
+    weights = random_weights(5, 3, -0.2, seed=10)
+    weights = MetaSAEWeights(
+        **{
+            name: getattr(weights, name).double()
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec")
+        },
+        threshold=threshold,
+    )
+    pre = (data - weights.b_dec) @ weights.W_enc + weights.b_enc
+    acts = torch.where(pre > max(threshold, 0.0), pre, torch.zeros_like(pre))
+    expected = acts @ weights.W_dec + weights.b_dec
+    torch.testing.assert_close(
+        reconstruct(weights, data).double(), expected, rtol=1e-5, atol=1e-5
+    )
+
+
 def reference_step(params, optimizer, x, n_keep):
     """One step written from the docstring: autograd loss, tangent decoder gradient,
     ``torch.optim.Adam`` update, decoder rows renormalised."""
@@ -96,21 +116,74 @@ def reference_step(params, optimizer, x, n_keep):
     return float(loss.detach())
 
 
+def check_three_steps(trainer, data, reference):
+    """Three trainer steps equal ``reference`` steps on a copy of its parameters
+    with ``torch.optim.Adam`` (the moments carry over from step to step)."""
+    params = [p.detach().clone().requires_grad_() for p in trainer.params]
+    optimizer = torch.optim.Adam(params, lr=1e-2, foreach=False, fused=False)
+    for start in range(0, 192, 64):
+        x = data[start : start + 64]
+        loss = trainer.step(x)
+        expected = reference(params, optimizer, x, trainer.n_keep)
+        assert loss == pytest.approx(expected, rel=1e-5)
+        for ours, reference_param in zip(trainer.params, params, strict=True):
+            torch.testing.assert_close(
+                ours, reference_param.detach(), rtol=1e-4, atol=1e-5
+            )
+
+
 def test_training_steps_equal_autograd_and_torch_adam():
     data = planted_decoder(256, 12, 10, seed=3).decoder
     config = MetaSAEConfig(d_meta=10, k=2, batch_size=64, lr=1e-2, autocast=False)
     trainer = MetaSAETrainer(data, 10, config)
-    params = [p.detach().clone().requires_grad_() for p in trainer.params]
-    optimizer = torch.optim.Adam(params, lr=1e-2, foreach=False, fused=False)
-    for start in range(0, 192, 64):  # three steps: Adam's moments carry over
-        x = data[start : start + 64]
-        loss = trainer.step(x)
-        expected = reference_step(params, optimizer, x, trainer.n_keep)
-        assert loss == pytest.approx(expected, rel=1e-5)
-        for ours, reference in zip(trainer.params, params, strict=True):
-            torch.testing.assert_close(ours, reference.detach(), rtol=1e-4, atol=1e-5)
+    check_three_steps(trainer, data, reference_step)
     norms = trainer.W_dec.norm(dim=1)
     torch.testing.assert_close(norms, torch.ones_like(norms))
     # the cut-off tracked for the next batch's hint and the threshold average
     assert trainer.last_cutoff > 0
     assert 0 < trainer.threshold_ema < trainer.last_cutoff
+
+
+def reference_rescaled_step(params, optimizer, x, n_keep):
+    """One step with ``decoder_norm="rescaled"`` (SAE-Lens's rescale_acts_by_decoder_norm):
+    activations scaled by each decoder row's norm, decoded by the unit rows; the
+    gradient is autograd's through the norms, and the rows are not renormalised."""
+    W_enc_T, b_enc, W_dec, b_dec = params
+    norms = W_dec.norm(dim=1)
+    pre = ((x - b_dec) @ W_enc_T.T + b_enc) * norms
+    kept = torch.zeros(pre.numel(), dtype=torch.bool)
+    kept[torch.topk(pre.detach().relu().flatten(), n_keep).indices] = True
+    x_hat = (pre * kept.view_as(pre)) @ (W_dec / norms[:, None]) + b_dec
+    loss = (x_hat - x).pow(2).sum(1).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def test_rescaled_training_steps_equal_autograd_and_torch_adam():
+    data = planted_decoder(256, 12, 10, seed=4).decoder
+    config = MetaSAEConfig(
+        d_meta=10,
+        k=2,
+        batch_size=64,
+        lr=1e-2,
+        autocast=False,
+        decoder_norm="rescaled",
+    )
+    trainer = MetaSAETrainer(data, 10, config)
+    with torch.no_grad():  # rows of unequal norms, so each one's scale matters
+        trainer.W_dec.mul_(torch.linspace(0.5, 2.0, 10)[:, None])
+    check_three_steps(trainer, data, reference_rescaled_step)
+    norms = trainer.W_dec.norm(dim=1)
+    assert not torch.allclose(norms, torch.ones_like(norms))  # never renormalised
+
+
+def test_autocast_step_makes_the_bfloat16_batch_itself_when_not_given():
+    data = planted_decoder(128, 12, 10, seed=5).decoder
+    config = MetaSAEConfig(d_meta=10, k=2, batch_size=64, lr=1e-2, autocast=True)
+    given, made = MetaSAETrainer(data, 10, config), MetaSAETrainer(data, 10, config)
+    x = data[:64]
+    assert given.step(x, x.to(torch.bfloat16)) == made.step(x)
+    for a, b in zip(given.params, made.params, strict=True):
+        assert torch.equal(a, b)

@@ -12,10 +12,13 @@ import pytest
 import torch
 from conftest import TINY_HOOK, make_sae
 
+from sae_lens_ext.positions import SKIP_BOS
 from sae_lens_ext.shared_pass import (
     ActivationError,
     HookActivations,
+    check_activations,
     model_activations,
+    multi_hook_activations,
     run_shared_pass,
     stop_layer,
 )
@@ -47,6 +50,47 @@ def test_model_activations_are_the_full_runs_cache_at_kept_positions(
         torch.testing.assert_close(acts.sae_in, expected, rtol=1e-5, atol=1e-5)
         assert acts.tokens.tolist() == [int(batch_tokens[s, p]) for s, p in rows]
         assert torch.equal(acts.token_context, batch_tokens)
+
+
+def test_model_activations_skip_the_bos_position_by_default(tiny_model, tiny_tokens):
+    (acts,) = model_activations(tiny_model, TINY_HOOK, [tiny_tokens[:2]])
+    assert acts.positions[:, 1].min() == 1
+    assert len(acts.positions) == 2 * 11
+
+
+def test_hooks_with_and_without_a_layer_share_one_full_pass(tiny_model, tiny_tokens):
+    # hook_embed has no block: the pass cannot stop early, and must not fail
+    tokens = tiny_tokens[:3]
+    _, cache = tiny_model.run_with_cache(tokens)
+    hooks = ["hook_embed", TINY_HOOK]
+    (got,) = multi_hook_activations(tiny_model, hooks, [tokens], SKIP_BOS)
+    for hook in hooks:
+        expected = cache[hook][:, 1:].reshape(-1, cache[hook].shape[-1])
+        torch.testing.assert_close(got[hook].sae_in, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_model_activations_options_are_keyword_only(tiny_model):
+    # a bare True/False after the batches would be unreadable; the signature refuses it
+    with pytest.raises(TypeError, match="positional"):
+        model_activations(tiny_model, TINY_HOOK, [], False)
+    with pytest.raises(TypeError, match="positional"):
+        run_shared_pass(None, [], [], TINY_HOOK)
+
+
+def test_a_batch_with_no_kept_position_is_skipped_not_the_end(tiny_model, tiny_tokens):
+    # the first batch holds only BOS positions: the batches after it still come
+    batches = [tiny_tokens[:2, :1], tiny_tokens[2:4]]
+    got = list(model_activations(tiny_model, TINY_HOOK, batches))
+    assert len(got) == 1
+    assert torch.equal(got[0].token_context, tiny_tokens[2:4])
+
+
+def test_width_check_compares_values_not_identities():
+    # widths above 256 are distinct int objects in CPython: `is not` would reject them
+    width = int("300")
+    check_activations(torch.zeros(3, width), 300, TINY_HOOK)
+    with pytest.raises(ActivationError, match="width 301.*d_in=300"):
+        check_activations(torch.zeros(3, 301), 300, TINY_HOOK)
 
 
 class Recorder:

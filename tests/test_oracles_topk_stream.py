@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sae_lens_ext_absorption.topk import StreamingTopK, entries_above
+from sae_lens_ext_absorption.topk import (
+    StreamingTopK,
+    entries_above,
+    entries_above_torch,
+)
 
 
 def expected_top(offers, n_columns, n_top, floor=None):
@@ -58,13 +62,17 @@ def test_dense_batches_keep_each_columns_top_n(floor, n_columns):
 
 
 def test_entries_keep_each_columns_top_n_including_single_entries():
-    stream = StreamingTopK(5, n_top=3)
+    stream = StreamingTopK(6, n_top=3)
     calls = [
-        # column 1 gets one entry only; column 3 none; column 0 more than n_top
+        # column 1 gets one entry only; column 3 one, in a call of one entry;
+        # column 5 none; column 0 more than n_top, the last one a tie with its
+        # third (the first offered is kept)
         ([0, 0, 1, 0, 0], [0.2, 0.9, 0.4, 0.5, 0.1], [10, 11, 12, 13, 14]),
         ([2, 0, 2, 4], [1.5, 0.05, 0.7, -0.3], [20, 21, 22, 23]),
         ([], [], []),
+        ([3], [0.3], [25]),
         ([0, 4, 4], [0.6, 0.8, -0.1], [30, 31, 32]),
+        ([0], [0.5], [40]),
     ]
     offers = []
     for columns, values, ids in calls:
@@ -79,8 +87,8 @@ def test_entries_keep_each_columns_top_n_including_single_entries():
             (c, float(torch.tensor(v)), i, float(torch.tensor(p)))
             for c, v, i, p in zip(columns, values, ids, payload, strict=True)
         ]
-    check(stream, expected_top(offers, 5, 3))
-    assert stream.threshold.tolist() == [r[-1][0] for r in expected_top(offers, 5, 3)]
+    check(stream, expected_top(offers, 6, 3))
+    assert stream.threshold.tolist() == [r[-1][0] for r in expected_top(offers, 6, 3)]
 
 
 def test_entries_above_a_bar_and_the_limit():
@@ -97,3 +105,17 @@ def test_entries_above_a_bar_and_the_limit():
     assert entries_above(scores, 0.0, limit=5) is None  # 6 entries: over it
     with pytest.raises(ValueError, match="n_top"):
         StreamingTopK(3, 0)
+
+
+@pytest.mark.parametrize("limit", [None, 3, 4])
+def test_the_torch_path_finds_the_same_entries_as_a_loop(limit):
+    # entries_above_torch serves devices other than the CPU; run here on CPU tensors
+    scores = torch.tensor([[0.1, 0.9, 0.3], [0.8, 0.2, 0.7]])
+    bar = torch.tensor([0.25, 0.5])
+    loop = [(r, c) for r in range(2) for c in range(3) if scores[r, c] > bar[r]]
+    found = entries_above_torch(scores, bar, limit)
+    if limit == 3:
+        assert found is None  # 4 entries: over the limit
+        return
+    rows, cols = found
+    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == loop
