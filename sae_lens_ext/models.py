@@ -221,7 +221,9 @@ def load_hf_folder(
         state_dict = loading.get_pretrained_state_dict(
             str(config_dir), cfg, hf_model, dtype=dtype
         )
-    cfg.model_name = folder.name
+    # the full path, so an SAE trained on this model (its metadata.model_name)
+    # finds the folder again from any working directory
+    cfg.model_name = str(folder.resolve())
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
         state_dict,

@@ -171,6 +171,7 @@ def run(
         run_warnings=run_warnings,
         analyses=skipped_entries(skipped, registry),
     )
+    summary["stage_seconds"] = {"setup": round(time.perf_counter() - started, 2)}
     write_json(run_dir / "summary.json", summary)
     output = RunOutput(run_dir=run_dir, summary=summary)
     failed = AnalysisFailures(registry.plugin_of)
@@ -180,6 +181,7 @@ def run(
         )
         streaming = {n: a for n, a in analyses.items() if a.needs_pass()}
         if streaming and model is not None:
+            pass_started = time.perf_counter()
             batches = activation_batches(
                 model, sae, metadata, tokens, n_tokens, batch_size, cache_dir,
                 position_filter,
@@ -191,6 +193,9 @@ def run(
                 failed,
                 hook_name=hook_name,
                 total_rows=n_tokens,
+            )
+            summary["stage_seconds"]["shared_pass"] = round(
+                time.perf_counter() - pass_started, 2
             )
         finish_analyses(analyses, registry, run_dir, summary, output, failed)
         write_saebench_outputs(
@@ -280,6 +285,8 @@ def close_run(registry, summary, target, output, failed, started) -> None:
     failures = failed.summary()
     summary["status"] = "failed" if failures else "complete"
     summary["duration_s"] = round(time.perf_counter() - started, 2)
+    stages = summary.setdefault("stage_seconds", {})
+    stages["other"] = round(max(0.0, summary["duration_s"] - sum(stages.values())), 2)
     write_json(target.path / "summary.json", summary)
     write_model_card(registry, summary, target.path, output.results)
     if failures:
@@ -306,8 +313,9 @@ def skipped_entries(skipped: dict[str, str], registry) -> dict[str, dict]:
 def finish_analyses(analyses, registry, run_dir, summary, output, failed) -> None:
     """Finish and write each analysis that has not failed; record the failures.
 
-    An analysis whose headline metrics come out null or non-finite fails
-    and its files are not written.
+    Each finish's wall time goes to ``summary["stage_seconds"]``.  An
+    analysis whose headline metrics come out null or non-finite fails and its
+    files are not written.
     """
     for name, (_, cls) in registry.analyses().items():
         if name not in analyses and name not in failed:
@@ -315,6 +323,7 @@ def finish_analyses(analyses, registry, run_dir, summary, output, failed) -> Non
         analysis = analyses.get(name)
         entry = {"title": cls.title or name, "plugin": registry.plugin_of(name)}
         if name not in failed:
+            finish_started = time.perf_counter()
             try:
                 result = analysis.finish()
                 entry["metrics"] = result.metrics
@@ -328,6 +337,9 @@ def finish_analyses(analyses, registry, run_dir, summary, output, failed) -> Non
                 output.results[name] = result
             except Exception as exc:
                 failed.record(name, "finish()", exc)
+            summary.setdefault("stage_seconds", {})[name] = round(
+                time.perf_counter() - finish_started, 2
+            )
         if name in failed:
             entry.update(failed.entries[name])
         summary["analyses"][name] = json_safe(entry)

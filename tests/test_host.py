@@ -79,6 +79,11 @@ def test_run_directory_layout(tiny_model, tiny_tokens, tmp_path):
         assert (run_dir / "base" / name).is_file()
     card = (run_dir / "README.md").read_text()
     assert "Base metrics" in card
+    stages = summary["stage_seconds"]
+    assert set(stages) == {"setup", "shared_pass", "base", "other"}
+    assert all(seconds >= 0 for seconds in stages.values())
+    # the stages partition the run's wall time (each rounded to 0.01 s)
+    assert sum(stages.values()) == pytest.approx(summary["duration_s"], abs=0.03)
 
 
 def test_run_refuses_a_non_empty_out_dir(tiny_model, tiny_tokens, tmp_path):

@@ -85,13 +85,21 @@ def test_the_documented_command_runs_end_to_end(example_dir, monkeypatch, one_th
     assert "tiny-llama-sae" in card and "(BOS excluded)" in card
 
 
-def test_train_tokenized_takes_the_folder_as_model(example_dir, tmp_path, one_thread):
+def test_train_tokenized_takes_the_folder_as_model(
+    example_dir, tmp_path, monkeypatch, one_thread
+):
     args = ["train-tokenized", "--model", str(example_dir / "tiny-llama"),
             "--dataset", str(example_dir / "text.txt"), "--out", str(tmp_path / "t"),
             "--d-sae", "64", "--k", "4", "--steps", "10", "--batch-size", "64"]  # fmt: skip
     done = CliRunner().invoke(build_cli(), args, catch_exceptions=False)
     assert done.exit_code == 0, done.output
-    assert (tmp_path / "t" / "sae" / "cfg.json").is_file()
+    cfg = json.loads((tmp_path / "t" / "sae" / "cfg.json").read_text())
+    recorded = cfg["metadata"]["model_name"]
+    assert recorded == str((example_dir / "tiny-llama").resolve())
+    monkeypatch.chdir(tmp_path)  # elsewhere: the recorded name still finds the folder
+    from sae_lens_ext import load_model
+
+    assert load_model(recorded).cfg.d_model == 64
 
 
 def test_the_documented_python_call_runs(example_dir, monkeypatch, one_thread):

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call
 
 from .data import Data, chunks, take_rows
 from .sampler import LossModule, autocast_context
@@ -112,12 +112,22 @@ def lowest_hessian_eigenvalue(
         }
         product = torch.zeros(n_params, device=device)
         for batch, weight in zip(batches, weights, strict=True):
-            _, hvp = jvp(
-                lambda params, batch=batch: grad(loss_at)(params, batch),
-                (anchor32,),
-                (tangent,),
+            # reverse over reverse: grad of <grad L, v>.  (torch.func's jvp
+            # would first register its decompositions, ~4 s once per process.)
+            params = {n: v.clone().requires_grad_(True) for n, v in anchor32.items()}
+            gradients = torch.autograd.grad(
+                loss_at(params, batch), list(params.values()), create_graph=True
             )
-            flat = torch.cat([hvp[name].reshape(-1) for name in names])
+            along = sum(
+                (g * tangent[n]).sum() for n, g in zip(names, gradients, strict=True)
+            )
+            hvp = torch.autograd.grad(along, list(params.values()), allow_unused=True)
+            flat = torch.cat(
+                [
+                    torch.zeros(size, device=device) if h is None else h.reshape(-1)
+                    for h, size in zip(hvp, sizes, strict=True)
+                ]
+            )
             product.add_(flat, alpha=weight)
         return product if subset is None else product[subset]
 
