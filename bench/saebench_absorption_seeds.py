@@ -215,6 +215,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--record", type=Path, help="append a JSON line here")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # small problems: a second thread only spins
     add_wheel(args.saebench_wheel)
     from sae_bench.sae_bench_utils import general_utils
 

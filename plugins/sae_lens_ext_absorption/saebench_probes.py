@@ -184,7 +184,9 @@ def fit_sklearn_sparse_probes(x: torch.Tensor, labels: torch.Tensor) -> LinearPr
     y = labels.double().T  # [p, n]
     n = y.shape[1]
     n_positive = y.sum(1, keepdim=True)
+    # scikit-learn's objective divided by n (the same minimiser), so that
+    # the solver's gradient tolerance is relative to a mean loss
     balanced = torch.where(
-        y > 0, n / (2 * n_positive), n / (2 * (n - n_positive).clamp_min(1))
+        y > 0, 1 / (2 * n_positive), 1 / (2 * (n - n_positive).clamp_min(1))
     )
-    return fit_weighted_sparse_probes(x, balanced, balanced * y, l2=0.5)
+    return fit_weighted_sparse_probes(x, balanced, balanced * y, l2=0.5 / n)
