@@ -24,7 +24,8 @@ the numbers.  The end-to-end numbers of the stored SAEBench run (its own
 absorption stage, which re-prompts the test words) are printed alongside.
 
     python bench/saebench_absorption_seeds.py --saebench-wheel DIR --run RUN \\
-        --sae-id resid1-topk-1024 --sparse-epochs 500 --seeds 0 1 2
+        --sae-id resid1-topk-1024 --sparse-epochs 500 --seeds 0 1 2 --record R
+    python bench/saebench_absorption_seeds.py --saebench-wheel DIR --summarise R
 """
 
 from __future__ import annotations
@@ -201,10 +202,81 @@ def stored_end_to_end(run: Path, folder: Path) -> dict:
     }
 
 
+def summarise(paths: list[Path]) -> None:
+    """A markdown table, one line per recorded SAE and epoch setting."""
+    print(
+        "| SAE | k-sparse epochs | full: SAEBench / ours (mean ± std, seeds) | "
+        "difference ± s.e. | fraction: SAEBench / ours | difference ± s.e. | "
+        "largest gap between two SAEBench seeds (full / fraction) | "
+        "within ±0.06 (full / fraction) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for path in paths:
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            cells = [entry["sae_id"], str(entry["sparse_epochs"])]
+            gaps, inside = [], []
+            for metric in ("full", "fraction"):
+                theirs = [r["saebench"][metric] for r in entry["seeds"]]
+                mine = [r["ours"][metric] for r in entry["seeds"]]
+                n = len(theirs)
+                error = np.sqrt(np.var(theirs, ddof=1) / n + np.var(mine, ddof=1) / n)
+                difference = np.mean(mine) - np.mean(theirs)
+                cells.append(
+                    f"{np.mean(theirs):.3f} ± {np.std(theirs, ddof=1):.3f} / "
+                    f"{np.mean(mine):.3f} ± {np.std(mine, ddof=1):.3f} ({n})"
+                )
+                cells.append(f"{difference:+.3f} ± {error:.3f}")
+                gaps.append(f"{max(theirs) - min(theirs):.3f}")
+                inside.append("yes" if abs(difference) <= TOLERANCE else "no")
+            cells += [" / ".join(gaps), " / ".join(inside)]
+            print("| " + " | ".join(cells) + " |")
+    print()
+    print(
+        "| SAE | k-sparse epochs | probe cosine (SAEBench vs ours, mean) | same main "
+        "latents | full: swap the probe / swap the main latents | fraction: swap "
+        "the probe / swap the main latents |"
+    )
+    print("|---|---|---|---|---|---|")
+    for path in paths:
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            seeds = entry["seeds"]
+            cells = [
+                entry["sae_id"],
+                str(entry["sparse_epochs"]),
+                f"{np.mean([r['probe_cosine_mean'] for r in seeds]):.3f}",
+                ", ".join(
+                    f"{r['same_main_latents']}/{r['letters_compared']}" for r in seeds
+                ),
+            ]
+            for metric in ("full", "fraction"):
+                # mean |change| of SAEBench's number when only its probe, or
+                # only its main latents, are replaced by ours
+                probe = np.mean(
+                    [
+                        abs(
+                            r["our_probe_their_latents"][metric] - r["saebench"][metric]
+                        )
+                        for r in seeds
+                    ]
+                )
+                latents = np.mean(
+                    [
+                        abs(
+                            r["their_probe_our_latents"][metric] - r["saebench"][metric]
+                        )
+                        for r in seeds
+                    ]
+                )
+                cells.append(f"{probe:.3f} / {latents:.3f}")
+            print("| " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saebench-wheel", required=True, help="unpacked sae_bench")
-    parser.add_argument("--run", type=Path, required=True, help="the bench's --out")
+    parser.add_argument("--run", type=Path, help="the bench's --out")
     parser.add_argument("--sae-id", default="resid0-topk-1024")
     parser.add_argument(
         "--sparse-epochs",
@@ -214,7 +286,13 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--record", type=Path, help="append a JSON line here")
+    parser.add_argument(
+        "--summarise", type=Path, nargs="+", help="print the table of records"
+    )
     args = parser.parse_args()
+    if args.summarise:
+        summarise(args.summarise)
+        return
     torch.set_num_threads(1)  # small problems: a second thread only spins
     add_wheel(args.saebench_wheel)
     from sae_bench.sae_bench_utils import general_utils

@@ -268,3 +268,16 @@ def test_probe_training_option_is_checked():
         AbsorptionConfig(probe_training="adam")
     with pytest.raises(ValueError, match="sparse_probe_epochs"):
         AbsorptionConfig(sparse_probe_epochs=0)
+
+
+def test_saebench_json_carries_the_k_sparse_settings_only_when_trained_so():
+    from sae_lens_ext_absorption.saebench import _probe_settings
+
+    assert _probe_settings({"probe_training": "exact"}) == {}
+    assert _probe_settings(
+        {"probe_training": "saebench", "sparse_probe_epochs": 500}
+    ) == {
+        "k_sparse_probe_l1_decay": 0.01,
+        "k_sparse_probe_batch_size": 4096,
+        "k_sparse_probe_num_epochs": 500,
+    }
