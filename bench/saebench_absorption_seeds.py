@@ -202,8 +202,24 @@ def stored_end_to_end(run: Path, folder: Path) -> dict:
     }
 
 
+def merged_records(paths: list[Path]) -> list[dict]:
+    """Records of the same SAE and epochs merged (their seeds pooled)."""
+    merged: dict[tuple, dict] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            key = (entry["sae_id"], entry["sparse_epochs"])
+            if key in merged:
+                merged[key]["seeds"] += entry["seeds"]
+            else:
+                merged[key] = entry
+    return list(merged.values())
+
+
 def summarise(paths: list[Path]) -> None:
-    """A markdown table, one line per recorded SAE and epoch setting."""
+    """A markdown table, one line per recorded SAE and epoch setting (the
+    seeds of several records of one SAE and setting pooled)."""
+    entries = merged_records(paths)
     print(
         "| SAE | k-sparse epochs | full: SAEBench / ours (mean ± std, seeds) | "
         "difference ± s.e. | fraction: SAEBench / ours | difference ± s.e. | "
@@ -211,26 +227,24 @@ def summarise(paths: list[Path]) -> None:
         "within ±0.06 (full / fraction) |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for path in paths:
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)
-            cells = [entry["sae_id"], str(entry["sparse_epochs"])]
-            gaps, inside = [], []
-            for metric in ("full", "fraction"):
-                theirs = [r["saebench"][metric] for r in entry["seeds"]]
-                mine = [r["ours"][metric] for r in entry["seeds"]]
-                n = len(theirs)
-                error = np.sqrt(np.var(theirs, ddof=1) / n + np.var(mine, ddof=1) / n)
-                difference = np.mean(mine) - np.mean(theirs)
-                cells.append(
-                    f"{np.mean(theirs):.3f} ± {np.std(theirs, ddof=1):.3f} / "
-                    f"{np.mean(mine):.3f} ± {np.std(mine, ddof=1):.3f} ({n})"
-                )
-                cells.append(f"{difference:+.3f} ± {error:.3f}")
-                gaps.append(f"{max(theirs) - min(theirs):.3f}")
-                inside.append("yes" if abs(difference) <= TOLERANCE else "no")
-            cells += [" / ".join(gaps), " / ".join(inside)]
-            print("| " + " | ".join(cells) + " |")
+    for entry in entries:
+        cells = [entry["sae_id"], str(entry["sparse_epochs"])]
+        gaps, inside = [], []
+        for metric in ("full", "fraction"):
+            theirs = [r["saebench"][metric] for r in entry["seeds"]]
+            mine = [r["ours"][metric] for r in entry["seeds"]]
+            n = len(theirs)
+            error = np.sqrt(np.var(theirs, ddof=1) / n + np.var(mine, ddof=1) / n)
+            difference = np.mean(mine) - np.mean(theirs)
+            cells.append(
+                f"{np.mean(theirs):.3f} ± {np.std(theirs, ddof=1):.3f} / "
+                f"{np.mean(mine):.3f} ± {np.std(mine, ddof=1):.3f} ({n})"
+            )
+            cells.append(f"{difference:+.3f} ± {error:.3f}")
+            gaps.append(f"{max(theirs) - min(theirs):.3f}")
+            inside.append("yes" if abs(difference) <= TOLERANCE else "no")
+        cells += [" / ".join(gaps), " / ".join(inside)]
+        print("| " + " | ".join(cells) + " |")
     print()
     print(
         "| SAE | k-sparse epochs | probe cosine (SAEBench vs ours, mean) | same main "
@@ -238,39 +252,33 @@ def summarise(paths: list[Path]) -> None:
         "the probe / swap the main latents |"
     )
     print("|---|---|---|---|---|---|")
-    for path in paths:
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)
-            seeds = entry["seeds"]
-            cells = [
-                entry["sae_id"],
-                str(entry["sparse_epochs"]),
-                f"{np.mean([r['probe_cosine_mean'] for r in seeds]):.3f}",
-                ", ".join(
-                    f"{r['same_main_latents']}/{r['letters_compared']}" for r in seeds
-                ),
-            ]
-            for metric in ("full", "fraction"):
-                # mean |change| of SAEBench's number when only its probe, or
-                # only its main latents, are replaced by ours
-                probe = np.mean(
-                    [
-                        abs(
-                            r["our_probe_their_latents"][metric] - r["saebench"][metric]
-                        )
-                        for r in seeds
-                    ]
-                )
-                latents = np.mean(
-                    [
-                        abs(
-                            r["their_probe_our_latents"][metric] - r["saebench"][metric]
-                        )
-                        for r in seeds
-                    ]
-                )
-                cells.append(f"{probe:.3f} / {latents:.3f}")
-            print("| " + " | ".join(cells) + " |")
+    for entry in entries:
+        seeds = entry["seeds"]
+        cells = [
+            entry["sae_id"],
+            str(entry["sparse_epochs"]),
+            f"{np.mean([r['probe_cosine_mean'] for r in seeds]):.3f}",
+            ", ".join(
+                f"{r['same_main_latents']}/{r['letters_compared']}" for r in seeds
+            ),
+        ]
+        for metric in ("full", "fraction"):
+            # mean |change| of SAEBench's number when only its probe, or
+            # only its main latents, are replaced by ours
+            probe = np.mean(
+                [
+                    abs(r["our_probe_their_latents"][metric] - r["saebench"][metric])
+                    for r in seeds
+                ]
+            )
+            latents = np.mean(
+                [
+                    abs(r["their_probe_our_latents"][metric] - r["saebench"][metric])
+                    for r in seeds
+                ]
+            )
+            cells.append(f"{probe:.3f} / {latents:.3f}")
+        print("| " + " | ".join(cells) + " |")
 
 
 def main() -> None:
