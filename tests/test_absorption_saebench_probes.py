@@ -38,16 +38,11 @@ def separable_problem(seed: int, n: int = 600, f: int = 10, p: int = 3):
     return x[keep], margin[keep] > 0, truth
 
 
-def reference_optimum(x, labels, weight_decay, n_outputs):
-    """Brute force: float64 LBFGS on SAEBench's probe objective (mean
-    positive-weighted BCE over rows and ``n_outputs`` outputs, plus Adam's
-    coupled weight decay as ``weight_decay / 2 x`` the squared parameters)."""
-    x, y = x.double(), labels.double()
-    pos_weight = (len(y) - y.sum(0)) / y.sum(0)
-    weight = torch.zeros(
-        y.shape[1], x.shape[1], dtype=torch.float64, requires_grad=True
-    )
-    bias = torch.zeros(y.shape[1], dtype=torch.float64, requires_grad=True)
+def lbfgs_minimum(weight_shape, bias_shape, loss_of):
+    """Brute force: ``loss_of(weight, bias)`` minimised from zero by float64
+    LBFGS to tight tolerances."""
+    weight = torch.zeros(weight_shape, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(bias_shape, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         max_iter=5000,
@@ -58,16 +53,29 @@ def reference_optimum(x, labels, weight_decay, n_outputs):
 
     def closure():
         optimizer.zero_grad()
-        bce = F.binary_cross_entropy_with_logits(
-            x @ weight.T + bias, y, pos_weight=pos_weight, reduction="sum"
-        )
-        loss = bce / (len(y) * n_outputs)
-        loss = loss + weight_decay / 2 * (weight.pow(2).sum() + bias.pow(2).sum())
+        loss = loss_of(weight, bias)
         loss.backward()
         return loss
 
     optimizer.step(closure)
     return weight.detach(), bias.detach()
+
+
+def reference_optimum(x, labels, weight_decay, n_outputs):
+    """SAEBench's probe objective at its optimum: mean positive-weighted BCE
+    over rows and ``n_outputs`` outputs, plus Adam's coupled weight decay as
+    ``weight_decay / 2 x`` the squared parameters."""
+    x, y = x.double(), labels.double()
+    pos_weight = (len(y) - y.sum(0)) / y.sum(0)
+
+    def loss(weight, bias):
+        bce = F.binary_cross_entropy_with_logits(
+            x @ weight.T + bias, y, pos_weight=pos_weight, reduction="sum"
+        )
+        decay = weight.pow(2).sum() + bias.pow(2).sum()
+        return bce / (len(y) * n_outputs) + weight_decay / 2 * decay
+
+    return lbfgs_minimum((y.shape[1], x.shape[1]), (y.shape[1],), loss)
 
 
 def test_adam_probe_reaches_the_regularised_optimum_and_the_planted_direction():
@@ -176,34 +184,20 @@ def test_l1_ranking_puts_the_planted_latent_first():
 
 def brute_force_balanced_logistic(x, labels):
     """scikit-learn's ``LogisticRegression(C=1, class_weight="balanced")``
-    objective minimised by float64 LBFGS (bias unpenalised)."""
+    objective at its optimum (bias unpenalised)."""
     x, y = x.double(), labels.double()
     n = len(y)
     class_weight = torch.where(
         labels, n / (2 * y.sum()), n / (2 * (n - y.sum()))
     ).double()
-    weight = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [weight, bias],
-        max_iter=5000,
-        tolerance_grad=1e-12,
-        tolerance_change=1e-15,
-        line_search_fn="strong_wolfe",
-    )
 
-    def closure():
-        optimizer.zero_grad()
-        logits = x @ weight + bias
-        loss = (
-            class_weight
-            * F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-        ).sum() + 0.5 * weight.pow(2).sum()
-        loss.backward()
-        return loss
+    def loss(weight, bias):
+        losses = F.binary_cross_entropy_with_logits(
+            x @ weight + bias, y, reduction="none"
+        )
+        return (class_weight * losses).sum() + 0.5 * weight.pow(2).sum()
 
-    optimizer.step(closure)
-    return weight.detach(), bias.detach()
+    return lbfgs_minimum((x.shape[1],), (), loss)
 
 
 def test_sklearn_sparse_probes_equal_the_brute_force_optimum():
