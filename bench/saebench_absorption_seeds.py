@@ -216,17 +216,20 @@ def merged_records(paths: list[Path]) -> list[dict]:
     return list(merged.values())
 
 
-def summarise(paths: list[Path]) -> None:
+def summarise(paths: list[Path], stored: bool) -> None:
     """A markdown table, one line per recorded SAE and epoch setting (the
-    seeds of several records of one SAE and setting pooled)."""
+    seeds of several records of one SAE and setting pooled); ``stored`` adds
+    the stored SAEBench run's own end-to-end numbers (meaningful when that
+    run used the same epochs)."""
     entries = merged_records(paths)
+    extra = " SAEBench end to end, its run (full / fraction) |" if stored else ""
     print(
         "| SAE | k-sparse epochs | full: SAEBench / ours (mean ± std, seeds) | "
         "difference ± s.e. | fraction: SAEBench / ours | difference ± s.e. | "
         "largest gap between two SAEBench seeds (full / fraction) | "
-        "within ±0.06 (full / fraction) |"
+        "within ±0.06 (full / fraction) |" + extra
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if stored else ""))
     for entry in entries:
         cells = [entry["sae_id"], str(entry["sparse_epochs"])]
         gaps, inside = [], []
@@ -244,6 +247,9 @@ def summarise(paths: list[Path]) -> None:
             gaps.append(f"{max(theirs) - min(theirs):.3f}")
             inside.append("yes" if abs(difference) <= TOLERANCE else "no")
         cells += [" / ".join(gaps), " / ".join(inside)]
+        if stored:
+            end = entry["stored_end_to_end"]
+            cells.append(f"{end['full']:.3f} / {end['fraction']:.3f}")
         print("| " + " | ".join(cells) + " |")
     print()
     print(
@@ -297,9 +303,14 @@ def main() -> None:
     parser.add_argument(
         "--summarise", type=Path, nargs="+", help="print the table of records"
     )
+    parser.add_argument(
+        "--with-stored",
+        action="store_true",
+        help="with --summarise: add the stored runs' end-to-end numbers",
+    )
     args = parser.parse_args()
     if args.summarise:
-        summarise(args.summarise)
+        summarise(args.summarise, args.with_stored)
         return
     torch.set_num_threads(1)  # small problems: a second thread only spins
     add_wheel(args.saebench_wheel)
