@@ -197,7 +197,12 @@ def our_absorption_on_saebench_rows(model, sae, args, workdir: Path):
     from sae_lens_ext_absorption.config import AbsorptionConfig
     from sae_lens_ext_absorption.first_letter import first_letter_absorption
 
-    config = AbsorptionConfig(**preset_overrides("saebench")["absorption"])
+    settings = preset_overrides("saebench")["absorption"]
+    # SAEBench's k-sparse epochs, when changed for its side, hold for ours too
+    epochs = args.saebench_set.get("k_sparse_probe_num_epochs")
+    if epochs is not None:
+        settings["sparse_probe_epochs"] = int(epochs)
+    config = AbsorptionConfig(**settings)
     layer = int(sae.cfg.metadata.hook_name.split(".")[1])
     folder = probe_folder(workdir / "probes", model.cfg.model_name, layer)
     rows, split, missed = saebench_probe_rows(

@@ -85,6 +85,15 @@ SAEBENCH = {
         "share_threshold": PresetSetting(
             0.4, "SAEBench's absorption share threshold (the same as ours)"
         ),
+        "probe_training": PresetSetting(
+            "saebench",
+            "SAEBench trains its probes with a fixed budget of Adam epochs "
+            "(ground truth: 50 epochs of 64 rows; latent ranking: 50 epochs of "
+            "4096 rows under L1 decay 0.01) and fits its k-sparse probes with "
+            "scikit-learn (C=1); ours solves each probe to its optimum. On a "
+            "small vocabulary its ranking probe takes few steps, and its main "
+            "latents and probe directions, and so its absorption, differ",
+        ),
         "subtract_b_dec": PresetSetting(
             False,
             "SAEBench projects the raw SAE input on the probe; ours subtracts "

@@ -79,6 +79,21 @@ class AbsorptionConfig:
             "probe (False: raw x, as SAEBench)"
         },
     )
+    probe_training: str = field(
+        default="exact",
+        metadata={
+            "help": "exact: probes solved to their optimum; saebench: trained as "
+            "SAEBench trains them (Adam epochs, its L1 ranking, scikit-learn's "
+            "k-sparse probes), for number-for-number comparison"
+        },
+    )
+    sparse_probe_epochs: int = field(
+        default=50,
+        metadata={
+            "help": "epochs of SAEBench's L1 ranking probe (its "
+            "k_sparse_probe_num_epochs; only with probe_training=saebench)"
+        },
+    )
     dtype: str = field(
         default="float32",
         metadata={"help": "decoder projections in float32 or bfloat16 (faster)"},
@@ -98,6 +113,13 @@ class AbsorptionConfig:
             raise ValueError(
                 "absorption option test_fraction must lie strictly between 0 and 1"
             )
+        if self.probe_training not in ("exact", "saebench"):
+            raise ValueError(
+                f"absorption option probe_training must be 'exact' or 'saebench', "
+                f"not {self.probe_training!r}"
+            )
+        if self.sparse_probe_epochs < 1:
+            raise ValueError("absorption option sparse_probe_epochs must be at least 1")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(
                 f"absorption option dtype must be 'float32' or 'bfloat16', "

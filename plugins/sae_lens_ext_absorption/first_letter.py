@@ -4,7 +4,9 @@ On a sample of alphabetic-token rows, split by distinct token into train
 and test vocabularies:
 
 1. a class-balanced logistic probe per letter on the SAE input ("token
-   starts with L"), the ground truth;
+   starts with L"), the ground truth;  fitted exactly by default, or trained
+   as SAEBench trains it with ``probe_training="saebench"``
+   (:mod:`.saebench_probes`, which also covers step 2's probes);
 2. k-sparse probing on the SAE codes: an L1 probe ranks the latents, then a
    probe on the top-k latents is fitted for k = 1..max_k; the *main latents*
    of a letter are the top-k for the last k whose test F1 beats the best
@@ -26,7 +28,15 @@ import torch
 from .config import AbsorptionConfig
 from .discrepancy import decoder_code_map
 from .letters import LETTERS, LetterRows, LettersUnavailable
-from .probes import f1_scores, fit_probes, fit_sparse_probes, l1_ranking
+from .probes import LinearProbes, f1_scores, fit_probes, fit_sparse_probes, l1_ranking
+from .saebench_probes import (
+    GROUND_TRUTH_SCHEDULE,
+    DenseInputs,
+    SlotInputs,
+    fit_sklearn_sparse_probes,
+    saebench_ranking,
+    train_adam_probes,
+)
 from .scoring import absorption_scores
 
 # LBFGS iterations of the ground-truth probes (fitted in whitened
@@ -40,11 +50,14 @@ N_EXAMPLES = 5
 
 @dataclass
 class FirstLetterResult:
-    """Per-letter probes, main latents and absorption; per-row absorptions."""
+    """Per-letter probes, main latents and absorption; per-row absorptions;
+    the ground-truth probes, one per line of ``letters`` (on the raw input
+    or ``x - decode(0)``, see ``subtract_b_dec``)."""
 
     letters: pd.DataFrame
     rows: pd.DataFrame
     metrics: dict[str, float]
+    probes: LinearProbes | None = None
 
 
 def first_letter_absorption(
@@ -87,19 +100,28 @@ def first_letter_absorption(
     zero_code = decoding.zero_code(sample.sae_in.to(sae.W_dec.device)).float().cpu()
     x = sample.sae_in - zero_code if config.subtract_b_dec else sample.sae_in
     torch.manual_seed(seed)
-    probes = fit_probes(x[train], labels[train], max_iter=GROUND_TRUTH_ITERATIONS)
+    generator = torch.Generator().manual_seed(seed)
+    if config.probe_training == "saebench":
+        probes = train_adam_probes(
+            DenseInputs(x[train]), labels[train], GROUND_TRUTH_SCHEDULE, generator
+        )
+        ranked = saebench_ranking(
+            SlotInputs(sample.code_latents[train], sample.code_values[train], d_sae),
+            labels[train],
+            config.max_k,
+            config.sparse_probe_epochs,
+            generator,
+        )
+        fit_sparse = fit_sklearn_sparse_probes
+    else:
+        probes = fit_probes(x[train], labels[train], max_iter=GROUND_TRUTH_ITERATIONS)
+        ranked = _l1_ranked(sample, labels, train, config.max_k, config.l1_penalty)
+        fit_sparse = fit_sparse_probes
     probe_positive = probes.logits(x[test]) > 0
     probe_f1 = f1_scores(probe_positive, labels[test])
 
     main_latents, sparse_f1, k_chosen = _k_sparse_main_latents(
-        sample,
-        d_sae,
-        labels,
-        train,
-        test,
-        config.max_k,
-        config.f1_jump,
-        config.l1_penalty,
+        sample, d_sae, ranked, labels, train, test, config.f1_jump, fit_sparse
     )
 
     directions = probes.directions()
@@ -145,7 +167,10 @@ def first_letter_absorption(
         row_records.append(_row_table(LETTERS[letter], scored, sample, token_text))
     table = pd.DataFrame(records)
     return FirstLetterResult(
-        table, pd.concat(row_records, ignore_index=True), _metrics(table, config)
+        table,
+        pd.concat(row_records, ignore_index=True),
+        _metrics(table, config),
+        probes,
     )
 
 
@@ -159,23 +184,30 @@ def _split_by_token(tokens, test_fraction, seed):
     return (~is_test).nonzero()[:, 0], is_test.nonzero()[:, 0]
 
 
-def _k_sparse_main_latents(sample, d_sae, labels, train, test, max_k, f1_jump, l1):
-    """Per letter: main latents, their test F1 and k, by SAEBench's F1-jump rule."""
-    n_letters = labels.shape[1]
+def _l1_ranked(sample, labels, train, max_k, l1):
+    """Per letter, ``[p, K]`` latent ids ranked by our exact L1 probe."""
     present, codes = present_codes(sample, train)
-    top = l1_ranking(codes, labels[train], l1=l1, max_k=max_k)
-    ranked = present[top]  # [p, K] latent ids, best first
+    return present[l1_ranking(codes, labels[train], l1=l1, max_k=max_k)]
+
+
+def _k_sparse_main_latents(sample, d_sae, ranked, labels, train, test, f1_jump, fit):
+    """Per letter: main latents, their test F1 and k, by SAEBench's F1-jump
+    rule, over the ``ranked`` ``[p, K]`` latents (best first), each k-sparse
+    probe fitted by ``fit`` (:func:`.probes.fit_sparse_probes` or SAEBench's)."""
+    n_letters = labels.shape[1]
     candidates, columns = ranked.unique(return_inverse=True)
     compact = candidate_codes(sample, candidates, d_sae)  # [r, C]
     best_k = torch.ones(n_letters, dtype=torch.long)
-    best_f1 = _sparse_f1(compact, columns[:, :1], labels, train, test)
+    best_f1 = _sparse_f1(compact, columns[:, :1], labels, train, test, fit)
     growing = torch.ones(n_letters, dtype=torch.bool)
     for k in range(2, ranked.shape[1] + 1):
         # only letters whose F1 jumped at k - 1 are probed further
         active = growing.nonzero()[:, 0]
         if active.numel() == 0:
             break
-        f1 = _sparse_f1(compact, columns[active, :k], labels[:, active], train, test)
+        f1 = _sparse_f1(
+            compact, columns[active, :k], labels[:, active], train, test, fit
+        )
         jumped = f1 > best_f1[active] + f1_jump
         best_k[active[jumped]] = k
         best_f1[active[jumped]] = f1[jumped]
@@ -198,11 +230,11 @@ def present_codes(sample: LetterRows, rows: torch.Tensor):
     return present, codes
 
 
-def _sparse_f1(compact, chosen, labels, train, test) -> torch.Tensor:
+def _sparse_f1(compact, chosen, labels, train, test, fit) -> torch.Tensor:
     """Test F1 of probes on the chosen latents (``chosen`` is ``[p, k]``)."""
     x_train = compact[train][:, chosen].permute(1, 0, 2)
     x_test = compact[test][:, chosen].permute(1, 0, 2)
-    probes = fit_sparse_probes(x_train, labels[train])
+    probes = fit(x_train, labels[train])
     logits = torch.einsum("pnf,pf->np", x_test, probes.weight) + probes.bias
     return f1_scores(logits > 0, labels[test])
 

@@ -111,19 +111,52 @@ def fit_sparse_probes(
     features per probe, e.g. SAE latents), ``labels`` ``[n, p]`` bool.
 
     Same objective and input scaling as :func:`fit_probes` (per input
-    matrix), solved exactly by Newton's method.  Rows whose ``k`` features
-    are all zero have identical inputs, so each probe's are merged into one
-    row carrying their summed loss weights: the fit then costs in the number
-    of rows where a feature fires, not in ``n``.  ``weight`` is ``[p, k]``.
+    matrix), solved exactly by :func:`fit_weighted_sparse_probes`.
+    ``weight`` is ``[p, k]``.
+    """
+    objective = _BalancedBCE(labels)
+    return fit_weighted_sparse_probes(
+        x,
+        objective.coefficient.double(),
+        objective.weighted.double(),
+        l2=l2,
+        max_steps=max_steps,
+        standardise=True,
+    )
+
+
+def fit_weighted_sparse_probes(
+    x: torch.Tensor,
+    coefficient: torch.Tensor,
+    weighted: torch.Tensor,
+    *,
+    l2: float,
+    max_steps: int = 100,
+    standardise: bool = False,
+) -> LinearProbes:
+    """Per probe ``j`` (``x`` ``[p, n, k]``), the exact minimiser of
+    ``sum_i (coefficient_ji softplus(l_ji) - weighted_ji l_ji) + l2 ||w_j||^2``
+    over logits ``l_j = x_j w_j + b_j`` (bias unpenalised): a weighted
+    logistic loss with ``weighted = coefficient x label`` for per-row class
+    weights.  With ``standardise`` the fit runs on inputs centred and divided
+    by one scale per probe, mapped back to raw inputs after.
+
+    Rows whose ``k`` features are all zero have identical inputs, so each
+    probe's are merged into one row carrying their summed weights: the fit
+    then costs in the number of rows where a feature fires, not in ``n``.
+    Solved by Newton's method in float64.
     """
     x = x.double()
     p, n, k = x.shape
-    mean = x.mean(1)  # [p, k]
-    scale = (x - mean[:, None]).pow(2).mean((1, 2)).sqrt().clamp_min(1e-6)
+    if standardise:
+        mean = x.mean(1)  # [p, k]
+        scale = (x - mean[:, None]).pow(2).mean((1, 2)).sqrt().clamp_min(1e-6)
+    else:
+        mean = torch.zeros(p, k, dtype=torch.float64)
+        scale = torch.ones(p, dtype=torch.float64)
     *_, rows, used = packed_slots((x != 0).any(2))  # rows where a latent fires
-    objective = _BalancedBCE(labels)
     weights = []
-    for per_row in (objective.coefficient.double(), objective.weighted.double()):
+    for per_row in (coefficient.double(), weighted.double()):
         kept = torch.where(used, per_row.gather(1, rows), 0.0)
         weights.append(torch.cat([kept, (per_row.sum(1) - kept.sum(1))[:, None]], 1))
     inputs = x[torch.arange(p)[:, None], rows]  # [p, slots, k]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from sae_lens_ext import SAEBenchEval, SAEBenchSkip, check_finite
 
+from .saebench_probes import ranking_schedule
+
 EVAL_TYPE_ID = "absorption_first_letter"
 #: SAEBench's min_feats_for_eval: letters with a good probe needed to report.
 MIN_LETTERS = 20
@@ -64,9 +66,13 @@ NOTES = [
     "probes the alphabetic tokens of the run's own text, split by distinct "
     "token into train and test (prompt_template and prompt_token_pos are "
     "therefore left out of eval_config).",
-    "Latent ranking: an exact L1-penalised logistic probe (l1_penalty) instead "
-    "of SAEBench's SGD probe with L1 decay (its k_sparse_probe_* settings are "
-    "left out of eval_config).",
+    "Probes: with probe_training 'saebench' (--preset saebench) the "
+    "ground-truth probe, the L1 latent ranking and the k-sparse probes are "
+    "trained as SAEBench trains them (Adam epochs, its L1 decay, scikit-learn "
+    "k-sparse probes; k_sparse_probe_* in eval_config); with 'exact' (our "
+    "default) each probe is solved to its optimum and the ranking uses an exact "
+    "L1-penalised logistic probe (l1_penalty), so no k_sparse_probe_* setting "
+    "applies.",
 ]
 
 
@@ -136,6 +142,7 @@ def absorption_eval(result, run) -> SAEBenchEval:
             "max_k_value": int(run.config.get("max_k", 10)),
             "min_GT_probe_f1": min_f1,
             "min_feats_for_eval": MIN_LETTERS,
+            **_probe_settings(run.config),
         },
         metrics=metrics,
         details=details,
@@ -144,6 +151,18 @@ def absorption_eval(result, run) -> SAEBenchEval:
         extra_directions=extra_directions,
         notes=list(NOTES),
     )
+
+
+def _probe_settings(config: dict) -> dict:
+    """SAEBench's k-sparse probe settings, when our probes were trained its way."""
+    if config.get("probe_training") != "saebench":
+        return {}
+    schedule = ranking_schedule(int(config.get("sparse_probe_epochs", 50)))
+    return {
+        "k_sparse_probe_l1_decay": schedule.l1,
+        "k_sparse_probe_batch_size": schedule.batch_size,
+        "k_sparse_probe_num_epochs": schedule.epochs,
+    }
 
 
 def absorption_warnings(result, run) -> list[str]:
