@@ -292,6 +292,22 @@ def scope_lines(path: Path, functions: list[str]) -> set[int]:
     return lines
 
 
+def identity(item) -> tuple:
+    """A work item's mutant as (module, position, operator, occurrence).
+
+    cosmic-ray names work items by random UUIDs, so a sample drawn in UUID
+    order would differ between two ``cosmic-ray init`` of the same module; in
+    this order a seed draws the same mutants every time.
+    """
+    (spec,) = item.mutations
+    return (
+        str(spec.module_path),
+        tuple(spec.start_pos),
+        spec.operator_name,
+        spec.occurrence,
+    )
+
+
 def skip(db, jobs: list[str], reason: str) -> None:
     """Record ``jobs`` as skipped (never run), saying why."""
     if jobs:
@@ -304,7 +320,7 @@ def narrow_session(
 ) -> None:
     """Skip mutants outside ``functions`` (if given), then all but a seeded sample of ``size``."""
     with use_db(str(database), WorkDB.Mode.open) as db:
-        items = sorted(db.pending_work_items, key=lambda item: item.job_id)
+        items = sorted(db.pending_work_items, key=identity)
         if functions:
             (path,) = {item.mutations[0].module_path for item in items}
             lines = scope_lines(path, functions)
@@ -347,7 +363,7 @@ def grow_sample(database: Path, size: int, seed: int) -> int:
 
     with use_db(str(database), WorkDB.Mode.open) as db:
         results = {item.job_id: result for item, result in db.completed_work_items}
-        ids = sorted(item.job_id for item in db.work_items)
+        ids = [item.job_id for item in sorted(db.work_items, key=identity)]
     unsampled = [i for i in ids if i in results and results[i].output == NOT_SAMPLED]
     scope = [i for i in ids if i not in results or results[i].output != OUT_OF_SCOPE]
     missing = min(size - (len(scope) - len(unsampled)), len(unsampled))
@@ -454,7 +470,7 @@ def verify_selection(config: Path, database: Path, size: int, seed: int) -> int:
     select = selection_of(config, settings, all_tests=False)
     with use_db(str(database), WorkDB.Mode.open) as db:
         results = {item.job_id: result for item, result in db.completed_work_items}
-        items = sorted(db.work_items, key=lambda item: item.job_id)
+        items = sorted(db.work_items, key=identity)
     spans = annotation_spans(items[0].mutations[0].module_path)
     survivors, others = [], []
     for item in items:
