@@ -695,3 +695,30 @@ def test_effective_token_contexts_keep_word_starts(kind):
     assert shown[0].endswith("upon[ a]")
     assert shown[1] == "<start><start>[ upon]"
     assert shown[2].endswith("time[,]")
+
+
+def test_packed_rows_of_odd_widths_split_back_into_their_parts():
+    # Widths with bit 1 set (7 = 0b111 activations, 5 = 0b101 upstream): here
+    # d_in + 2 = 9 differs from d_in | 2 = 7 and d_in ^ 2 = 5, which equal it
+    # for the even test widths (16 | 2 = 16 + 2).
+    upstream = upstream_topk(d_in=5, d_sae=6, k=2)
+    cfg = TokenizedTrainingSAEConfig(
+        d_in=7, d_sae=8, k=2, vocab_size=VOCAB, lookup="upstream_sae",
+        **upstream_fields(upstream, "tests/planted", "up"),
+    )  # fmt: skip
+    sae = TokenizedTrainingSAE(cfg)
+    sae.attach_upstream(upstream)
+    generator = torch.Generator().manual_seed(3)
+    acts = torch.randn(10, 7, generator=generator)
+    up_acts = torch.randn(10, 5, generator=generator) * 2
+    tokens = torch.randint(0, VOCAB, (10,), generator=generator)
+    prev = torch.randint(0, VOCAB, (10,), generator=generator)
+    batch = pack_tokens(acts, tokens, prev, up_acts)
+    assert sae.packed_width == 7 + 2 + 5 == batch.shape[1]
+    got, keys = sae.unpack(batch)
+    assert torch.equal(got, acts)
+    assert torch.equal(keys.tokens, tokens) and torch.equal(keys.prev_tokens, prev)
+    with torch.no_grad():
+        codes = upstream.encode(up_acts)  # SAE-Lens's own encode of the last 5 columns
+    assert (codes > 0).any(dim=1).all()
+    assert torch.equal(keys.upstream_codes, codes)
