@@ -697,10 +697,8 @@ def test_effective_token_contexts_keep_word_starts(kind):
     assert shown[2].endswith("time[,]")
 
 
-def test_packed_rows_of_odd_widths_split_back_into_their_parts():
-    # Widths with bit 1 set (7 = 0b111 activations, 5 = 0b101 upstream): here
-    # d_in + 2 = 9 differs from d_in | 2 = 7 and d_in ^ 2 = 5, which equal it
-    # for the even test widths (16 | 2 = 16 + 2).
+def odd_width_upstream_sae():
+    """A training SAE of d_in 7 keyed on an attached upstream TopK SAE of d_in 5."""
     upstream = upstream_topk(d_in=5, d_sae=6, k=2)
     cfg = TokenizedTrainingSAEConfig(
         d_in=7, d_sae=8, k=2, vocab_size=VOCAB, lookup="upstream_sae",
@@ -708,6 +706,14 @@ def test_packed_rows_of_odd_widths_split_back_into_their_parts():
     )  # fmt: skip
     sae = TokenizedTrainingSAE(cfg)
     sae.attach_upstream(upstream)
+    return sae, upstream
+
+
+def test_packed_rows_of_odd_widths_split_back_into_their_parts():
+    # Widths with bit 1 set (7 = 0b111 activations, 5 = 0b101 upstream): here
+    # d_in + 2 = 9 differs from d_in | 2 = 7 and d_in ^ 2 = 5, which equal it
+    # for the even test widths (16 | 2 = 16 + 2).
+    sae, upstream = odd_width_upstream_sae()
     generator = torch.Generator().manual_seed(3)
     acts = torch.randn(10, 7, generator=generator)
     up_acts = torch.randn(10, 5, generator=generator) * 2
@@ -722,3 +728,16 @@ def test_packed_rows_of_odd_widths_split_back_into_their_parts():
         codes = upstream.encode(up_acts)  # SAE-Lens's own encode of the last 5 columns
     assert (codes > 0).any(dim=1).all()
     assert torch.equal(keys.upstream_codes, codes)
+
+
+def test_upstream_codes_carry_no_graph_and_follow_the_activations_device():
+    sae, upstream = odd_width_upstream_sae()
+    # Activations that require grad (a model's hook during a splice): the
+    # codes are a key, not part of the graph, so no gradient reaches the model.
+    up_acts = torch.randn(4, 5, requires_grad=True)
+    codes = sae.upstream_codes(up_acts)
+    assert not codes.requires_grad and codes.grad_fn is None
+    # Activations on another device (meta stands in for a GPU here): the
+    # upstream SAE moves to them, so its codes are computed where they live.
+    codes = sae.upstream_codes(torch.randn(4, 5, device="meta"))
+    assert codes.device.type == "meta" and upstream.W_dec.device.type == "meta"
