@@ -741,3 +741,21 @@ def test_upstream_codes_carry_no_graph_and_follow_the_activations_device():
     # upstream SAE moves to them, so its codes are computed where they live.
     codes = sae.upstream_codes(torch.randn(4, 5, device="meta"))
     assert codes.device.type == "meta" and upstream.W_dec.device.type == "meta"
+
+
+@pytest.mark.parametrize("lookup", ["upstream_sae", "both"])
+@pytest.mark.parametrize("code_rows", [1, 3])
+def test_upstream_codes_for_other_rows_than_the_tokens_are_refused(lookup, code_rows):
+    # Tokens for 4 rows, upstream activations for 1 or 3: never broadcast one
+    # row's code over the batch, whether or not the SAE also has a token table.
+    upstream = upstream_topk(d_in=5, d_sae=6, k=2)
+    cfg = TokenizedTrainingSAEConfig(
+        d_in=7, d_sae=8, k=2, vocab_size=VOCAB, lookup=lookup,
+        **upstream_fields(upstream, "tests/planted", "up"),
+    )  # fmt: skip
+    sae = TokenizedTrainingSAE(cfg)
+    sae.attach_upstream(upstream)
+    up_acts = torch.randn(code_rows, 5)
+    with sae.using_tokens(torch.arange(4), upstream_acts=up_acts):
+        with pytest.raises(ValueError, match=r"leading shape \[\(\d,\), \(4,\)\]"):
+            sae(torch.randn(4, 7))  # the decoder adds the table term
