@@ -336,9 +336,11 @@ def test_single_chain_standard_error_uses_its_effective_sample_size():
     assert result.llc_se == pytest.approx(sd / math.sqrt(ess), rel=1e-6)
 
 
-def test_single_chain_of_alternating_draws_has_the_classical_standard_error():
-    # Draws alternating about their mean have lag-1 autocorrelation near -1:
-    # Geyer's first pair is <= 0, so ESS = n and SE = SD (ddof 1) / sqrt(n).
+def summarise_synthetic(loss: list[list[float]], num_burnin: int, nbeta: float):
+    """``summarise_chains`` of hand-set loss traces ``[chains, steps]`` on a small problem.
+
+    Returns the problem's L(w*) and the result; distances are a constant 0.1.
+    """
     from sae_lens_ext_llc.estimator import prepare_problem, summarise_chains
     from sae_lens_ext_llc.sampler import ChainTraces
 
@@ -346,18 +348,22 @@ def test_single_chain_of_alternating_draws_has_the_classical_standard_error():
     problem = prepare_problem(
         fitted_linear(inputs, targets), mse, (inputs, targets), None, None
     )
+    losses = torch.tensor(loss, dtype=torch.float64) + problem.init_loss
+    traces = ChainTraces(loss=losses, distance=torch.full_like(losses, 0.1))
+    settings = dict(
+        num_burnin=num_burnin, nbeta=nbeta, step_size=1e-4, localization=1.0
+    )
+    chains = slice(0, len(loss))
+    return summarise_chains(problem, traces, chains, settings=settings, seconds=0.0)
+
+
+def test_single_chain_of_alternating_draws_has_the_classical_standard_error():
+    # Draws alternating about their mean have lag-1 autocorrelation near -1:
+    # Geyer's first pair is <= 0, so ESS = n and SE = SD (ddof 1) / sqrt(n).
     burn_in, n, nbeta = 4, 40, 2.0
     wiggle = [0.01 * (1 + (t % 3)) * (-1) ** t for t in range(n)]
-    loss = [problem.init_loss + 0.1] * burn_in + [
-        problem.init_loss + 0.2 + w for w in wiggle
-    ]
-    traces = ChainTraces(
-        loss=torch.tensor([loss], dtype=torch.float64),
-        distance=torch.full((1, burn_in + n), 0.1, dtype=torch.float64),
-    )
-    settings = dict(num_burnin=burn_in, nbeta=nbeta, step_size=1e-4, localization=1.0)
-    result = summarise_chains(
-        problem, traces, slice(0, 1), settings=settings, seconds=0.0
+    result = summarise_synthetic(
+        [[0.1] * burn_in + [0.2 + w for w in wiggle]], 4, nbeta
     )
     draws = [nbeta * (0.2 + w) for w in wiggle]
     mean = sum(draws) / n
@@ -370,23 +376,9 @@ def test_single_chain_of_alternating_draws_has_the_classical_standard_error():
 def test_all_chains_exploded_give_a_quiet_nan_estimate():
     # Every chain's loss went non-finite: no estimate, both chains flagged,
     # and no NumPy warning about an empty mean or a standard error of 0 chains.
-    from sae_lens_ext_llc.estimator import prepare_problem, summarise_chains
-    from sae_lens_ext_llc.sampler import ChainTraces
-
-    inputs, targets = regression_data(n=50, d=2, seed=7)
-    problem = prepare_problem(
-        fitted_linear(inputs, targets), mse, (inputs, targets), None, None
-    )
-    traces = ChainTraces(
-        loss=torch.full((2, 10), math.nan, dtype=torch.float64),
-        distance=torch.full((2, 10), 0.1, dtype=torch.float64),
-    )
-    settings = dict(num_burnin=2, nbeta=2.0, step_size=1e-4, localization=1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = summarise_chains(
-            problem, traces, slice(0, 2), settings=settings, seconds=0.0
-        )
+        result = summarise_synthetic([[math.nan] * 10] * 2, num_burnin=2, nbeta=2.0)
     assert math.isnan(result.llc) and math.isnan(result.llc_se)
     assert result.diagnostics.diverged_chains == [0, 1]
     assert np.isnan(result.llc_per_chain).all()
