@@ -759,3 +759,17 @@ def test_upstream_codes_for_other_rows_than_the_tokens_are_refused(lookup, code_
     with sae.using_tokens(torch.arange(4), upstream_acts=up_acts):
         with pytest.raises(ValueError, match=r"leading shape \[\(\d,\), \(4,\)\]"):
             sae(torch.randn(4, 7))  # the decoder adds the table term
+
+
+def test_a_token_and_upstream_lookup_without_tokens_names_the_fix():
+    # Upstream activations bound but no token ids, for an SAE with a token table too.
+    upstream = upstream_topk(d_in=5, d_sae=6, k=2)
+    cfg = TokenizedTrainingSAEConfig(
+        d_in=7, d_sae=8, k=2, vocab_size=VOCAB, lookup="both",
+        **upstream_fields(upstream, "tests/planted", "up"),
+    )  # fmt: skip
+    sae = TokenizedTrainingSAE(cfg)
+    sae.attach_upstream(upstream)
+    with sae.using_tokens(upstream_acts=torch.randn(4, 5)):
+        with pytest.raises(MissingTokensError, match="token id of every activation"):
+            sae(torch.randn(4, 7))
