@@ -697,11 +697,11 @@ def test_effective_token_contexts_keep_word_starts(kind):
     assert shown[2].endswith("time[,]")
 
 
-def odd_width_upstream_sae():
+def odd_width_upstream_sae(lookup="upstream_sae"):
     """A training SAE of d_in 7 keyed on an attached upstream TopK SAE of d_in 5."""
     upstream = upstream_topk(d_in=5, d_sae=6, k=2)
     cfg = TokenizedTrainingSAEConfig(
-        d_in=7, d_sae=8, k=2, vocab_size=VOCAB, lookup="upstream_sae",
+        d_in=7, d_sae=8, k=2, vocab_size=VOCAB, lookup=lookup,
         **upstream_fields(upstream, "tests/planted", "up"),
     )  # fmt: skip
     sae = TokenizedTrainingSAE(cfg)
@@ -748,13 +748,7 @@ def test_upstream_codes_carry_no_graph_and_follow_the_activations_device():
 def test_upstream_codes_for_other_rows_than_the_tokens_are_refused(lookup, code_rows):
     # Tokens for 4 rows, upstream activations for 1 or 3: never broadcast one
     # row's code over the batch, whether or not the SAE also has a token table.
-    upstream = upstream_topk(d_in=5, d_sae=6, k=2)
-    cfg = TokenizedTrainingSAEConfig(
-        d_in=7, d_sae=8, k=2, vocab_size=VOCAB, lookup=lookup,
-        **upstream_fields(upstream, "tests/planted", "up"),
-    )  # fmt: skip
-    sae = TokenizedTrainingSAE(cfg)
-    sae.attach_upstream(upstream)
+    sae, _ = odd_width_upstream_sae(lookup)
     up_acts = torch.randn(code_rows, 5)
     with sae.using_tokens(torch.arange(4), upstream_acts=up_acts):
         with pytest.raises(ValueError, match=r"leading shape \[\(\d,\), \(4,\)\]"):
@@ -763,13 +757,7 @@ def test_upstream_codes_for_other_rows_than_the_tokens_are_refused(lookup, code_
 
 def test_a_token_and_upstream_lookup_without_tokens_names_the_fix():
     # Upstream activations bound but no token ids, for an SAE with a token table too.
-    upstream = upstream_topk(d_in=5, d_sae=6, k=2)
-    cfg = TokenizedTrainingSAEConfig(
-        d_in=7, d_sae=8, k=2, vocab_size=VOCAB, lookup="both",
-        **upstream_fields(upstream, "tests/planted", "up"),
-    )  # fmt: skip
-    sae = TokenizedTrainingSAE(cfg)
-    sae.attach_upstream(upstream)
+    sae, _ = odd_width_upstream_sae("both")
     with sae.using_tokens(upstream_acts=torch.randn(4, 5)):
         with pytest.raises(MissingTokensError, match="token id of every activation"):
             sae(torch.randn(4, 7))
