@@ -761,3 +761,15 @@ def test_a_token_and_upstream_lookup_without_tokens_names_the_fix():
     with sae.using_tokens(upstream_acts=torch.randn(4, 5)):
         with pytest.raises(MissingTokensError, match="token id of every activation"):
             sae(torch.randn(4, 7))
+
+
+def test_binding_options_are_keyword_only_after_the_token_ids():
+    sae, _ = odd_width_upstream_sae("both")
+    tokens, up_acts = torch.arange(4), torch.randn(4, 5)
+    with pytest.raises(TypeError, match="positional"):
+        sae.set_tokens(tokens, None, up_acts)
+    with pytest.raises(TypeError, match="positional"):
+        with sae.using_tokens(tokens, None, up_acts):
+            pass
+    with sae.using_tokens(tokens=tokens, prev_tokens=None, upstream_acts=up_acts):
+        assert sae(torch.randn(4, 7)).shape == (4, 7)
