@@ -2,6 +2,7 @@
 
     python scripts/mutation.py mutation/mdl_entropy.toml [more configs ...]
     python scripts/mutation.py --sample 120 mutation/llc_estimator.toml
+    python scripts/mutation.py --lines 125,259 -k printed mutation/llc_estimator.toml
 
 For each config (one module and the tests that target it) this creates a
 cosmic-ray session database next to it under ``mutation/sessions/`` with
@@ -27,7 +28,9 @@ functions (``name`` or ``Class.method``) of the module.  ``--sample N`` tests
 a seeded random sample of N of the remaining mutants and marks the rest
 skipped (reported as such; both apply when the session is created).  A
 session interrupted half way resumes when run again, and several runs of
-one config share its mutants (each skips those another has done).  It is a periodic
+one config share its mutants (each skips those another has done).  ``--lines``
+judges every mutant on the given lines of the module outside any session (for
+the survivors of a session whose database is gone).  It is a periodic
 check, not part of CI.
 """
 
@@ -292,6 +295,22 @@ def scope_lines(path: Path, functions: list[str]) -> set[int]:
     return lines
 
 
+def identity(item) -> tuple:
+    """A work item's mutant as (module, position, operator, occurrence).
+
+    cosmic-ray names work items by random UUIDs, so a sample drawn in UUID
+    order would differ between two ``cosmic-ray init`` of the same module; in
+    this order a seed draws the same mutants every time.
+    """
+    (spec,) = item.mutations
+    return (
+        str(spec.module_path),
+        tuple(spec.start_pos),
+        spec.operator_name,
+        spec.occurrence,
+    )
+
+
 def skip(db, jobs: list[str], reason: str) -> None:
     """Record ``jobs`` as skipped (never run), saying why."""
     if jobs:
@@ -304,7 +323,7 @@ def narrow_session(
 ) -> None:
     """Skip mutants outside ``functions`` (if given), then all but a seeded sample of ``size``."""
     with use_db(str(database), WorkDB.Mode.open) as db:
-        items = sorted(db.pending_work_items, key=lambda item: item.job_id)
+        items = sorted(db.pending_work_items, key=identity)
         if functions:
             (path,) = {item.mutations[0].module_path for item in items}
             lines = scope_lines(path, functions)
@@ -347,7 +366,7 @@ def grow_sample(database: Path, size: int, seed: int) -> int:
 
     with use_db(str(database), WorkDB.Mode.open) as db:
         results = {item.job_id: result for item, result in db.completed_work_items}
-        ids = sorted(item.job_id for item in db.work_items)
+        ids = [item.job_id for item in sorted(db.work_items, key=identity)]
     unsampled = [i for i in ids if i in results and results[i].output == NOT_SAMPLED]
     scope = [i for i in ids if i not in results or results[i].output != OUT_OF_SCOPE]
     missing = min(size - (len(scope) - len(unsampled)), len(unsampled))
@@ -454,7 +473,7 @@ def verify_selection(config: Path, database: Path, size: int, seed: int) -> int:
     select = selection_of(config, settings, all_tests=False)
     with use_db(str(database), WorkDB.Mode.open) as db:
         results = {item.job_id: result for item, result in db.completed_work_items}
-        items = sorted(db.work_items, key=lambda item: item.job_id)
+        items = sorted(db.work_items, key=identity)
     spans = annotation_spans(items[0].mutations[0].module_path)
     survivors, others = [], []
     for item in items:
@@ -556,6 +575,56 @@ def report(config: Path, database: Path) -> dict[str, int]:
     return counts
 
 
+def judge_lines(config: Path, lines: set[int], keyword: str | None) -> int:
+    """Judge every mutant on ``lines`` of a config's module, outside any session.
+
+    The mutants come from a fresh ``cosmic-ray init`` in a scratch directory;
+    each runs the config's tests (only those ``-k keyword`` selects, if given:
+    a kill by some of the config's tests is a kill by all of them).  Prints
+    one verdict per mutant and the diff of each survivor; returns the number
+    of non-equivalent survivors.
+    """
+    settings = toml.load(config)["cosmic-ray"]
+    args = pytest_args(settings["test-command"])
+    if keyword:
+        args += ["-k", keyword]
+    timeout = float(settings["timeout"])
+    with tempfile.TemporaryDirectory() as scratch:
+        database = Path(scratch) / "lines.sqlite"
+        subprocess.run(
+            ["cosmic-ray", "init", str(config), str(database)],
+            check=True,
+            capture_output=True,
+        )
+        with use_db(str(database), WorkDB.Mode.open) as db:
+            items = sorted(db.work_items, key=identity)
+    preload()
+    survived = 0
+    for item in items:
+        (spec,) = item.mutations
+        if spec.start_pos[0] not in lines:
+            continue
+        original, mutated = mutant_source(spec)
+        if mutated is None:
+            continue
+        outcome, _ = judge_mutant(spec, mutated, ALL_TESTS, args, timeout)
+        spans = annotation_spans(spec.module_path)
+        reason = equivalence(config, spec, spans)
+        verdict = outcome.value
+        if outcome == TestOutcome.SURVIVED and reason:
+            verdict = f"equivalent ({reason})"
+        elif outcome == TestOutcome.SURVIVED:
+            survived += 1
+        print(
+            f"{spec.module_path}:{spec.start_pos[0]} {spec.operator_name} "
+            f"#{spec.occurrence}: {verdict}",
+            flush=True,
+        )
+        if outcome == TestOutcome.SURVIVED and not reason:
+            print(diff_of(original, mutated, spec.module_path), flush=True)
+    return survived
+
+
 def main(argv: list[str]) -> int:
     """Run each config's session and print its kill rate; 1 if any mutant survived."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -590,7 +659,23 @@ def main(argv: list[str]) -> int:
         metavar="N",
         help="judge N mutants (survivors first) on selected and on all tests; compare",
     )
+    parser.add_argument(
+        "--lines",
+        help="judge every mutant on these comma-separated lines of the module "
+        "(no session; for survivors of a session that is gone)",
+    )
+    parser.add_argument(
+        "-k",
+        dest="keyword",
+        help="with --lines: only the config's tests this pytest -k expression selects",
+    )
     options = parser.parse_args(argv)
+    if options.lines:
+        lines = {int(line) for line in options.lines.split(",")}
+        survived = sum(
+            judge_lines(config, lines, options.keyword) for config in options.configs
+        )
+        return 1 if survived else 0
     executor = (
         "cosmic-ray"
         if options.cosmic_ray_exec

@@ -160,3 +160,51 @@ def test_wilson_interval_matches_its_closed_form_values():
     centre = (0.85 + 3.8416 / 80) / (1 + 3.8416 / 40)
     assert (low + high) / 2 == pytest.approx(centre, abs=1e-12)
     assert json.dumps(wilson(0, 0)) == "[0.0, 1.0]"
+
+
+def test_a_seeded_sample_is_the_same_after_a_fresh_init(tmp_path):
+    # cosmic-ray names work items by random UUIDs; the sample is drawn in
+    # mutant order, so two inits of the same source sample the same mutants.
+    pytest.importorskip("cosmic_ray")
+    from cosmic_ray.work_db import WorkDB, use_db
+
+    from mutation import NOT_SAMPLED, identity, narrow_session
+
+    (tmp_path / "target_mod.py").write_text(TARGET)
+    config = tmp_path / "target.toml"
+    config.write_text(
+        textwrap.dedent(
+            """\
+            [cosmic-ray]
+            module-path = ["target_mod.py"]
+            timeout = 10.0
+            excluded-modules = []
+            test-command = "python -m pytest -q"
+            [cosmic-ray.distributor]
+            name = "local"
+            """
+        )
+    )
+    samples = []
+    for name in ("first", "second"):
+        database = tmp_path / f"{name}.sqlite"
+        subprocess.run(
+            ["cosmic-ray", "init", str(config), str(database)],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+        )
+        narrow_session(database, [], size=5, seed=0)
+        with use_db(str(database), WorkDB.Mode.open) as db:
+            skipped = {
+                item.job_id
+                for item, result in db.completed_work_items
+                if result.output == NOT_SAMPLED
+            }
+            samples.append(
+                sorted(
+                    identity(i)[1:] for i in db.work_items if i.job_id not in skipped
+                )
+            )
+    assert len(samples[0]) == 5
+    assert samples[0] == samples[1]

@@ -13,6 +13,7 @@ before the batch, so the estimate keeps this value; the default nbeta is
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -223,3 +224,161 @@ def test_sampler_options_are_keyword_only():
     inputs, targets = regression_data(n=20, d=3, seed=2)
     with pytest.raises(TypeError, match="positional"):
         estimate_llc(fitted_linear(inputs, targets), mse, (inputs, targets), 4)
+
+
+def test_printed_summary_states_half_the_parameter_count(small_run):
+    # nn.Linear(3, 1) without bias: d = 3 sampled parameters, so d/2 = 1.5.
+    assert small_run.n_params == 3
+    first_line = str(small_run).splitlines()[0]
+    assert first_line.endswith("(SE over 4 chains; d/2 = 1.5)")
+
+
+def test_minibatch_spread_with_batches_of_more_than_256_rows():
+    # Above 256 rows a batch's size is a fresh int, not CPython's cached one:
+    # the comparison with batch_size must compare values.
+    from sae_lens_ext_llc.estimator import prepare_problem
+
+    inputs, targets = regression_data(n=700, d=2, seed=5)
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.5, -1.0]]))
+        losses = [
+            float(mse(model, (inputs[s : s + 300], targets[s : s + 300])))
+            for s in (0, 300)
+        ]
+    problem = prepare_problem(model, mse, (inputs, targets), 300, None)
+    # Rows 600-699 form a partial batch, left out of the spread.
+    spread = abs(losses[0] - losses[1]) / math.sqrt(2)  # the SD (ddof 1) of two values
+    assert spread > 0.01
+    # float32 means of 300 terms: relative rounding ~1e-6 of each loss.
+    assert problem.batch_loss_sd == pytest.approx(spread, rel=1e-3)
+
+
+def chain_means_by_hand(result) -> list[float]:
+    """Each chain's mean of nbeta (loss - L(w*)) over its draws, by a loop over the trace."""
+    nbeta = result.settings["nbeta"]
+    sums: dict[int, list[float]] = {}
+    for row in result.trace.to_dict("records"):
+        if not row["burn_in"]:
+            sums.setdefault(row["chain"], []).append(
+                nbeta * (row["loss"] - result.init_loss)
+            )
+    return [sum(v) / len(v) for _, v in sorted(sums.items())]
+
+
+def small_estimate(num_chains: int, num_draws: int = 200):
+    inputs, targets = regression_data(n=100, d=3, seed=6)
+    return estimate_llc(
+        fitted_linear(inputs, targets),
+        mse,
+        (inputs, targets),
+        num_chains=num_chains,
+        num_draws=num_draws,
+        num_burnin=20,
+        step_size=1e-3,
+        check_curvature=False,
+        progress=False,
+    )
+
+
+def test_standard_error_of_two_chains_is_half_their_difference():
+    # Two values a, b: SD (ddof 1) |a - b| / sqrt 2, so SE = SD / sqrt 2 = |a - b| / 2.
+    result = small_estimate(num_chains=2)
+    assert result.diagnostics.diverged_chains == []
+    a, b = chain_means_by_hand(result)
+    assert result.llc == pytest.approx((a + b) / 2, rel=1e-6)
+    assert result.llc_se == pytest.approx(abs(a - b) / 2, rel=1e-6)
+
+
+def geyer_ess(draws: list[float]) -> float:
+    """Effective sample size by Geyer's initial monotone sequence, with direct sums.
+
+    rho_k = sum_t (x_t - mean)(x_{t+k} - mean) / sum_t (x_t - mean)^2; pairs
+    rho_{2j} + rho_{2j+1} are summed while positive, each capped at the one
+    before; tau = max(1, -1 + 2 * sum); ESS = n / tau.
+    """
+    n = len(draws)
+    mean = sum(draws) / n
+    centred = [x - mean for x in draws]
+    denominator = sum(c * c for c in centred)
+    rho = [
+        sum(centred[t] * centred[t + k] for t in range(n - k)) / denominator
+        for k in range(n)
+    ]
+    total, cap = 0.0, math.inf
+    for j in range(n // 2):
+        pair = rho[2 * j] + rho[2 * j + 1]
+        if pair <= 0:
+            break
+        cap = min(cap, pair)
+        total += cap
+    return n / max(1.0, -1.0 + 2.0 * total)
+
+
+def test_single_chain_standard_error_uses_its_effective_sample_size():
+    # One chain: no spread over chains, so SE = SD of its draws / sqrt(ESS).
+    result = small_estimate(num_chains=1)
+    assert result.diagnostics.diverged_chains == []
+    nbeta = result.settings["nbeta"]
+    draws = [
+        nbeta * (row["loss"] - result.init_loss)
+        for row in result.trace.to_dict("records")
+        if not row["burn_in"]
+    ]
+    n = len(draws)
+    mean = sum(draws) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in draws) / (n - 1))
+    ess = geyer_ess(draws)
+    # SGLD draws are autocorrelated: the ESS is well below the draw count,
+    # so the naive SD / sqrt(n) would be told apart from the right answer.
+    assert ess < n / 2
+    assert result.llc == pytest.approx(mean, rel=1e-6)
+    assert result.llc_se == pytest.approx(sd / math.sqrt(ess), rel=1e-6)
+
+
+def summarise_synthetic(loss: list[list[float]], num_burnin: int, nbeta: float):
+    """``summarise_chains`` of hand-set loss traces ``[chains, steps]`` on a small problem.
+
+    Returns the problem's L(w*) and the result; distances are a constant 0.1.
+    """
+    from sae_lens_ext_llc.estimator import prepare_problem, summarise_chains
+    from sae_lens_ext_llc.sampler import ChainTraces
+
+    inputs, targets = regression_data(n=50, d=2, seed=7)
+    problem = prepare_problem(
+        fitted_linear(inputs, targets), mse, (inputs, targets), None, None
+    )
+    losses = torch.tensor(loss, dtype=torch.float64) + problem.init_loss
+    traces = ChainTraces(loss=losses, distance=torch.full_like(losses, 0.1))
+    settings = dict(
+        num_burnin=num_burnin, nbeta=nbeta, step_size=1e-4, localization=1.0
+    )
+    chains = slice(0, len(loss))
+    return summarise_chains(problem, traces, chains, settings=settings, seconds=0.0)
+
+
+def test_single_chain_of_alternating_draws_has_the_classical_standard_error():
+    # Draws alternating about their mean have lag-1 autocorrelation near -1:
+    # Geyer's first pair is <= 0, so ESS = n and SE = SD (ddof 1) / sqrt(n).
+    burn_in, n, nbeta = 4, 40, 2.0
+    wiggle = [0.01 * (1 + (t % 3)) * (-1) ** t for t in range(n)]
+    result = summarise_synthetic(
+        [[0.1] * burn_in + [0.2 + w for w in wiggle]], 4, nbeta
+    )
+    draws = [nbeta * (0.2 + w) for w in wiggle]
+    mean = sum(draws) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in draws) / (n - 1))
+    assert geyer_ess(draws) == n
+    assert result.llc == pytest.approx(mean, rel=1e-9)
+    assert result.llc_se == pytest.approx(sd / math.sqrt(n), rel=1e-9)
+
+
+def test_all_chains_exploded_give_a_quiet_nan_estimate():
+    # Every chain's loss went non-finite: no estimate, both chains flagged,
+    # and no NumPy warning about an empty mean or a standard error of 0 chains.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = summarise_synthetic([[math.nan] * 10] * 2, num_burnin=2, nbeta=2.0)
+    assert math.isnan(result.llc) and math.isnan(result.llc_se)
+    assert result.diagnostics.diverged_chains == [0, 1]
+    assert np.isnan(result.llc_per_chain).all()

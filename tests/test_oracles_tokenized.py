@@ -58,7 +58,6 @@ def test_lookup_is_subtracted_from_the_input_only_when_asked(
 
 
 def test_training_sae_subtracts_the_packed_tokens_row():
-    from sae_lens.saes.sae import TrainStepInput
     from sae_lens_ext_tokenized import (
         TokenizedTrainingSAE,
         TokenizedTrainingSAEConfig,
@@ -84,18 +83,76 @@ def test_training_sae_subtracts_the_packed_tokens_row():
     x = torch.randn(6, D_IN, generator=generator)
     tokens = torch.tensor([1, 2, 3, 4, 5, 39])
     prev = torch.tensor([-1, 1, 2, 3, 4, 5])
-    step = TrainStepInput(
-        sae_in=pack_tokens(x, tokens, prev),
-        coefficients={},
-        dead_neuron_mask=None,
-        n_training_steps=0,
-        is_logging_step=False,
-    )
     with torch.no_grad():
-        output = sae.training_forward_pass(step)
+        output = sae.training_forward_pass(training_step(pack_tokens(x, tokens, prev)))
         row = sae.W_lookup[tokens]
         expected = plain.encode(x - row)
     torch.testing.assert_close(output.feature_acts, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(
         output.sae_out, plain.decode(expected) + row, atol=1e-5, rtol=1e-5
     )
+
+
+def test_lookup_is_subtracted_from_batched_sequences():
+    # Activations [batch, seq, d_in] with tokens [batch, seq], as in a model's
+    # forward pass: the table row of every position is subtracted.
+    sae = tokenized_sae("topk", apply_lookup_to_input=True)
+    with torch.no_grad():
+        sae.W_lookup.mul_(5)
+    plain = plain_copy(sae, "topk")
+    x = torch.randn(2, 3, D_IN, generator=torch.Generator().manual_seed(5))
+    tokens = torch.tensor([[0, 3, 39], [7, 7, 12]])
+    row = sae.W_lookup[tokens].detach()
+    with torch.no_grad(), sae.using_tokens(tokens):
+        feats = sae.encode(x)
+        expected = plain.encode((x - row).reshape(6, D_IN)).reshape(2, 3, D_SAE)
+    torch.testing.assert_close(feats, expected, atol=1e-5, rtol=1e-5)
+
+
+def training_step(sae_in):
+    """A training step's input holding the batch ``sae_in``."""
+    from sae_lens.saes.sae import TrainStepInput
+
+    return TrainStepInput(
+        sae_in=sae_in,
+        coefficients={},
+        dead_neuron_mask=None,
+        n_training_steps=0,
+        is_logging_step=False,
+    )
+
+
+def training_sae(d_in: int):
+    """A tokenized TopK training SAE (k 4) with a random token table."""
+    from sae_lens_ext_tokenized import TokenizedTrainingSAE, TokenizedTrainingSAEConfig
+
+    cfg = TokenizedTrainingSAEConfig(d_in=d_in, d_sae=D_SAE, k=4, vocab_size=VOCAB)
+    torch.manual_seed(0)
+    sae = TokenizedTrainingSAE(cfg)
+    with torch.no_grad():
+        sae.W_lookup.normal_(0, 1)
+    return sae
+
+
+@pytest.mark.parametrize("d_in", [D_IN, 300])  # packed width 302: above cached ints
+def test_training_sae_takes_unpacked_rows_with_bound_tokens(d_in):
+    # Plain activations [n, d_in] or [batch, seq, d_in] (not packed) with the
+    # tokens bound by using_tokens train the same as the packed rows, even
+    # when seq happens to equal the packed width.
+    from sae_lens_ext_tokenized import pack_tokens
+
+    sae = training_sae(d_in)
+    width = sae.packed_width
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(2, width, d_in, generator=generator)
+    tokens = torch.randint(0, VOCAB, (2, width), generator=generator)
+    rows, row_tokens = x.reshape(-1, d_in), tokens.reshape(-1)
+    with torch.no_grad():
+        packed = sae.training_forward_pass(training_step(pack_tokens(rows, row_tokens)))
+        with sae.using_tokens(row_tokens):
+            unpacked = sae.training_forward_pass(training_step(rows))
+        with sae.using_tokens(tokens):
+            sequences = sae.training_forward_pass(training_step(x))
+    torch.testing.assert_close(unpacked.sae_out, packed.sae_out)
+    torch.testing.assert_close(unpacked.feature_acts, packed.feature_acts)
+    torch.testing.assert_close(sequences.sae_out.reshape(-1, d_in), packed.sae_out)

@@ -119,3 +119,49 @@ def test_the_torch_path_finds_the_same_entries_as_a_loop(limit):
         return
     rows, cols = found
     assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == loop
+
+
+def test_a_top_one_stream_keeps_each_columns_maximum():
+    generator = torch.Generator().manual_seed(1)
+    stream = StreamingTopK(5, n_top=1)
+    offers, offset = [], 0
+    for n_rows in (4, 2, 7):
+        scores = torch.randn(5, n_rows, generator=generator)
+        stream.update_dense(scores, offset)
+        offers += [
+            (c, float(scores[c, r]), offset + r, 0.0)
+            for c in range(5)
+            for r in range(n_rows)
+        ]
+        offset += n_rows
+    check(stream, expected_top(offers, 5, 1))
+
+
+SCORES = torch.tensor([[0.1, 0.9, 0.3], [0.8, 0.2, 0.7]])
+BAR = torch.tensor([0.25, 0.5])
+LOOP = [(r, c) for r in range(2) for c in range(3) if SCORES[r, c] > BAR[r]]
+
+
+def test_matrices_off_the_host_take_the_torch_path(monkeypatch):
+    # on_host is false for a GPU tensor; forcing it here runs the torch
+    # branches (entries_above_torch, flat_nonzero's nonzero) on CPU memory.
+    import sae_lens_ext_absorption.topk as topk
+
+    monkeypatch.setattr(topk, "on_host", lambda tensor: False)
+    rows, cols = topk.entries_above(SCORES, BAR)
+    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == LOOP
+    flat = topk.flat_nonzero(SCORES > BAR[:, None])
+    assert flat.tolist() == [r * 3 + c for r, c in LOOP]
+
+
+def test_cpu_matrices_take_the_numpy_path(monkeypatch):
+    # The module docstring: only CPU tensors take NumPy's (faster) comparison.
+    import sae_lens_ext_absorption.topk as topk
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a CPU matrix took the torch path")
+
+    monkeypatch.setattr(topk, "entries_above_torch", refuse)
+    rows, cols = topk.entries_above(SCORES, BAR)
+    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == LOOP
+    assert topk.on_host(SCORES) and not topk.on_host(torch.zeros(1, device="meta"))

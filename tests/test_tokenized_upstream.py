@@ -695,3 +695,81 @@ def test_effective_token_contexts_keep_word_starts(kind):
     assert shown[0].endswith("upon[ a]")
     assert shown[1] == "<start><start>[ upon]"
     assert shown[2].endswith("time[,]")
+
+
+def odd_width_upstream_sae(lookup="upstream_sae"):
+    """A training SAE of d_in 7 keyed on an attached upstream TopK SAE of d_in 5."""
+    upstream = upstream_topk(d_in=5, d_sae=6, k=2)
+    cfg = TokenizedTrainingSAEConfig(
+        d_in=7, d_sae=8, k=2, vocab_size=VOCAB, lookup=lookup,
+        **upstream_fields(upstream, "tests/planted", "up"),
+    )  # fmt: skip
+    sae = TokenizedTrainingSAE(cfg)
+    sae.attach_upstream(upstream)
+    return sae, upstream
+
+
+def test_packed_rows_of_odd_widths_split_back_into_their_parts():
+    # Widths with bit 1 set (7 = 0b111 activations, 5 = 0b101 upstream): here
+    # d_in + 2 = 9 differs from d_in | 2 = 7 and d_in ^ 2 = 5, which equal it
+    # for the even test widths (16 | 2 = 16 + 2).
+    sae, upstream = odd_width_upstream_sae()
+    generator = torch.Generator().manual_seed(3)
+    acts = torch.randn(10, 7, generator=generator)
+    up_acts = torch.randn(10, 5, generator=generator) * 2
+    tokens = torch.randint(0, VOCAB, (10,), generator=generator)
+    prev = torch.randint(0, VOCAB, (10,), generator=generator)
+    batch = pack_tokens(acts, tokens, prev, up_acts)
+    assert sae.packed_width == 7 + 2 + 5 == batch.shape[1]
+    got, keys = sae.unpack(batch)
+    assert torch.equal(got, acts)
+    assert torch.equal(keys.tokens, tokens) and torch.equal(keys.prev_tokens, prev)
+    with torch.no_grad():
+        codes = upstream.encode(up_acts)  # SAE-Lens's own encode of the last 5 columns
+    assert (codes > 0).any(dim=1).all()
+    assert torch.equal(keys.upstream_codes, codes)
+
+
+def test_upstream_codes_carry_no_graph_and_follow_the_activations_device():
+    sae, upstream = odd_width_upstream_sae()
+    # Activations that require grad (a model's hook during a splice): the
+    # codes are a key, not part of the graph, so no gradient reaches the model.
+    up_acts = torch.randn(4, 5, requires_grad=True)
+    codes = sae.upstream_codes(up_acts)
+    assert not codes.requires_grad and codes.grad_fn is None
+    # Activations on another device (meta stands in for a GPU here): the
+    # upstream SAE moves to them, so its codes are computed where they live.
+    codes = sae.upstream_codes(torch.randn(4, 5, device="meta"))
+    assert codes.device.type == "meta" and upstream.W_dec.device.type == "meta"
+
+
+@pytest.mark.parametrize("lookup", ["upstream_sae", "both"])
+@pytest.mark.parametrize("code_rows", [1, 3])
+def test_upstream_codes_for_other_rows_than_the_tokens_are_refused(lookup, code_rows):
+    # Tokens for 4 rows, upstream activations for 1 or 3: never broadcast one
+    # row's code over the batch, whether or not the SAE also has a token table.
+    sae, _ = odd_width_upstream_sae(lookup)
+    up_acts = torch.randn(code_rows, 5)
+    with sae.using_tokens(torch.arange(4), upstream_acts=up_acts):
+        with pytest.raises(ValueError, match=r"leading shape \[\(\d,\), \(4,\)\]"):
+            sae(torch.randn(4, 7))  # the decoder adds the table term
+
+
+def test_a_token_and_upstream_lookup_without_tokens_names_the_fix():
+    # Upstream activations bound but no token ids, for an SAE with a token table too.
+    sae, _ = odd_width_upstream_sae("both")
+    with sae.using_tokens(upstream_acts=torch.randn(4, 5)):
+        with pytest.raises(MissingTokensError, match="token id of every activation"):
+            sae(torch.randn(4, 7))
+
+
+def test_binding_options_are_keyword_only_after_the_token_ids():
+    sae, _ = odd_width_upstream_sae("both")
+    tokens, up_acts = torch.arange(4), torch.randn(4, 5)
+    with pytest.raises(TypeError, match="positional"):
+        sae.set_tokens(tokens, None, up_acts)
+    with pytest.raises(TypeError, match="positional"):
+        with sae.using_tokens(tokens, None, up_acts):
+            pass
+    with sae.using_tokens(tokens=tokens, prev_tokens=None, upstream_acts=up_acts):
+        assert sae(torch.randn(4, 7)).shape == (4, 7)

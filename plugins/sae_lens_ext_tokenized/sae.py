@@ -397,7 +397,7 @@ class TokenTableMixin:
                 "pack_tokens(acts, tokens, prev_tokens, upstream_acts)"
             )
         shapes = {keys.leading_shape}
-        if needs_tokens and keys.upstream_codes is not None:
+        if keys.upstream_codes is not None:
             shapes.add(tuple(keys.upstream_codes.shape[:-1]))
         if shapes != {leading_shape}:
             raise ValueError(
