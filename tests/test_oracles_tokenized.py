@@ -156,3 +156,26 @@ def test_training_sae_takes_unpacked_rows_with_bound_tokens(d_in):
     torch.testing.assert_close(unpacked.sae_out, packed.sae_out)
     torch.testing.assert_close(unpacked.feature_acts, packed.feature_acts)
     torch.testing.assert_close(sequences.sae_out.reshape(-1, d_in), packed.sae_out)
+
+
+def test_training_batch_of_another_width_is_refused_with_the_fix():
+    # Neither d_in nor the packed rows' width: a clear error naming pack_tokens,
+    # also for packed columns on a batch with a sequence axis.
+    sae = training_sae(D_IN)
+    width = sae.packed_width
+    for shape in [(4, D_IN + 1), (4, width + 1), (2, 3, width), (D_IN - 1,), ()]:
+        with pytest.raises(ValueError, match="training batch of shape .*pack_tokens"):
+            sae.training_forward_pass(training_step(torch.zeros(shape)))
+
+
+def test_training_sae_takes_a_single_activation_vector():
+    # [d_in] with one bound token is a batch without a row axis: the same as [1, d_in].
+    sae = training_sae(D_IN)
+    x = torch.randn(D_IN, generator=torch.Generator().manual_seed(8))
+    token = torch.tensor(3)
+    with torch.no_grad():
+        with sae.using_tokens(token):
+            one = sae.training_forward_pass(training_step(x))
+        with sae.using_tokens(token[None]):
+            row = sae.training_forward_pass(training_step(x[None]))
+    torch.testing.assert_close(one.sae_out, row.sae_out[0])

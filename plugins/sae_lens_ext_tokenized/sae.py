@@ -485,13 +485,24 @@ class TokenizedTrainingSAE(TokenTableMixin, TrainingSAE[TokenizedTrainingSAEConf
         return super().__new__(cls)
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        """Unpack the key columns, then SAE-Lens's training forward pass."""
+        """Unpack the key columns, then SAE-Lens's training forward pass.
+
+        A batch of any other width than ``d_in`` or the packed rows'
+        ``[n, packed_width]`` is refused with the fix.
+        """
         sae_in = step_input.sae_in
         if sae_in.ndim == 2 and sae_in.shape[1] == self.packed_width:
             acts, keys = self.unpack(sae_in)
             unpacked = dataclasses.replace(step_input, sae_in=acts)
             with self._using_keys(keys):
                 return super().training_forward_pass(unpacked)
+        if sae_in.ndim < 1 or sae_in.shape[-1] != self.cfg.d_in:
+            raise ValueError(
+                f"training batch of shape {tuple(sae_in.shape)}: expected activations "
+                f"[..., d_in={self.cfg.d_in}] with their tokens bound by set_tokens, or "
+                f"rows [n, {self.packed_width}] packed by pack_tokens(acts, tokens, "
+                "prev_tokens, upstream_acts)"
+            )
         return super().training_forward_pass(step_input)
 
 
