@@ -166,6 +166,33 @@ def test_lanczos_finds_the_extreme_eigenvalues_of_a_known_hessian():
     assert sub.lowest >= full.lowest - 1e-4  # interlacing: never below H's
 
 
+def test_lanczos_counts_unused_and_linear_weights_as_zero_curvature():
+    # The sampler takes models with a weight the loss never reads or reads only
+    # linearly; their Hessian rows are zero, so the spectrum gains zeros.
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(3))
+            self.linear = nn.Parameter(torch.zeros(2))
+            self.unused = nn.Parameter(torch.zeros(2))
+
+    curvatures = torch.tensor([1.0, 2.0, 3.0])
+
+    def loss(model, batch):
+        return (
+            0.5 * (curvatures * model.w**2).sum() + model.linear.sum() + 0 * batch.sum()
+        )
+
+    module = LossModule(Mixed(), loss)
+    anchor = {f"model.{n}": torch.zeros(p.shape) for n, p in Mixed().named_parameters()}
+    report = lowest_hessian_eigenvalue(module, anchor, torch.zeros(4, 1), 4, 4)
+    assert report.lowest == pytest.approx(0.0, abs=1e-5)
+    assert report.highest == pytest.approx(3.0, abs=1e-5)
+    only_flat = {"model.linear": torch.zeros(2), "model.unused": torch.zeros(2)}
+    flat = lowest_hessian_eigenvalue(module, only_flat, torch.zeros(4, 1), 4, 4)
+    assert flat.lowest == flat.highest == 0.0
+
+
 def test_mala_acceptance_matches_a_float64_reference():
     model, data = fitted_regression(3, n=64)
     eps, nbeta, gamma = 2e-3, 20.0, 5.0

@@ -115,19 +115,20 @@ def lowest_hessian_eigenvalue(
             # reverse over reverse: grad of <grad L, v>.  (torch.func's jvp
             # would first register its decompositions, ~4 s once per process.)
             params = {n: v.clone().requires_grad_(True) for n, v in anchor32.items()}
+            leaves = list(params.values())
+            # weights the loss ignores or reads linearly have zero Hessian rows
             gradients = torch.autograd.grad(
-                loss_at(params, batch), list(params.values()), create_graph=True
+                loss_at(params, batch), leaves, create_graph=True, allow_unused=True
             )
             along = sum(
-                (g * tangent[n]).sum() for n, g in zip(names, gradients, strict=True)
+                (g * tangent[n]).sum()
+                for n, g in zip(names, gradients, strict=True)
+                if g is not None and g.requires_grad
             )
-            hvp = torch.autograd.grad(along, list(params.values()), allow_unused=True)
-            flat = torch.cat(
-                [
-                    torch.zeros(size, device=device) if h is None else h.reshape(-1)
-                    for h, size in zip(hvp, sizes, strict=True)
-                ]
-            )
+            if not torch.is_tensor(along):  # the loss is at most linear
+                continue
+            hvp = torch.autograd.grad(along, leaves, materialize_grads=True)
+            flat = torch.cat([h.reshape(-1) for h in hvp])
             product.add_(flat, alpha=weight)
         return product if subset is None else product[subset]
 
